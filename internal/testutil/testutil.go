@@ -1,0 +1,191 @@
+// Package testutil builds the throwaway namespaces that netmgr's kernel tests run in, and probes
+// connectivity between them. Nothing it makes touches the root namespace, and everything is removed
+// in t.Cleanup, also when the test fails.
+package testutil
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// RequireRoot skips the test unless it runs as root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root: creates network namespaces")
+	}
+}
+
+// NewNS creates a pinned namespace under a temporary directory and removes it at cleanup.
+func NewNS(tb testing.TB, name string) *sandbox.NetNS {
+	tb.Helper()
+	RequireRoot(tb)
+	dir, err := os.MkdirTemp("", "netmgr-test-ns-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	ns, err := sandbox.Create(p)
+	if err != nil {
+		os.RemoveAll(dir)
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		ns.Close()
+		if err := sandbox.Remove(p); err != nil {
+			tb.Errorf("cleanup: %v", err)
+		}
+		os.RemoveAll(dir)
+	})
+	return ns
+}
+
+// Outside is a namespace standing for the world beyond a host: reachable from the host namespace over a
+// veth pair, with no route back to any pod subnet (so replies reach pods only through source NAT).
+type Outside struct {
+	NS      *sandbox.NetNS
+	Addr    netip.Addr // the outside's address
+	HostIP  netip.Addr // the host's address on the link to it
+	HostDev string
+}
+
+// NewOutside joins host to a new outside namespace over 192.0.2.0/24 (TEST-NET-1), host .1, outside .2.
+func NewOutside(tb testing.TB, host *sandbox.NetNS) *Outside {
+	tb.Helper()
+	return NewOutsideNet(tb, host, "192.0.2.1/24", "192.0.2.2/24", "up0")
+}
+
+// NewOutsideNet is NewOutside with chosen addresses (v4 or v6) and host device name.
+func NewOutsideNet(tb testing.TB, host *sandbox.NetNS, hostCIDR, outCIDR, hostDev string) *Outside {
+	tb.Helper()
+	out := NewNS(tb, "outside")
+	hh, err := host.NewHandle()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer hh.Close()
+	oh, err := out.NewHandle()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer oh.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostDev}, PeerName: "eth0", PeerNamespace: netlink.NsFd(out.Fd())}
+	if err := hh.LinkAdd(veth); err != nil {
+		tb.Fatal(err)
+	}
+	mustAddr := func(h *netlink.Handle, dev, cidr string) {
+		l, err := h.LinkByName(dev)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		a, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		a.Flags = 0x02 // IFA_F_NODAD
+		if err := h.AddrAdd(l, a); err != nil {
+			tb.Fatal(err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	mustAddr(hh, hostDev, hostCIDR)
+	mustAddr(oh, "eth0", outCIDR)
+	hp := netip.MustParsePrefix(hostCIDR)
+	op := netip.MustParsePrefix(outCIDR)
+	return &Outside{NS: out, Addr: op.Addr(), HostIP: hp.Addr(), HostDev: hostDev}
+}
+
+// Listen starts a TCP server in ns at addr that answers each connection with the remote address it
+// saw, then closes. It stops at cleanup.
+func Listen(tb testing.TB, ns *sandbox.NetNS, addr string) string {
+	tb.Helper()
+	var ln net.Listener
+	err := ns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			fmt.Fprintln(c, host)
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// Dial connects from ns to addr (a Listen server) and returns the remote address the server saw.
+func Dial(ns *sandbox.NetNS, addr string) (string, error) {
+	var c net.Conn
+	err := ns.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", err
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// Ping sends ICMP echo requests from ns to ip with busybox ping, and returns nil on a reply.
+func Ping(ns *sandbox.NetNS, ip string) error {
+	bb, err := exec.LookPath("busybox")
+	if err != nil {
+		return fmt.Errorf("ping needs busybox (apt-get install busybox-static): %w", err)
+	}
+	var out []byte
+	err = ns.Do(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, bb, "ping", "-c", "1", "-W", "2", ip)
+		var err error
+		out, err = cmd.CombinedOutput()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("ping %s: %v: %s", ip, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Open opens a sandbox namespace by path for probing, closed at cleanup.
+func Open(tb testing.TB, path string) *sandbox.NetNS {
+	tb.Helper()
+	ns, err := sandbox.Open(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ns.Close() })
+	return ns
+}

@@ -1,0 +1,257 @@
+package netmgr
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/netmgr/store"
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// Intent values for attach and detach carry the network name: "attach NET", "detach NET".
+const (
+	intentAttach = "attach "
+	intentDetach = "detach "
+)
+
+// Attach adds an existing sandbox to one more network; the new interface is the first free ethN.
+func (m *Manager) Attach(ctx context.Context, sandboxName string, spec AttachSpec) (*Attachment, error) {
+	a, err := m.attach(ctx, sandboxName, spec)
+	return a, opErr("attach", "sandbox", sandboxName, err)
+}
+
+func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*Attachment, error) {
+	l, err := m.lock("sandbox-" + name)
+	if err != nil {
+		return nil, err
+	}
+	defer l.unlock(false)
+	var rec *sandboxRecord
+	var ns *netState
+	var ep endpointRecord
+	for attempt := 0; ; attempt++ {
+		var kv store.KV
+		var err error
+		rec, kv, err = m.readSandbox(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if rec.Mode != ModeNetNS {
+			return nil, fmt.Errorf("%w: a %s sandbox has no interfaces of its own to attach", ErrInvalid, rec.Mode)
+		}
+		for _, e := range rec.Endpoints {
+			if e.Network == spec.Network {
+				return nil, fmt.Errorf("%w: already attached to network %q", ErrExists, spec.Network)
+			}
+		}
+		if ns, err = m.readNetwork(ctx, spec.Network); err != nil {
+			return nil, err
+		}
+		if _, ok := ns.drv.(drivers.NamespaceProvider); ok {
+			return nil, fmt.Errorf("%w: network %q (driver %s) cannot be attached", ErrInvalid, spec.Network, ns.rec.Driver)
+		}
+		ep = endpointRecord{ID: newID(), Network: spec.Network, IfName: spec.IfName, MAC: spec.MAC, MTU: ns.rec.MTU}
+		if ep.IfName == "" {
+			ep.IfName = freeIfName(rec.Endpoints)
+		}
+		for _, e := range rec.Endpoints {
+			if e.IfName == ep.IfName {
+				return nil, fmt.Errorf("%w: interface %q exists in the sandbox", ErrExists, ep.IfName)
+			}
+		}
+		addrs, keys, err := m.allocate(ctx, ns.rec, spec.IPs)
+		release := func() {
+			m.ipMu.Lock()
+			for _, k := range keys {
+				delete(m.pending, k)
+			}
+			m.ipMu.Unlock()
+		}
+		if err != nil {
+			release()
+			return nil, err
+		}
+		ep.Addrs = addrs
+		if !ns.rec.Internal {
+			for j, sn := range ns.rec.Subnets {
+				if !hasGatewayFamily(rec.Endpoints, sn.Addr().Is4()) {
+					ep.Gateways = append(ep.Gateways, ns.rec.Gateways[j])
+				}
+			}
+		}
+		de := ep.driverEndpoint(name, "")
+		if err := ns.drv.PrepareEndpoint(ns.rec.driverNetwork(), de); err != nil {
+			release()
+			return nil, err
+		}
+		ep.HostName, ep.MTU = de.HostName, de.MTU
+		rec.Endpoints = append(rec.Endpoints, ep)
+		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name),
+			{Key: ns.kv.Key, Rev: ns.kv.Rev}, store.Absent(keyIntentNet + spec.Network)}
+		ops := []store.Op{store.Put(kv.Key, mustJSON(rec)), store.Put(keyIntentSB+name, []byte(intentAttach+spec.Network))}
+		for _, k := range keys {
+			cmps = append(cmps, store.Absent(k))
+			ops = append(ops, store.Put(k, []byte(name)))
+		}
+		err = m.st.Txn(ctx, cmps, ops)
+		release()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= 50 {
+			return nil, err
+		}
+	}
+	sb, err := sandbox.Open(rec.NetNS)
+	if err != nil {
+		return nil, errors.Join(err, m.dropEndpoint(ctx, name, spec.Network))
+	}
+	defer sb.Close()
+	de := ep.driverEndpoint(name, "")
+	if err := ns.drv.Attach(ctx, ns.rec.driverNetwork(), de, sb); err != nil {
+		return nil, errors.Join(err, m.dropEndpoint(ctx, name, spec.Network))
+	}
+	rec.Endpoints[len(rec.Endpoints)-1].MAC = de.MAC
+	kv, err := m.st.Get(ctx, keySandboxes+name)
+	if err == nil {
+		err = m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Put(kv.Key, mustJSON(rec)), store.Del(keyIntentSB + name)})
+	}
+	if err != nil {
+		return nil, errors.Join(err, m.dropEndpoint(ctx, name, spec.Network))
+	}
+	pub := rec.public()
+	return &pub.Attachments[len(pub.Attachments)-1], nil
+}
+
+func freeIfName(eps []endpointRecord) string {
+	used := map[string]bool{}
+	for _, e := range eps {
+		used[e.IfName] = true
+	}
+	for i := 0; ; i++ {
+		if n := "eth" + strconv.Itoa(i); !used[n] {
+			return n
+		}
+	}
+}
+
+// Detach removes a sandbox from one network. Detaching from a network the sandbox is not on is not an
+// error.
+func (m *Manager) Detach(ctx context.Context, sandboxName, network string) error {
+	return opErr("detach", "sandbox", sandboxName, m.detach(ctx, sandboxName, network))
+}
+
+func (m *Manager) detach(ctx context.Context, name, network string) error {
+	l, err := m.lock("sandbox-" + name)
+	if err != nil {
+		return err
+	}
+	defer l.unlock(false)
+	rec, kv, err := m.readSandbox(ctx, name)
+	if err != nil {
+		return err
+	}
+	found := false
+	for _, e := range rec.Endpoints {
+		found = found || e.Network == network
+	}
+	if !found {
+		return nil
+	}
+	if err := m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)},
+		[]store.Op{store.Put(kv.Key, kv.Value), store.Put(keyIntentSB+name, []byte(intentDetach+network))}); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("%w: sandbox changed concurrently; try again", ErrBusy)
+		}
+		return err
+	}
+	return m.dropEndpoint(ctx, name, network)
+}
+
+// dropEndpoint detaches the sandbox's endpoint on network, then removes it, its addresses and the
+// sandbox's intent from the store. It is idempotent; Recover uses it to finish an interrupted attach or
+// detach.
+func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error {
+	rec, kv, err := m.readSandbox(ctx, name)
+	if err != nil {
+		return err
+	}
+	var keep []endpointRecord
+	var drop *endpointRecord
+	for i := range rec.Endpoints {
+		if rec.Endpoints[i].Network == network {
+			drop = &rec.Endpoints[i]
+		} else {
+			keep = append(keep, rec.Endpoints[i])
+		}
+	}
+	ops := []store.Op{store.Del(keyIntentSB + name)}
+	if drop != nil {
+		nrec, err := m.readNetworkRecord(ctx, network)
+		if err != nil {
+			return err
+		}
+		drv, err := m.driver(nrec.Driver)
+		if err != nil {
+			return err
+		}
+		sb, _ := sandbox.Open(rec.NetNS)
+		err = drv.Detach(ctx, nrec.driverNetwork(), drop.driverEndpoint(name, ""), sb, drivers.DetachOptions{})
+		if sb != nil {
+			sb.Close()
+		}
+		if err != nil {
+			return err
+		}
+		for _, a := range drop.Addrs {
+			ops = append(ops, store.Del(ipamKey(network, a.Addr())))
+		}
+		rec.Endpoints = keep
+		ops = append(ops, store.Put(kv.Key, mustJSON(rec)))
+	}
+	return m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, ops)
+}
+
+func (m *Manager) readSandbox(ctx context.Context, name string) (*sandboxRecord, store.KV, error) {
+	kv, err := m.st.Get(ctx, keySandboxes+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, kv, fmt.Errorf("%w: no sandbox named %q", ErrNotFound, name)
+	}
+	if err != nil {
+		return nil, kv, err
+	}
+	var rec sandboxRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return nil, kv, fmt.Errorf("decode sandbox %q: %w", name, err)
+	}
+	return &rec, kv, nil
+}
+
+func (m *Manager) readNetworkRecord(ctx context.Context, name string) (*networkRecord, error) {
+	kv, err := m.st.Get(ctx, keyNetworks+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: no network named %q", ErrNotFound, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec networkRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return nil, fmt.Errorf("decode network %q: %w", name, err)
+	}
+	return &rec, nil
+}
+
+func isEndpointIntent(v string) (network string, ok bool) {
+	for _, p := range []string{intentAttach, intentDetach} {
+		if strings.HasPrefix(v, p) {
+			return strings.TrimPrefix(v, p), true
+		}
+	}
+	return "", false
+}

@@ -1,0 +1,304 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is the name of the inet-family nftables table owned by netmgr.
+const TableName = "netmgr"
+
+// ErrInvalid is wrapped by errors reporting invalid arguments.
+var ErrInvalid = errors.New("invalid argument")
+
+const (
+	maxBridgeLen = unix.IFNAMSIZ - 1
+
+	// The kernel caps rule UserData at NFT_USERDATA_MAXLEN bytes; the comment
+	// TLV spends two bytes of header and a trailing NUL.
+	maxUserData = 256
+	maxNameLen  = maxUserData - 3 - len(commentPrefix)
+)
+
+// Attribute keys for log records.
+const (
+	keyTable    = "table"
+	keyNetworks = "networks"
+	keyRules    = "rules"
+)
+
+// Network describes one netmgr bridge network.
+type Network struct {
+	// Name is the netmgr network name; every rule of the network carries it
+	// so that rules can be traced to networks.
+	Name string
+	// Bridge is the interface name of the Linux bridge (at most 15 bytes).
+	Bridge string
+	// Subnets are the IPv4 and/or IPv6 subnets of the network. Host bits are
+	// ignored.
+	Subnets []netip.Prefix
+	// Internal forbids all traffic into or out of the bridge except between
+	// its own ports.
+	Internal bool
+	// Masquerade SNATs traffic from Subnets leaving via any interface other
+	// than Bridge. It has no effect on an Internal network.
+	Masquerade bool
+}
+
+// Firewall programs the netmgr table of one network namespace.
+type Firewall struct {
+	nsFd   int
+	logger *slog.Logger
+
+	mu     sync.Mutex // serializes kernel operations and guards closed
+	closed bool
+}
+
+// New returns a Firewall that programs the namespace whose netns file
+// descriptor is nsFd. nsFd < 0 means the caller's current network namespace.
+// The descriptor is not duplicated: it must stay open until Close. New does
+// not touch the kernel. A nil logger discards log records.
+func New(nsFd int, logger *slog.Logger) (*Firewall, error) {
+	if nsFd == 0 {
+		// The netlink library reads fd 0 as "no namespace given".
+		return nil, fmt.Errorf("create firewall: netns fd 0 is ambiguous: %w", ErrInvalid)
+	}
+	if nsFd < 0 {
+		nsFd = -1
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Firewall{nsFd: nsFd, logger: logger}, nil
+}
+
+// Apply atomically replaces the whole netmgr table with the rules for nets,
+// in one netlink transaction. The result does not depend on the order of nets
+// or of their subnets, so applying the same networks twice gives the same
+// ruleset. With no networks the table is removed, as by Remove.
+//
+// Apply validates nets before talking to the kernel: invalid input yields an
+// error wrapping ErrInvalid and leaves the ruleset unchanged.
+func (f *Firewall) Apply(ctx context.Context, nets []Network) error {
+	nets, err := normalize(nets)
+	if err != nil {
+		return fmt.Errorf("apply ruleset: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return fmt.Errorf("apply ruleset: %w", net.ErrClosed)
+	}
+	var rules int
+	err = f.do(ctx, func(c *nftables.Conn) error {
+		var err error
+		if rules, err = queueRuleset(c, nets); err != nil {
+			return err
+		}
+		return c.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("apply ruleset: %w", err)
+	}
+	f.logger.DebugContext(ctx, "applied nftables ruleset", keyTable, TableName, keyNetworks, len(nets), keyRules, rules)
+	return nil
+}
+
+// Remove deletes the netmgr table; it is not an error if the table is absent.
+func (f *Firewall) Remove(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return fmt.Errorf("remove table: %w", net.ErrClosed)
+	}
+	err := f.do(ctx, func(c *nftables.Conn) error {
+		queueDeleteTable(c)
+		return c.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("remove table: %w", err)
+	}
+	f.logger.DebugContext(ctx, "removed nftables table", keyTable, TableName)
+	return nil
+}
+
+// Networks returns the sorted names of the networks that have at least one
+// rule in the netmgr table, as recorded in the rules' UserData. Rules without
+// a netmgr comment are ignored. It returns no names if the table is absent.
+func (f *Firewall) Networks(ctx context.Context) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, fmt.Errorf("list networks: %w", net.ErrClosed)
+	}
+	var names []string
+	err := f.do(ctx, func(c *nftables.Conn) error {
+		// Dumping the chains succeeds whether or not the table exists,
+		// unlike asking for the table by name.
+		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+		if err != nil {
+			return fmt.Errorf("list chains: %w", err)
+		}
+		for _, ch := range chains {
+			if ch.Table.Name != TableName {
+				continue
+			}
+			rules, err := c.GetRules(ch.Table, ch)
+			if err != nil {
+				return fmt.Errorf("list rules of chain %s: %w", ch.Name, err)
+			}
+			for _, r := range rules {
+				if name, ok := networkFromUserData(r.UserData); ok {
+					names = append(names, name)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list networks: %w", err)
+	}
+	slices.Sort(names)
+	return slices.Compact(names), nil
+}
+
+// Close releases the Firewall; it leaves the ruleset in place. Later
+// operations fail with an error wrapping net.ErrClosed.
+func (f *Firewall) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+// do runs fn with an nftables connection whose socket lives for the duration
+// of the call and is interrupted when ctx is done.
+func (f *Firewall) do(ctx context.Context, fn func(*nftables.Conn) error) (err error) {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var sock *netlink.Conn
+	opts := []nftables.ConnOption{
+		nftables.AsLasting(),
+		nftables.WithSockOptions(func(c *netlink.Conn) error {
+			sock = c
+			return nil
+		}),
+	}
+	if f.nsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(f.nsFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return fmt.Errorf("open netlink socket: %w", err)
+	}
+	defer func() {
+		if cerr := c.CloseLasting(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("close netlink socket: %w", cerr))
+		}
+	}()
+	if dl, ok := ctx.Deadline(); ok {
+		if err := sock.SetDeadline(dl); err != nil {
+			return fmt.Errorf("set netlink socket deadline: %w", err)
+		}
+	}
+	// A deadline in the past wakes up a blocked send or receive.
+	stop := context.AfterFunc(ctx, func() { _ = sock.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	if err := fn(c); err != nil {
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("%w: %w", cerr, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// normalize validates nets and returns a copy sorted by name, with subnets
+// masked, deduplicated and sorted, so that equal inputs give equal rulesets.
+func normalize(nets []Network) ([]Network, error) {
+	out := make([]Network, 0, len(nets))
+	names := make(map[string]bool, len(nets))
+	bridges := make(map[string]string, len(nets))
+	for i, n := range nets {
+		if err := validName(n.Name); err != nil {
+			return nil, fmt.Errorf("network %d: %w", i, err)
+		}
+		if names[n.Name] {
+			return nil, fmt.Errorf("network %q: duplicate name: %w", n.Name, ErrInvalid)
+		}
+		names[n.Name] = true
+		if err := validBridge(n.Bridge); err != nil {
+			return nil, fmt.Errorf("network %q: %w", n.Name, err)
+		}
+		if other, ok := bridges[n.Bridge]; ok {
+			return nil, fmt.Errorf("network %q: bridge %q already used by network %q: %w", n.Name, n.Bridge, other, ErrInvalid)
+		}
+		bridges[n.Bridge] = n.Name
+
+		subnets := make([]netip.Prefix, 0, len(n.Subnets))
+		for _, p := range n.Subnets {
+			if !p.IsValid() {
+				return nil, fmt.Errorf("network %q: subnet %q is not a valid prefix: %w", n.Name, p, ErrInvalid)
+			}
+			if p.Addr().Is4In6() {
+				// It would only ever be compared with IPv6 headers, where
+				// it cannot match IPv4 traffic.
+				return nil, fmt.Errorf("network %q: subnet %s is IPv4-mapped IPv6: %w", n.Name, p, ErrInvalid)
+			}
+			subnets = append(subnets, p.Masked())
+		}
+		slices.SortFunc(subnets, comparePrefix)
+		n.Subnets = slices.Compact(subnets)
+		out = append(out, n)
+	}
+	slices.SortFunc(out, func(a, b Network) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+func validName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("name is empty: %w", ErrInvalid)
+	case len(name) > maxNameLen:
+		return fmt.Errorf("name %q is longer than %d bytes: %w", name, maxNameLen, ErrInvalid)
+	case strings.IndexByte(name, 0) >= 0:
+		return fmt.Errorf("name %q contains a NUL byte: %w", name, ErrInvalid)
+	}
+	return nil
+}
+
+// validBridge applies the kernel's rules for interface names (dev_valid_name).
+func validBridge(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("bridge name is empty: %w", ErrInvalid)
+	case len(name) > maxBridgeLen:
+		return fmt.Errorf("bridge name %q is longer than %d bytes: %w", name, maxBridgeLen, ErrInvalid)
+	case name == "." || name == "..":
+		return fmt.Errorf("bridge name %q is reserved: %w", name, ErrInvalid)
+	case strings.ContainsAny(name, "/: \t\n\v\f\r\x00"):
+		return fmt.Errorf("bridge name %q contains '/', ':', a space or a NUL byte: %w", name, ErrInvalid)
+	}
+	return nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}

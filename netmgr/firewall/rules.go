@@ -1,0 +1,240 @@
+package firewall
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	chainForward     = "forward"
+	chainPostrouting = "postrouting"
+	setBridges       = "bridges"
+
+	commentPrefix = "network="
+
+	// bridgesSetID names the set within the batch so that rules in the same
+	// batch can refer to it. It is chosen here because AddSet's own
+	// allocator is a package-level counter that is not safe for concurrent
+	// use by several Conns.
+	bridgesSetID = 1
+
+	// All expressions use one register; nft itself does the same.
+	reg = 1
+)
+
+func table() *nftables.Table {
+	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+}
+
+// queueDeleteTable queues the deletion of the netmgr table. The table is
+// added first so that the deletion succeeds whether or not it existed.
+func queueDeleteTable(c *nftables.Conn) *nftables.Table {
+	t := table()
+	c.AddTable(t)
+	c.DelTable(t)
+	return t
+}
+
+// queueRuleset queues the replacement of the netmgr table by the ruleset for
+// nets, which must be normalized, and returns the number of rules queued.
+func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
+	t := queueDeleteTable(c)
+	if len(nets) == 0 {
+		return 0, nil
+	}
+	c.AddTable(t)
+
+	accept := nftables.ChainPolicyAccept
+	forward := c.AddChain(&nftables.Chain{
+		Name:     chainForward,
+		Table:    t,
+		Type:     nftables.ChainTypeFilter,
+		Hooknum:  nftables.ChainHookForward,
+		Priority: nftables.ChainPriorityFilter,
+		Policy:   &accept,
+	})
+	postrouting := c.AddChain(&nftables.Chain{
+		Name:     chainPostrouting,
+		Table:    t,
+		Type:     nftables.ChainTypeNAT,
+		Hooknum:  nftables.ChainHookPostrouting,
+		Priority: nftables.ChainPriorityNATSource,
+		Policy:   &accept,
+	})
+
+	bridges := &nftables.Set{
+		Table:   t,
+		ID:      bridgesSetID,
+		Name:    setBridges,
+		KeyType: nftables.TypeIFName,
+		// nft records ifname sets as host byte order; without it nft
+		// cannot print the elements as strings.
+		KeyByteOrder: binaryutil.NativeEndian,
+	}
+	elems := make([]nftables.SetElement, 0, len(nets))
+	for _, n := range nets {
+		elems = append(elems, nftables.SetElement{Key: ifname(n.Bridge)})
+	}
+	if err := c.AddSet(bridges, elems); err != nil {
+		return 0, fmt.Errorf("add set %s: %w", setBridges, err)
+	}
+
+	var count int
+	add := func(ch *nftables.Chain, n Network, exprs []expr.Any) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: exprs, UserData: networkUserData(n.Name)})
+		count++
+	}
+	for _, n := range nets {
+		for _, exprs := range forwardRules(n, bridges) {
+			add(forward, n, exprs)
+		}
+		for _, exprs := range postroutingRules(n) {
+			add(postrouting, n, exprs)
+		}
+	}
+	return count, nil
+}
+
+func forwardRules(n Network, bridges *nftables.Set) [][]expr.Any {
+	var rules [][]expr.Any
+	if n.Internal {
+		rules = append(rules,
+			// iifname B oifname != B drop
+			concat(ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge), ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n.Bridge), drop()),
+			// oifname B iifname != B drop
+			concat(ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge), ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpNeq, n.Bridge), drop()),
+		)
+	}
+	// iifname B oifname != B oifname @bridges drop
+	rules = append(rules, concat(
+		ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge),
+		ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n.Bridge),
+		[]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg},
+			&expr.Lookup{SourceRegister: reg, SetName: bridges.Name, SetID: bridges.ID},
+		},
+		drop(),
+	))
+	return rules
+}
+
+func postroutingRules(n Network) [][]expr.Any {
+	if !n.Masquerade || n.Internal {
+		return nil
+	}
+	rules := make([][]expr.Any, 0, len(n.Subnets))
+	for _, p := range n.Subnets {
+		// meta nfproto ipvX ip[6] saddr S oifname != B masquerade
+		rules = append(rules, concat(
+			saddrMatch(p),
+			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n.Bridge),
+			[]expr.Any{&expr.Masq{}},
+		))
+	}
+	return rules
+}
+
+// ifnameCmp compares an interface name the way nft does for a name without a
+// wildcard: over all IFNAMSIZ bytes, zero padded, so "br1" does not match
+// "br10".
+func ifnameCmp(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: reg},
+		&expr.Cmp{Op: op, Register: reg, Data: ifname(name)},
+	}
+}
+
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// saddrMatch matches packets whose source address is in p. In an inet table
+// the network header may be IPv4 or IPv6, so the protocol is checked first,
+// as nft does for "ip saddr" and "ip6 saddr".
+func saddrMatch(p netip.Prefix) []expr.Any {
+	proto, offset := byte(unix.NFPROTO_IPV4), uint32(12) // iphdr.saddr
+	if p.Addr().Is6() {
+		proto, offset = unix.NFPROTO_IPV6, 8 // ipv6hdr.saddr
+	}
+	size := uint32(p.Addr().BitLen() / 8)
+	exprs := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{proto}},
+		&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size},
+	}
+	if p.Bits() < p.Addr().BitLen() {
+		exprs = append(exprs, &expr.Bitwise{
+			SourceRegister: reg,
+			DestRegister:   reg,
+			Len:            size,
+			Mask:           prefixMask(p.Bits(), int(size)),
+			Xor:            make([]byte, size),
+		})
+	}
+	return append(exprs, &expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: p.Addr().AsSlice()})
+}
+
+func prefixMask(bits, size int) []byte {
+	m := make([]byte, size)
+	for i := range m {
+		switch {
+		case bits >= 8:
+			m[i] = 0xff
+			bits -= 8
+		case bits > 0:
+			m[i] = ^byte(0xff >> bits)
+			bits = 0
+		}
+	}
+	return m
+}
+
+func drop() []expr.Any {
+	return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}
+}
+
+func concat(parts ...[]expr.Any) []expr.Any {
+	var out []expr.Any
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+// networkUserData encodes name as a libnftnl comment, which nft shows as
+// `comment "network=<name>"`.
+func networkUserData(name string) []byte {
+	return userdata.AppendString(nil, userdata.TypeComment, commentPrefix+name)
+}
+
+// networkFromUserData decodes what networkUserData encodes. It walks the TLVs
+// itself because userdata.Get panics on a truncated TLV, and UserData is
+// whatever the last writer of the table put there.
+func networkFromUserData(ud []byte) (string, bool) {
+	for len(ud) >= 2 {
+		typ, n := userdata.Type(ud[0]), int(ud[1])
+		if len(ud) < 2+n {
+			return "", false
+		}
+		if typ == userdata.TypeComment {
+			comment, _ := bytes.CutSuffix(ud[2:2+n], []byte{0})
+			name, ok := strings.CutPrefix(string(comment), commentPrefix)
+			if !ok || name == "" {
+				return "", false
+			}
+			return name, true
+		}
+		ud = ud[2+n:]
+	}
+	return "", false
+}

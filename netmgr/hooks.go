@@ -1,0 +1,32 @@
+package netmgr
+
+import (
+	"fmt"
+	"os"
+)
+
+// pauseEnv names a step at which every Manager of the process stops forever, so that crash tests can
+// SIGKILL it there. It is a test hook: unset, it costs one string comparison per step.
+const pauseEnv = "NETMGR_TEST_PAUSE_AT"
+
+// Steps at which pauseEnv can stop a process.
+const (
+	StepSandboxReserved = "sandbox-create:reserved" // records and IPs written, kernel untouched
+	StepSandboxNetNS    = "sandbox-create:netns"    // namespace pinned
+	StepSandboxAttached = "sandbox-create:attached" // first endpoint plumbed
+	StepSandboxDeleting = "sandbox-delete:marked"   // delete intent recorded
+	StepSandboxDetached = "sandbox-delete:detached" // endpoints detached
+	StepSandboxUnpinned = "sandbox-delete:unpinned" // namespace removed, records not yet
+	StepNetworkReserved = "network-create:reserved"
+	StepNetworkCreated  = "network-create:created"
+	StepNetworkDeleting = "network-delete:marked"
+	StepNetworkRemoved  = "network-delete:removed"
+)
+
+func (m *Manager) step(name string) {
+	if m.pauseAt != name {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "netmgr: paused at %s\n", name)
+	select {}
+}

@@ -1,0 +1,184 @@
+package netmgr
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/netmgr/netmgr/drivers"
+	// The built-in drivers register themselves.
+	_ "github.com/netmgr/netmgr/drivers/bridge"
+	_ "github.com/netmgr/netmgr/drivers/host"
+	_ "github.com/netmgr/netmgr/drivers/link"
+	"github.com/netmgr/netmgr/netmgr/firewall"
+	"github.com/netmgr/netmgr/netmgr/store"
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// Defaults for the state and run directories.
+const (
+	DefaultStateDir = "/var/lib/netmgr"
+	DefaultRunDir   = "/run/netmgr"
+)
+
+// Manager is the entry point: networks, sandboxes and their attachments.
+type Manager struct {
+	stateDir string
+	runDir   string
+	hostPath string
+	st       store.Store
+	ownStore bool
+	log      *slog.Logger
+	pauseAt  string
+	pauseBin string
+
+	host *sandbox.NetNS
+	hh   *netlink.Handle
+	fw   *firewall.Firewall
+
+	drvMu   sync.Mutex
+	drivers map[string]drivers.Driver
+
+	ipMu    sync.Mutex
+	pending map[string]bool // ipam keys chosen by this process but not yet committed
+	cursor  map[string]string
+}
+
+// Option configures a Manager.
+type Option func(*Manager)
+
+// WithStateDir sets the directory of persistent state (the bbolt file). Default /var/lib/netmgr.
+func WithStateDir(dir string) Option { return func(m *Manager) { m.stateDir = dir } }
+
+// WithRunDir sets the directory of runtime state: namespace pins and lock files. Default /run/netmgr.
+func WithRunDir(dir string) Option { return func(m *Manager) { m.runDir = dir } }
+
+// WithStore sets the state backend; the Manager does not close a store it was given.
+func WithStore(s store.Store) Option { return func(m *Manager) { m.st = s } }
+
+// WithLogger sets the structured logger. Default: discard.
+func WithLogger(l *slog.Logger) Option { return func(m *Manager) { m.log = l } }
+
+// WithHostNetNS sets the namespace that holds bridges, host ends and firewall rules; default the
+// calling process's own. Tests point it at a namespace they created.
+func WithHostNetNS(path string) Option { return func(m *Manager) { m.hostPath = path } }
+
+// WithPauseBinary sets the pause binary started for sandboxes that ask for a pause process.
+func WithPauseBinary(path string) Option { return func(m *Manager) { m.pauseBin = path } }
+
+// New opens (or creates) the state and returns a Manager. It repairs operations that a crashed
+// process left half done (see Recover), without a full scan of the kernel.
+func New(ctx context.Context, opts ...Option) (*Manager, error) {
+	m := &Manager{
+		stateDir: DefaultStateDir,
+		runDir:   DefaultRunDir,
+		drivers:  map[string]drivers.Driver{},
+		pending:  map[string]bool{},
+		cursor:   map[string]string{},
+		pauseAt:  os.Getenv(pauseEnv),
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(m.runDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create run dir: %w", err)
+	}
+	if m.st == nil {
+		if err := os.MkdirAll(m.stateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create state dir: %w", err)
+		}
+		st, err := store.OpenBolt(filepath.Join(m.stateDir, "netmgr.db"))
+		if err != nil {
+			return nil, err
+		}
+		m.st, m.ownStore = st, true
+	}
+	var err error
+	if m.hostPath == "" {
+		m.host, err = sandbox.Current()
+	} else {
+		m.host, err = sandbox.Open(m.hostPath)
+	}
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("open host namespace: %w", err)
+	}
+	if m.hh, err = m.host.NewHandle(); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if m.fw, err = firewall.New(m.host.Fd(), m.log); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if err := m.recoverIntents(ctx); err != nil {
+		m.log.Warn("repair of interrupted operations incomplete", "error", err)
+	}
+	return m, nil
+}
+
+// Close releases the Manager's handles. Networks and sandboxes stay.
+func (m *Manager) Close() error {
+	var errs []error
+	if m.fw != nil {
+		errs = append(errs, m.fw.Close())
+	}
+	if m.hh != nil {
+		m.hh.Close()
+	}
+	if m.host != nil {
+		errs = append(errs, m.host.Close())
+	}
+	if m.ownStore && m.st != nil {
+		errs = append(errs, m.st.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// HostNetNS returns the path of the namespace the Manager treats as the host.
+func (m *Manager) HostNetNS() string { return m.host.Path() }
+
+// RunDir returns the run directory.
+func (m *Manager) RunDir() string { return m.runDir }
+
+// driver returns the Manager's instance of the named driver, building it on first use.
+func (m *Manager) driver(name string) (drivers.Driver, error) {
+	m.drvMu.Lock()
+	defer m.drvMu.Unlock()
+	if d, ok := m.drivers[name]; ok {
+		return d, nil
+	}
+	f, ok := drivers.Lookup(name)
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown driver %q (available: %v)", ErrInvalid, name, drivers.Names())
+	}
+	d, err := f(drivers.Env{Host: m.host, HostHandle: m.hh, Logger: m.log})
+	if err != nil {
+		return nil, err
+	}
+	m.drivers[name] = d
+	return d, nil
+}
+
+func newID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func (m *Manager) netnsPath(name string) string {
+	return filepath.Join(m.runDir, "netns", name)
+}

@@ -1,0 +1,427 @@
+package netmgr
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/netmgr/firewall"
+	"github.com/netmgr/netmgr/netmgr/ipam"
+	"github.com/netmgr/netmgr/netmgr/store"
+)
+
+// NetworkSpec describes a network to create.
+type NetworkSpec struct {
+	Name    string
+	Driver  string
+	Subnets []netip.Prefix // at most one per family; bridge picks a free 10.89.x.0/24 when empty
+	// Gateways optionally sets the gateway of the subnet of the same family; default: first host address.
+	Gateways []netip.Addr
+	Options  map[string]string // driver options (--opt k=v)
+	Internal bool              // no traffic leaves the network
+	MTU      int
+}
+
+// Network is a network as the Manager reports it.
+type Network struct {
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	Driver    string            `json:"driver"`
+	Subnets   []netip.Prefix    `json:"subnets"`
+	Gateways  []netip.Addr      `json:"gateways"`
+	Options   map[string]string `json:"options,omitempty"`
+	Internal  bool              `json:"internal"`
+	MTU       int               `json:"mtu,omitempty"`
+	Created   time.Time         `json:"created"`
+	Sandboxes []string          `json:"sandboxes"`
+}
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+
+func checkName(kind, name string) error {
+	if len(name) == 0 || len(name) > 63 || !nameRE.MatchString(name) {
+		return fmt.Errorf("%w: %s name %q must be 1-63 characters of letters, digits, '_', '.', '-', starting with a letter or digit", ErrInvalid, kind, name)
+	}
+	return nil
+}
+
+// defaultPool is where networks created without a subnet get one, a /24 at a time, as Podman does.
+var defaultPool = netip.MustParsePrefix("10.89.0.0/16")
+
+// CreateNetwork validates spec, records the network and creates its plumbing. Nothing is changed when
+// validation fails, and a failure later is rolled back.
+func (m *Manager) CreateNetwork(ctx context.Context, spec NetworkSpec) (*Network, error) {
+	n, err := m.createNetwork(ctx, spec)
+	return n, opErr("create", "network", spec.Name, err)
+}
+
+func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (*Network, error) {
+	if err := checkName("network", spec.Name); err != nil {
+		return nil, err
+	}
+	if spec.Driver == "" {
+		spec.Driver = "bridge"
+	}
+	drv, err := m.driver(spec.Driver)
+	if err != nil {
+		return nil, err
+	}
+	l, err := m.lock("network-" + spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer l.unlock(false)
+
+	all, _, err := m.st.List(ctx, keyNetworks)
+	if err != nil {
+		return nil, err
+	}
+	rec := &networkRecord{
+		ID: newID(), Name: spec.Name, Driver: spec.Driver, Internal: spec.Internal, MTU: spec.MTU,
+		Options: map[string]string{}, Created: time.Now().UTC(),
+	}
+	for k, v := range spec.Options {
+		rec.Options[k] = v
+	}
+	var existing []*drivers.Network
+	var taken []netip.Prefix
+	for _, kv := range all {
+		var o networkRecord
+		if err := json.Unmarshal(kv.Value, &o); err != nil {
+			continue
+		}
+		if o.Name == spec.Name {
+			return nil, fmt.Errorf("%w: a network named %q exists", ErrExists, spec.Name)
+		}
+		if o.Driver == spec.Driver {
+			existing = append(existing, o.driverNetwork())
+		}
+		taken = append(taken, o.Subnets...)
+	}
+	if err := m.chooseSubnets(rec, spec, taken, drv); err != nil {
+		return nil, err
+	}
+	dn := rec.driverNetwork()
+	if err := drv.PrepareNetwork(dn, existing); err != nil {
+		return nil, err
+	}
+	rec.Options = dn.Options
+
+	// Record the network with a create intent; the compare on every other network's key, taken at the
+	// revision we read, makes a concurrent overlapping create fail instead of both succeeding.
+	cmps := []store.Cmp{store.Absent(keyNetworks + spec.Name), store.Absent(keyIntentNet + spec.Name)}
+	for _, kv := range all {
+		cmps = append(cmps, store.Cmp{Key: kv.Key, Rev: kv.Rev})
+	}
+	err = m.st.Txn(ctx, cmps, []store.Op{
+		store.Put(keyNetworks+spec.Name, mustJSON(rec)),
+		store.Put(keyIntentNet+spec.Name, []byte(intentCreate)),
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return nil, fmt.Errorf("%w: networks changed concurrently; try again", ErrBusy)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m.step(StepNetworkReserved)
+	if err := drv.CreateNetwork(ctx, dn); err != nil {
+		return nil, errors.Join(err, m.undoNetwork(ctx, rec))
+	}
+	m.step(StepNetworkCreated)
+	if err := m.syncFirewall(ctx); err != nil {
+		return nil, errors.Join(err, m.undoNetwork(ctx, rec))
+	}
+	if err := m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + spec.Name)}); err != nil {
+		return nil, errors.Join(err, m.undoNetwork(ctx, rec))
+	}
+	m.log.Info("network created", "network", rec.Name, "driver", rec.Driver, "subnets", rec.Subnets)
+	return rec.public(nil), nil
+}
+
+// chooseSubnets validates the requested subnets and gateways, or picks a free default subnet for
+// drivers that need one.
+func (m *Manager) chooseSubnets(rec *networkRecord, spec NetworkSpec, taken []netip.Prefix, drv drivers.Driver) error {
+	seen := map[bool]bool{}
+	for _, sn := range spec.Subnets {
+		if !sn.IsValid() {
+			return fmt.Errorf("%w: subnet %v is not a CIDR", ErrInvalid, sn)
+		}
+		if _, err := ipam.ParseSubnet(sn.String()); err != nil {
+			return err
+		}
+		if seen[sn.Addr().Is4()] {
+			return fmt.Errorf("%w: more than one subnet of the same family (%s)", ErrInvalid, sn)
+		}
+		seen[sn.Addr().Is4()] = true
+		for _, t := range taken {
+			if t.Overlaps(sn) {
+				return fmt.Errorf("%w: subnet %s overlaps %s of another network", ErrInUse, sn, t)
+			}
+		}
+		rec.Subnets = append(rec.Subnets, sn)
+	}
+	_, provider := drv.(drivers.NamespaceProvider)
+	if len(rec.Subnets) == 0 && !provider && rec.Driver == "bridge" {
+		sn, err := freeSubnet(taken)
+		if err != nil {
+			return err
+		}
+		rec.Subnets = append(rec.Subnets, sn)
+	}
+	for _, gw := range spec.Gateways {
+		found := false
+		for _, sn := range rec.Subnets {
+			if sn.Addr().Is4() == gw.Is4() {
+				found = true
+			}
+		}
+		if !found {
+			return fmt.Errorf("%w: gateway %s has no subnet of its family", ErrInvalid, gw)
+		}
+	}
+	for _, sn := range rec.Subnets {
+		var gw netip.Addr
+		for _, g := range spec.Gateways {
+			if g.Is4() == sn.Addr().Is4() {
+				gw = g
+			}
+		}
+		pool, err := ipam.NewPool(sn, gw)
+		if err != nil {
+			return err
+		}
+		rec.Gateways = append(rec.Gateways, pool.Gateway)
+	}
+	return nil
+}
+
+func freeSubnet(taken []netip.Prefix) (netip.Prefix, error) {
+	a := defaultPool.Addr()
+	for defaultPool.Contains(a) {
+		cand := netip.PrefixFrom(a, 24)
+		free := true
+		for _, t := range taken {
+			if t.Overlaps(cand) {
+				free = false
+				break
+			}
+		}
+		if free {
+			return cand, nil
+		}
+		b := a.As4()
+		b[2]++
+		if b[2] == 0 {
+			break
+		}
+		a = netip.AddrFrom4(b)
+	}
+	return netip.Prefix{}, fmt.Errorf("%w: no free /24 left in %s; give --subnet", ErrFull, defaultPool)
+}
+
+// undoNetwork rolls back a network whose create failed or was interrupted.
+func (m *Manager) undoNetwork(ctx context.Context, rec *networkRecord) error {
+	var errs []error
+	if drv, err := m.driver(rec.Driver); err == nil {
+		errs = append(errs, drv.DeleteNetwork(ctx, rec.driverNetwork()))
+	}
+	errs = append(errs, m.st.Txn(ctx, nil, []store.Op{store.Del(keyNetworks + rec.Name), store.Del(keyIntentNet + rec.Name)}))
+	errs = append(errs, m.syncFirewall(ctx))
+	return errors.Join(errs...)
+}
+
+// DeleteNetwork removes a network that has no attachments. It is idempotent only in the sense that a
+// missing network reports ErrNotFound and changes nothing.
+func (m *Manager) DeleteNetwork(ctx context.Context, name string) error {
+	return opErr("delete", "network", name, m.deleteNetwork(ctx, name))
+}
+
+func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
+	l, err := m.lock("network-" + name)
+	if err != nil {
+		return err
+	}
+	defer l.unlock(false)
+	kv, err := m.st.Get(ctx, keyNetworks+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w: no network named %q", ErrNotFound, name)
+	}
+	if err != nil {
+		return err
+	}
+	var rec networkRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return fmt.Errorf("decode network record: %w", err)
+	}
+	if err := m.refuseInUse(ctx, name); err != nil {
+		return err // the common case, answered before anything is written
+	}
+	// Mark first: re-writing the record bumps its revision, so an attach that read the old one fails its
+	// compare and sees the delete intent on retry. Then look for attachments.
+	if err := m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
+		store.Put(kv.Key, kv.Value),
+		store.Put(keyIntentNet+name, []byte(intentDelete)),
+	}); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("%w: network changed concurrently; try again", ErrBusy)
+		}
+		return err
+	}
+	if err := m.refuseInUse(ctx, name); err != nil {
+		// An attach committed between the check above and the mark.
+		return errors.Join(err, m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + name)}))
+	}
+	m.step(StepNetworkDeleting)
+	return m.finishNetworkDelete(ctx, &rec)
+}
+
+// refuseInUse returns ErrInUse naming the sandboxes attached to the network, if any.
+func (m *Manager) refuseInUse(ctx context.Context, name string) error {
+	users, _, err := m.st.List(ctx, keyIPAM+name+"/")
+	if err != nil {
+		return err
+	}
+	if len(users) == 0 {
+		return nil
+	}
+	sbs := map[string]bool{}
+	for _, u := range users {
+		sbs[string(u.Value)] = true
+	}
+	return fmt.Errorf("%w: %d sandbox(es) attached (%s); remove them first", ErrInUse, len(sbs), strings.Join(sortedKeys(sbs), ", "))
+}
+
+func (m *Manager) finishNetworkDelete(ctx context.Context, rec *networkRecord) error {
+	drv, err := m.driver(rec.Driver)
+	if err != nil {
+		return err
+	}
+	if err := drv.DeleteNetwork(ctx, rec.driverNetwork()); err != nil {
+		return err
+	}
+	m.step(StepNetworkRemoved)
+	if err := m.st.Txn(ctx, nil, []store.Op{store.Del(keyNetworks + rec.Name), store.Del(keyIntentNet + rec.Name)}); err != nil {
+		return err
+	}
+	m.log.Info("network deleted", "network", rec.Name)
+	return m.syncFirewall(ctx)
+}
+
+// Network returns one network with the sandboxes attached to it.
+func (m *Manager) Network(ctx context.Context, name string) (*Network, error) {
+	kv, err := m.st.Get(ctx, keyNetworks+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, opErr("inspect", "network", name, fmt.Errorf("%w: no network named %q", ErrNotFound, name))
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec networkRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return nil, err
+	}
+	users, _, err := m.st.List(ctx, keyIPAM+name+"/")
+	if err != nil {
+		return nil, err
+	}
+	return rec.public(users), nil
+}
+
+// Networks returns every network, sorted by name.
+func (m *Manager) Networks(ctx context.Context) ([]*Network, error) {
+	recs, err := m.networkRecords(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Network, 0, len(recs))
+	for _, r := range recs {
+		users, _, err := m.st.List(ctx, keyIPAM+r.Name+"/")
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r.public(users))
+	}
+	return out, nil
+}
+
+func (m *Manager) networkRecords(ctx context.Context) ([]*networkRecord, error) {
+	kvs, _, err := m.st.List(ctx, keyNetworks)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*networkRecord, 0, len(kvs))
+	for _, kv := range kvs {
+		var r networkRecord
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			m.log.Warn("skipping undecodable network record", "key", kv.Key, "error", err)
+			continue
+		}
+		out = append(out, &r)
+	}
+	return out, nil
+}
+
+func (r *networkRecord) public(users []store.KV) *Network {
+	n := &Network{
+		ID: r.ID, Name: r.Name, Driver: r.Driver, Subnets: r.Subnets, Gateways: r.Gateways,
+		Options: r.Options, Internal: r.Internal, MTU: r.MTU, Created: r.Created, Sandboxes: []string{},
+	}
+	if n.Subnets == nil {
+		n.Subnets = []netip.Prefix{}
+	}
+	if n.Gateways == nil {
+		n.Gateways = []netip.Addr{}
+	}
+	seen := map[string]bool{}
+	for _, u := range users {
+		seen[string(u.Value)] = true
+	}
+	n.Sandboxes = append(n.Sandboxes, sortedKeys(seen)...)
+	return n
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// syncFirewall rebuilds the nftables ruleset from the recorded networks, under a host-wide lock so
+// that concurrent processes apply in turn and the last one applies the latest records.
+func (m *Manager) syncFirewall(ctx context.Context) error {
+	l, err := m.lock("firewall")
+	if err != nil {
+		return err
+	}
+	defer l.unlock(false)
+	recs, err := m.networkRecords(ctx)
+	if err != nil {
+		return err
+	}
+	var nets []firewall.Network
+	for _, r := range recs {
+		drv, err := m.driver(r.Driver)
+		if err != nil {
+			continue
+		}
+		if fwr, ok := drv.(drivers.Firewaller); ok {
+			if fn, ok := fwr.Firewall(r.driverNetwork()); ok {
+				nets = append(nets, fn)
+			}
+		}
+	}
+	if err := m.fw.Apply(ctx, nets); err != nil {
+		return fmt.Errorf("apply firewall: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+package netmgr
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// startPause starts the pause binary inside ns, in new UTS and IPC namespaces, detached from the caller.
+func (m *Manager) startPause(ns *sandbox.NetNS) (*pauseRecord, error) {
+	if m.pauseBin == "" {
+		return nil, fmt.Errorf("%w: a pause process was asked for but no pause binary is configured (WithPauseBinary)", ErrInvalid)
+	}
+	var cmd *exec.Cmd
+	err := ns.Do(func() error {
+		cmd = exec.Command(m.pauseBin)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC}
+		return cmd.Start()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start pause: %w", err)
+	}
+	pid := cmd.Process.Pid
+	go cmd.Wait() //nolint:errcheck // reaps it if it exits while this process lives
+	st, err := procStartTime(pid)
+	if err != nil {
+		_ = cmd.Process.Kill()
+		return nil, fmt.Errorf("start pause: %w", err)
+	}
+	return &pauseRecord{PID: pid, StartTime: st}, nil
+}
+
+// stopPause sends SIGTERM to the recorded pause process if it is still the same process (pid and start
+// time match), then SIGKILL if it has not exited within a second.
+func (m *Manager) stopPause(rec *sandboxRecord) {
+	if rec.Pause == nil {
+		return
+	}
+	st, err := procStartTime(rec.Pause.PID)
+	if err != nil || st != rec.Pause.StartTime {
+		return
+	}
+	p, err := os.FindProcess(rec.Pause.PID)
+	if err != nil {
+		return
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	for i := 0; i < 100; i++ {
+		if s, err := procStartTime(rec.Pause.PID); err != nil || s != rec.Pause.StartTime {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = p.Kill()
+}
+
+// procStartTime reads field 22 of /proc/PID/stat, which with the pid identifies a process.
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, errors.New("malformed stat")
+	}
+	// A zombie still has its stat; treat it as gone.
+	if f[0] == "Z" {
+		return 0, os.ErrNotExist
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}

@@ -1,0 +1,111 @@
+package netmgr
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/netmgr/netmgr/drivers"
+)
+
+// Store keys. Everything about one object lives under its own key so that a transaction compares and
+// writes only what it touches.
+const (
+	keyNetworks  = "networks/"         // networks/NAME -> networkRecord
+	keySandboxes = "sandboxes/"        // sandboxes/NAME -> sandboxRecord
+	keyIPAM      = "ipam/"             // ipam/NETWORK/ADDR -> sandbox name
+	keyJoins     = "joins/"            // joins/TARGET/NAME -> "" (link sandboxes of a target)
+	keyIntentSB  = "intents/sandbox/"  // intents/sandbox/NAME -> "create" | "delete"
+	keyIntentNet = "intents/network/"  // intents/network/NAME -> "create" | "delete"
+)
+
+const (
+	intentCreate = "create"
+	intentDelete = "delete"
+)
+
+// Sandbox modes.
+const (
+	ModeNetNS = "netns" // a namespace of its own, pinned under the run directory
+	ModeHost  = "host"  // the host's namespace
+	ModeLink  = "link"  // another sandbox's namespace
+)
+
+type networkRecord struct {
+	ID       string            `json:"id"`
+	Name     string            `json:"name"`
+	Driver   string            `json:"driver"`
+	Subnets  []netip.Prefix    `json:"subnets,omitempty"`
+	Gateways []netip.Addr      `json:"gateways,omitempty"`
+	Options  map[string]string `json:"options,omitempty"`
+	Internal bool              `json:"internal,omitempty"`
+	MTU      int               `json:"mtu,omitempty"`
+	Created  time.Time         `json:"created"`
+}
+
+func (r *networkRecord) driverNetwork() *drivers.Network {
+	opts := make(map[string]string, len(r.Options))
+	for k, v := range r.Options {
+		opts[k] = v
+	}
+	return &drivers.Network{
+		ID: r.ID, Name: r.Name, Driver: r.Driver,
+		Subnets: r.Subnets, Gateways: r.Gateways, Options: opts,
+		Internal: r.Internal, MTU: r.MTU,
+	}
+}
+
+type endpointRecord struct {
+	ID       string         `json:"id"`
+	Network  string         `json:"network"`
+	IfName   string         `json:"ifname"`
+	HostName string         `json:"host_ifname,omitempty"`
+	Addrs    []netip.Prefix `json:"addrs,omitempty"`
+	Gateways []netip.Addr   `json:"gateways,omitempty"`
+	MAC      string         `json:"mac,omitempty"`
+	MTU      int            `json:"mtu,omitempty"`
+}
+
+func (e *endpointRecord) driverEndpoint(sandbox, joinPath string) *drivers.Endpoint {
+	return &drivers.Endpoint{
+		ID: e.ID, Sandbox: sandbox, IfName: e.IfName, HostName: e.HostName,
+		Addrs: e.Addrs, Gateways: e.Gateways, MAC: e.MAC, MTU: e.MTU, JoinPath: joinPath,
+	}
+}
+
+type pauseRecord struct {
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+}
+
+type sandboxRecord struct {
+	ID        string            `json:"id"`
+	Name      string            `json:"name"`
+	Mode      string            `json:"mode"`
+	NetNS     string            `json:"netns"`
+	Join      string            `json:"join,omitempty"`
+	Endpoints []endpointRecord  `json:"endpoints,omitempty"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	Pause     *pauseRecord      `json:"pause,omitempty"`
+	Created   time.Time         `json:"created"`
+}
+
+// owned reports whether netmgr created the namespace and so removes it.
+func (r *sandboxRecord) owned() bool { return r.Mode == ModeNetNS }
+
+func ipamKey(network string, a netip.Addr) string {
+	return keyIPAM + network + "/" + a.String()
+}
+
+func mustJSON(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // records are plain data; failing to marshal one is a programming error
+	}
+	return b
+}
+
+func lastSegment(key string) string {
+	return key[strings.LastIndexByte(key, '/')+1:]
+}

@@ -1,0 +1,578 @@
+package netmgr
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/netmgr/ipam"
+	"github.com/netmgr/netmgr/netmgr/store"
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// AttachSpec asks for one attachment of a sandbox to a network.
+type AttachSpec struct {
+	Network string
+	// IPs are static addresses, at most one per subnet family of the network; others are allocated.
+	IPs []netip.Addr
+	MAC string
+	// IfName inside the sandbox; default ethN, N counting the sandbox's attachments.
+	IfName string
+}
+
+// SandboxSpec describes a sandbox to create.
+type SandboxSpec struct {
+	Name     string
+	Networks []AttachSpec
+	// Host makes the sandbox the host's own namespace (no attachments allowed).
+	Host bool
+	// Join makes the sandbox share the namespace of the named sandbox (no attachments allowed).
+	Join   string
+	Labels map[string]string
+	// Pause starts a pause process holding the namespace (and new UTS and IPC namespaces).
+	Pause bool
+}
+
+// Sandbox is a sandbox as the Manager reports it.
+type Sandbox struct {
+	ID          string            `json:"id"`
+	Name        string            `json:"name"`
+	Mode        string            `json:"mode"`
+	NetNS       string            `json:"netns"`
+	Join        string            `json:"join,omitempty"`
+	Attachments []Attachment      `json:"attachments"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	PausePID    int               `json:"pause_pid,omitempty"`
+	Created     time.Time         `json:"created"`
+}
+
+// Attachment is one sandbox on one network.
+type Attachment struct {
+	Network       string         `json:"network"`
+	Interface     string         `json:"interface"`
+	HostInterface string         `json:"host_interface,omitempty"`
+	IPv4          netip.Prefix   `json:"ipv4,omitzero"`
+	IPv6          netip.Prefix   `json:"ipv6,omitzero"`
+	Gateways      []netip.Addr   `json:"gateways,omitempty"`
+	MAC           string         `json:"mac,omitempty"`
+	Addrs         []netip.Prefix `json:"-"`
+}
+
+func (r *sandboxRecord) public() *Sandbox {
+	s := &Sandbox{
+		ID: r.ID, Name: r.Name, Mode: r.Mode, NetNS: r.NetNS, Join: r.Join, Labels: r.Labels,
+		Created: r.Created, Attachments: []Attachment{},
+	}
+	if r.Pause != nil {
+		s.PausePID = r.Pause.PID
+	}
+	for _, e := range r.Endpoints {
+		a := Attachment{Network: e.Network, Interface: e.IfName, HostInterface: e.HostName, MAC: e.MAC, Gateways: e.Gateways, Addrs: e.Addrs}
+		for _, p := range e.Addrs {
+			if p.Addr().Is4() {
+				a.IPv4 = p
+			} else {
+				a.IPv6 = p
+			}
+		}
+		s.Attachments = append(s.Attachments, a)
+	}
+	return s
+}
+
+// CreateSandbox creates a sandbox: a pinned namespace (or the host's, or another sandbox's) with its
+// attachments. On failure nothing is left behind.
+func (m *Manager) CreateSandbox(ctx context.Context, spec SandboxSpec) (*Sandbox, error) {
+	s, err := m.createSandbox(ctx, spec)
+	return s, opErr("create", "sandbox", spec.Name, err)
+}
+
+// netState is a network as read for one transaction.
+type netState struct {
+	rec *networkRecord
+	kv  store.KV
+	drv drivers.Driver
+}
+
+func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, error) {
+	kv, err := m.st.Get(ctx, keyNetworks+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("%w: no network named %q", ErrNotFound, name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec networkRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return nil, fmt.Errorf("decode network %q: %w", name, err)
+	}
+	if _, err := m.st.Get(ctx, keyIntentNet+name); err == nil {
+		return nil, fmt.Errorf("%w: network %q is being created or deleted", ErrBusy, name)
+	}
+	drv, err := m.driver(rec.Driver)
+	if err != nil {
+		return nil, err
+	}
+	return &netState{rec: &rec, kv: kv, drv: drv}, nil
+}
+
+func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (*Sandbox, error) {
+	if err := checkName("sandbox", spec.Name); err != nil {
+		return nil, err
+	}
+	switch {
+	case spec.Host && spec.Join != "":
+		return nil, fmt.Errorf("%w: a sandbox cannot both use the host namespace and join %q", ErrInvalid, spec.Join)
+	case (spec.Host || spec.Join != "") && len(spec.Networks) > 0:
+		return nil, fmt.Errorf("%w: a sandbox that uses the host's or another sandbox's namespace takes no --network", ErrInvalid)
+	case spec.Join == spec.Name:
+		return nil, fmt.Errorf("%w: a sandbox cannot join itself", ErrInvalid)
+	}
+	seenNet := map[string]bool{}
+	for _, a := range spec.Networks {
+		if seenNet[a.Network] {
+			return nil, fmt.Errorf("%w: network %q given twice", ErrInvalid, a.Network)
+		}
+		seenNet[a.Network] = true
+	}
+	l, err := m.lock("sandbox-" + spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer l.unlock(false)
+
+	rec, nets, err := m.reserveSandbox(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	m.step(StepSandboxReserved)
+	if err := m.plumbSandbox(ctx, rec, nets, spec.Pause); err != nil {
+		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
+	}
+	kv, err := m.st.Get(ctx, keySandboxes+rec.Name)
+	if err == nil {
+		err = m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
+			store.Put(kv.Key, mustJSON(rec)),
+			store.Del(keyIntentSB + rec.Name),
+		})
+	}
+	if err != nil {
+		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
+	}
+	m.log.Info("sandbox created", "sandbox", rec.Name, "netns", rec.NetNS)
+	return rec.public(), nil
+}
+
+// reserveSandbox writes the sandbox record, its addresses and a create intent in one transaction,
+// retrying when a concurrent writer got there first.
+func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandboxRecord, []*netState, error) {
+	for attempt := 0; ; attempt++ {
+		rec, nets, cmps, ops, release, err := m.planSandbox(ctx, spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		err = m.st.Txn(ctx, cmps, ops)
+		release()
+		if err == nil {
+			return rec, nets, nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= 50 {
+			return nil, nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(time.Duration(rand.IntN(2000)+200) * time.Microsecond):
+		}
+	}
+}
+
+// planSandbox reads what a create depends on and builds its transaction. release forgets the
+// addresses it marked pending in this process.
+func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandboxRecord, nets []*netState, cmps []store.Cmp, ops []store.Op, release func(), err error) {
+	release = func() {}
+	if _, err := m.st.Get(ctx, keySandboxes+spec.Name); err == nil {
+		return nil, nil, nil, nil, release, fmt.Errorf("%w: a sandbox named %q exists", ErrExists, spec.Name)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, nil, nil, nil, release, err
+	}
+	rec = &sandboxRecord{ID: newID(), Name: spec.Name, Mode: ModeNetNS, Labels: spec.Labels, Created: time.Now().UTC()}
+	rec.NetNS = m.netnsPath(spec.Name)
+	cmps = []store.Cmp{store.Absent(keySandboxes + spec.Name), store.Absent(keyIntentSB + spec.Name)}
+
+	switch {
+	case spec.Host:
+		drv, err := m.driver("host")
+		if err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		np := drv.(drivers.NamespaceProvider)
+		if rec.NetNS, err = np.Namespace(ctx, &drivers.Network{Name: "host", Driver: "host"}, &drivers.Endpoint{Sandbox: spec.Name}); err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		rec.Mode = ModeHost
+	case spec.Join != "":
+		tkv, err := m.st.Get(ctx, keySandboxes+spec.Join)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, nil, nil, nil, release, fmt.Errorf("%w: no sandbox named %q to join", ErrNotFound, spec.Join)
+		}
+		if err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		var target sandboxRecord
+		if err := json.Unmarshal(tkv.Value, &target); err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		if _, err := m.st.Get(ctx, keyIntentSB+spec.Join); err == nil {
+			return nil, nil, nil, nil, release, fmt.Errorf("%w: sandbox %q is being created or deleted", ErrBusy, spec.Join)
+		}
+		drv, err := m.driver("link")
+		if err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		if rec.NetNS, err = drv.(drivers.NamespaceProvider).Namespace(ctx, &drivers.Network{Name: "link", Driver: "link"},
+			&drivers.Endpoint{Sandbox: spec.Name, JoinPath: target.NetNS}); err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		rec.Mode, rec.Join = ModeLink, target.Name
+		// Re-writing the target bumps its revision, so a concurrent delete of it fails its compare.
+		cmps = append(cmps, store.Cmp{Key: tkv.Key, Rev: tkv.Rev}, store.Absent(keyIntentSB+spec.Join))
+		ops = append(ops, store.Put(tkv.Key, tkv.Value), store.Put(keyJoins+spec.Join+"/"+spec.Name, nil))
+	}
+
+	var pend []string
+	release = func() {
+		m.ipMu.Lock()
+		for _, k := range pend {
+			delete(m.pending, k)
+		}
+		m.ipMu.Unlock()
+	}
+	for i, as := range spec.Networks {
+		ns, err := m.readNetwork(ctx, as.Network)
+		if err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		if _, ok := ns.drv.(drivers.NamespaceProvider); ok {
+			return nil, nil, nil, nil, release, fmt.Errorf("%w: network %q (driver %s) cannot be attached; use --host or --join", ErrInvalid, as.Network, ns.rec.Driver)
+		}
+		nets = append(nets, ns)
+		cmps = append(cmps, store.Cmp{Key: ns.kv.Key, Rev: ns.kv.Rev}, store.Absent(keyIntentNet+as.Network))
+		ep := endpointRecord{ID: newID(), Network: as.Network, IfName: as.IfName, MAC: as.MAC, MTU: ns.rec.MTU}
+		if ep.IfName == "" {
+			ep.IfName = "eth" + strconv.Itoa(i)
+		}
+		addrs, keys, err := m.allocate(ctx, ns.rec, as.IPs)
+		pend = append(pend, keys...)
+		if err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		ep.Addrs = addrs
+		for j, sn := range ns.rec.Subnets {
+			if ns.rec.Internal {
+				break // no default route off an internal network
+			}
+			if !hasGatewayFamily(rec.Endpoints, sn.Addr().Is4()) {
+				ep.Gateways = append(ep.Gateways, ns.rec.Gateways[j])
+			}
+		}
+		de := ep.driverEndpoint(spec.Name, "")
+		if err := ns.drv.PrepareEndpoint(ns.rec.driverNetwork(), de); err != nil {
+			return nil, nil, nil, nil, release, err
+		}
+		ep.HostName, ep.MTU = de.HostName, de.MTU
+		for _, k := range keys {
+			cmps = append(cmps, store.Absent(k))
+			ops = append(ops, store.Put(k, []byte(spec.Name)))
+		}
+		rec.Endpoints = append(rec.Endpoints, ep)
+	}
+	ifs := map[string]bool{}
+	for _, e := range rec.Endpoints {
+		if ifs[e.IfName] {
+			return nil, nil, nil, nil, release, fmt.Errorf("%w: interface name %q given twice", ErrInvalid, e.IfName)
+		}
+		ifs[e.IfName] = true
+	}
+	ops = append(ops,
+		store.Put(keySandboxes+spec.Name, mustJSON(rec)),
+		store.Put(keyIntentSB+spec.Name, []byte(intentCreate)))
+	return rec, nets, cmps, ops, release, nil
+}
+
+func hasGatewayFamily(eps []endpointRecord, v4 bool) bool {
+	for _, e := range eps {
+		for _, g := range e.Gateways {
+			if g.Is4() == v4 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// allocate chooses one address per subnet of the network: the requested static one for its family,
+// else the next free one after this process's cursor. The chosen keys are marked pending so that
+// concurrent goroutines of this process do not choose them too; the store's compare decides between
+// processes.
+func (m *Manager) allocate(ctx context.Context, rec *networkRecord, static []netip.Addr) ([]netip.Prefix, []string, error) {
+	if len(rec.Subnets) == 0 {
+		return nil, nil, nil
+	}
+	used, _, err := m.st.List(ctx, keyIPAM+rec.Name+"/")
+	if err != nil {
+		return nil, nil, err
+	}
+	takenSet := make(map[string]bool, len(used))
+	var highest = map[bool]netip.Addr{}
+	for _, kv := range used {
+		takenSet[kv.Key] = true
+		if a, err := netip.ParseAddr(lastSegment(kv.Key)); err == nil && a.Compare(highest[a.Is4()]) > 0 {
+			highest[a.Is4()] = a
+		}
+	}
+	for _, s := range static {
+		ok := false
+		for _, sn := range rec.Subnets {
+			if sn.Addr().Is4() == s.Is4() {
+				ok = true
+			}
+		}
+		if !ok {
+			return nil, nil, fmt.Errorf("%w: %s is not in any subnet of network %q (%v)", ErrInvalid, s, rec.Name, rec.Subnets)
+		}
+	}
+	m.ipMu.Lock()
+	defer m.ipMu.Unlock()
+	taken := func(a netip.Addr) bool {
+		k := ipamKey(rec.Name, a)
+		return takenSet[k] || m.pending[k]
+	}
+	var addrs []netip.Prefix
+	var keys []string
+	for i, sn := range rec.Subnets {
+		pool := ipam.Pool{Subnet: sn, Gateway: rec.Gateways[i]}
+		var a netip.Addr
+		for _, s := range static {
+			if s.Is4() == sn.Addr().Is4() {
+				a = s
+			}
+		}
+		if a.IsValid() {
+			if err := pool.Check(a, taken); err != nil {
+				return nil, keys, err
+			}
+		} else {
+			ck := rec.Name + "/" + strconv.FormatBool(sn.Addr().Is4())
+			cursor, _ := netip.ParseAddr(m.cursor[ck])
+			if !cursor.IsValid() {
+				cursor = highest[sn.Addr().Is4()]
+			}
+			if a, err = pool.Next(cursor, taken); err != nil {
+				return nil, keys, err
+			}
+			m.cursor[ck] = a.String()
+		}
+		k := ipamKey(rec.Name, a)
+		m.pending[k] = true
+		keys = append(keys, k)
+		addrs = append(addrs, netip.PrefixFrom(a, sn.Bits()))
+	}
+	return addrs, keys, nil
+}
+
+// plumbSandbox creates the kernel side of a reserved sandbox.
+func (m *Manager) plumbSandbox(ctx context.Context, rec *sandboxRecord, nets []*netState, pause bool) error {
+	if !rec.owned() {
+		return nil
+	}
+	ns, err := sandbox.Create(rec.NetNS)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	m.step(StepSandboxNetNS)
+	for i := range rec.Endpoints {
+		e := &rec.Endpoints[i]
+		de := e.driverEndpoint(rec.Name, "")
+		if err := nets[i].drv.Attach(ctx, nets[i].rec.driverNetwork(), de, ns); err != nil {
+			return err
+		}
+		e.MAC = de.MAC
+		m.step(StepSandboxAttached)
+	}
+	if pause {
+		p, err := m.startPause(ns)
+		if err != nil {
+			return err
+		}
+		rec.Pause = p
+	}
+	return nil
+}
+
+// teardownSandbox undoes everything a sandbox record names: pause process, endpoints, namespace pin,
+// addresses, join marks and the record itself. It is idempotent and works on half-created sandboxes.
+func (m *Manager) teardownSandbox(ctx context.Context, rec *sandboxRecord) error {
+	var errs []error
+	m.stopPause(rec)
+	var ns *sandbox.NetNS
+	if rec.owned() {
+		ns, _ = sandbox.Open(rec.NetNS) // nil when the namespace is already gone
+	}
+	for i := range rec.Endpoints {
+		e := &rec.Endpoints[i]
+		nk, err := m.st.Get(ctx, keyNetworks+e.Network)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("detach from %s: %w", e.Network, err))
+			continue
+		}
+		var nrec networkRecord
+		if err := json.Unmarshal(nk.Value, &nrec); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		drv, err := m.driver(nrec.Driver)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := drv.Detach(ctx, nrec.driverNetwork(), e.driverEndpoint(rec.Name, ""), ns, drivers.DetachOptions{NamespaceGoing: rec.owned()}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if ns != nil {
+		ns.Close()
+	}
+	m.step(StepSandboxDetached)
+	if rec.owned() {
+		if err := sandbox.Remove(rec.NetNS); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	m.step(StepSandboxUnpinned)
+	if len(errs) > 0 {
+		// Keep the records (and the intent) so that gc can finish the job.
+		return errors.Join(errs...)
+	}
+	ops := []store.Op{store.Del(keySandboxes + rec.Name), store.Del(keyIntentSB + rec.Name)}
+	for _, e := range rec.Endpoints {
+		for _, a := range e.Addrs {
+			ops = append(ops, store.Del(ipamKey(e.Network, a.Addr())))
+		}
+	}
+	if rec.Join != "" {
+		ops = append(ops, store.Del(keyJoins+rec.Join+"/"+rec.Name))
+	}
+	return m.st.Txn(ctx, nil, ops)
+}
+
+// DeleteSandbox removes a sandbox, its attachments, addresses and namespace. It is idempotent: deleting a
+// sandbox that does not exist returns nil.
+func (m *Manager) DeleteSandbox(ctx context.Context, name string) error {
+	return opErr("delete", "sandbox", name, m.deleteSandbox(ctx, name))
+}
+
+func (m *Manager) deleteSandbox(ctx context.Context, name string) error {
+	l, err := m.lock("sandbox-" + name)
+	if err != nil {
+		return err
+	}
+	removed := false
+	defer func() { l.unlock(removed) }()
+	kv, err := m.st.Get(ctx, keySandboxes+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var rec sandboxRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return fmt.Errorf("decode sandbox record: %w", err)
+	}
+	joiners, _, err := m.st.List(ctx, keyJoins+name+"/")
+	if err != nil {
+		return err
+	}
+	if len(joiners) > 0 {
+		var names []string
+		for _, j := range joiners {
+			names = append(names, lastSegment(j.Key))
+		}
+		return fmt.Errorf("%w: sandbox(es) %s share its namespace; remove them first", ErrInUse, strings.Join(names, ", "))
+	}
+	// Re-writing the record bumps its revision so that a concurrent join fails its compare.
+	err = m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
+		store.Put(kv.Key, kv.Value),
+		store.Put(keyIntentSB+name, []byte(intentDelete)),
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return fmt.Errorf("%w: sandbox changed concurrently; try again", ErrBusy)
+	}
+	if err != nil {
+		return err
+	}
+	m.step(StepSandboxDeleting)
+	if err := m.teardownSandbox(ctx, &rec); err != nil {
+		return err
+	}
+	removed = true
+	m.log.Info("sandbox deleted", "sandbox", name)
+	return nil
+}
+
+// Sandbox returns one sandbox.
+func (m *Manager) Sandbox(ctx context.Context, name string) (*Sandbox, error) {
+	kv, err := m.st.Get(ctx, keySandboxes+name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, opErr("inspect", "sandbox", name, fmt.Errorf("%w: no sandbox named %q", ErrNotFound, name))
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec sandboxRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return nil, err
+	}
+	return rec.public(), nil
+}
+
+// Sandboxes returns every sandbox, sorted by name.
+func (m *Manager) Sandboxes(ctx context.Context) ([]*Sandbox, error) {
+	recs, err := m.sandboxRecords(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Sandbox, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, r.public())
+	}
+	return out, nil
+}
+
+func (m *Manager) sandboxRecords(ctx context.Context) ([]*sandboxRecord, error) {
+	kvs, _, err := m.st.List(ctx, keySandboxes)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*sandboxRecord, 0, len(kvs))
+	for _, kv := range kvs {
+		var r sandboxRecord
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			m.log.Warn("skipping undecodable sandbox record", "key", kv.Key, "error", err)
+			continue
+		}
+		out = append(out, &r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
