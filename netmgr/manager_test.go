@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -404,32 +403,6 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 }
 
-// waitGone polls until no host link with the prefix remains; the kernel tears veths of destroyed
-// namespaces down asynchronously.
-func waitNoLinks(t *testing.T, host *sandbox.NetNS, prefix string) {
-	t.Helper()
-	h, err := host.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	var left []string
-	for i := 0; i < 200; i++ {
-		left = left[:0]
-		links, _ := h.LinkList()
-		for _, l := range links {
-			if strings.HasPrefix(l.Attrs().Name, prefix) {
-				left = append(left, l.Attrs().Name)
-			}
-		}
-		if len(left) == 0 {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("links left behind: %v", left)
-}
-
 func TestConcurrentCreatesInProcess(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -498,7 +471,7 @@ func assertEmpty(t *testing.T, e *env) {
 	if len(locks) > 0 {
 		t.Errorf("lock files left: %v", locks)
 	}
-	waitNoLinks(t, e.host, "nmv")
+	testutil.WaitNoLinks(t, e.host, "nmv")
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(b), e.runDir) {
 		t.Errorf("mounts under %s left", e.runDir)
 	}

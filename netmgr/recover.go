@@ -19,14 +19,14 @@ import (
 
 // Report says what Recover repaired.
 type Report struct {
-	Networks   []string `json:"networks,omitempty"`     // networks whose interrupted create or delete was finished
-	Sandboxes  []string `json:"sandboxes,omitempty"`    // sandboxes whose interrupted create or delete was finished
-	Stale      []string `json:"stale,omitempty"`        // sandboxes whose namespace had vanished (e.g. after a reboot)
-	Addresses  []string `json:"addresses,omitempty"`    // allocations without a sandbox, freed
-	Pins       []string `json:"pins,omitempty"`         // namespace pins without a sandbox, removed
-	Links      []string `json:"links,omitempty"`        // host interfaces without an endpoint, deleted
-	Restored   []string `json:"restored,omitempty"`     // networks whose plumbing was re-created
-	Errors     []string `json:"errors,omitempty"`
+	Networks  []string `json:"networks,omitempty"`  // networks whose interrupted create or delete was finished
+	Sandboxes []string `json:"sandboxes,omitempty"` // sandboxes whose interrupted create or delete was finished
+	Stale     []string `json:"stale,omitempty"`     // sandboxes whose namespace had vanished (e.g. after a reboot)
+	Addresses []string `json:"addresses,omitempty"` // allocations without a sandbox, freed
+	Pins      []string `json:"pins,omitempty"`      // namespace pins without a sandbox, removed
+	Links     []string `json:"links,omitempty"`     // host interfaces without an endpoint, deleted
+	Restored  []string `json:"restored,omitempty"`  // networks whose plumbing was re-created
+	Errors    []string `json:"errors,omitempty"`
 }
 
 // recoverIntents finishes or undoes operations that a crashed process left half done: it is cheap

@@ -189,3 +189,41 @@ func Open(tb testing.TB, path string) *sandbox.NetNS {
 	tb.Cleanup(func() { ns.Close() })
 	return ns
 }
+
+// WaitNoLinks polls until ns has no link whose name starts with prefix; the kernel tears down the veths
+// of destroyed namespaces asynchronously. It fails the test after 10 s.
+func WaitNoLinks(tb testing.TB, ns *sandbox.NetNS, prefix string) {
+	tb.Helper()
+	h, err := ns.NewHandle()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer h.Close()
+	var left []string
+	for i := 0; i < 200; i++ {
+		left = left[:0]
+		links, _ := h.LinkList()
+		for _, l := range links {
+			if strings.HasPrefix(l.Attrs().Name, prefix) {
+				left = append(left, l.Attrs().Name)
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tb.Fatalf("links left behind: %v", left)
+}
+
+// HasLink reports whether ns has a link named name.
+func HasLink(tb testing.TB, ns *sandbox.NetNS, name string) bool {
+	tb.Helper()
+	h, err := ns.NewHandle()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer h.Close()
+	_, err = h.LinkByName(name)
+	return err == nil
+}

@@ -8,8 +8,8 @@ import (
 
 func TestParseSubnet(t *testing.T) {
 	for _, tc := range []struct {
-		in   string
-		ok   bool
+		in string
+		ok bool
 	}{
 		{"10.0.0.0/24", true},
 		{"fd00::/64", true},
