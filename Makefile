@@ -25,7 +25,11 @@ bench: build
 
 lint:
 	$(GO) vet $(PKGS)
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@2026.2.2 $(PKGS)
+
+# The README's first command: two pods talking over a bridge network, inside a demo netns.
+demo:
+	bash examples/demo.sh
 
 clean:
 	rm -rf $(BIN)
