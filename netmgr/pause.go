@@ -1,10 +1,12 @@
 package netmgr
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,7 +16,9 @@ import (
 )
 
 // startPause starts the pause binary inside ns, in new UTS and IPC namespaces, detached from the caller.
-func (m *Manager) startPause(ns *sandbox.NetNS) (*pauseRecord, error) {
+// Its pid is written to a file under the run dir at once, so that a crash before the sandbox record is
+// updated still lets teardown find and stop it.
+func (m *Manager) startPause(name string, ns *sandbox.NetNS) (*pauseRecord, error) {
 	if m.pauseBin == "" {
 		return nil, fmt.Errorf("%w: a pause process was asked for but no pause binary is configured (WithPauseBinary)", ErrInvalid)
 	}
@@ -34,26 +38,44 @@ func (m *Manager) startPause(ns *sandbox.NetNS) (*pauseRecord, error) {
 		_ = cmd.Process.Kill()
 		return nil, fmt.Errorf("start pause: %w", err)
 	}
-	return &pauseRecord{PID: pid, StartTime: st}, nil
+	p := &pauseRecord{PID: pid, StartTime: st}
+	if err := os.MkdirAll(filepath.Join(m.runDir, "pause"), 0o700); err == nil {
+		err = os.WriteFile(m.pauseFile(name), mustJSON(p), 0o600)
+	}
+	if err != nil {
+		_ = cmd.Process.Kill()
+		return nil, fmt.Errorf("start pause: record pid: %w", err)
+	}
+	return p, nil
 }
+
+func (m *Manager) pauseFile(name string) string { return filepath.Join(m.runDir, "pause", name) }
 
 // stopPause sends SIGTERM to the recorded pause process if it is still the same process (pid and start
 // time match), then SIGKILL if it has not exited within a second.
 func (m *Manager) stopPause(rec *sandboxRecord) {
-	if rec.Pause == nil {
+	pr := rec.Pause
+	if pr == nil {
+		var fromFile pauseRecord
+		if b, err := os.ReadFile(m.pauseFile(rec.Name)); err == nil && json.Unmarshal(b, &fromFile) == nil {
+			pr = &fromFile
+		}
+	}
+	defer os.Remove(m.pauseFile(rec.Name))
+	if pr == nil {
 		return
 	}
-	st, err := procStartTime(rec.Pause.PID)
-	if err != nil || st != rec.Pause.StartTime {
+	st, err := procStartTime(pr.PID)
+	if err != nil || st != pr.StartTime {
 		return
 	}
-	p, err := os.FindProcess(rec.Pause.PID)
+	p, err := os.FindProcess(pr.PID)
 	if err != nil {
 		return
 	}
 	_ = p.Signal(syscall.SIGTERM)
 	for i := 0; i < 100; i++ {
-		if s, err := procStartTime(rec.Pause.PID); err != nil || s != rec.Pause.StartTime {
+		if s, err := procStartTime(pr.PID); err != nil || s != pr.StartTime {
 			return
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -59,8 +59,8 @@ type Attachment struct {
 	Network       string         `json:"network"`
 	Interface     string         `json:"interface"`
 	HostInterface string         `json:"host_interface,omitempty"`
-	IPv4          netip.Prefix   `json:"ipv4,omitzero"`
-	IPv6          netip.Prefix   `json:"ipv6,omitzero"`
+	IPv4          netip.Prefix   `json:"ipv4"`
+	IPv6          netip.Prefix   `json:"ipv6"`
 	Gateways      []netip.Addr   `json:"gateways,omitempty"`
 	MAC           string         `json:"mac,omitempty"`
 	Addrs         []netip.Prefix `json:"-"`
@@ -410,7 +410,7 @@ func (m *Manager) plumbSandbox(ctx context.Context, rec *sandboxRecord, nets []*
 		m.step(StepSandboxAttached)
 	}
 	if pause {
-		p, err := m.startPause(ns)
+		p, err := m.startPause(rec.Name, ns)
 		if err != nil {
 			return err
 		}
