@@ -41,7 +41,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		if err != nil {
 			return nil, err
 		}
-		if rec.Mode != ModeNetNS {
+		if !rec.hasInterfaces() {
 			return nil, fmt.Errorf("%w: a %s sandbox has no interfaces of its own to attach", ErrInvalid, rec.Mode)
 		}
 		for _, e := range rec.Endpoints {

@@ -476,3 +476,47 @@ func assertEmpty(t *testing.T, e *env) {
 		t.Errorf("mounts under %s left", e.runDir)
 	}
 }
+
+func TestExternalNamespace(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.network(t, "ext", "10.21.0.0/24")
+	own := testutil.NewNS(t, "runtime-made")
+	s, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "x", NetNS: own.Path(), Networks: []netmgr.AttachSpec{{Network: "ext"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Mode != netmgr.ModeExternal || s.NetNS != own.Path() {
+		t.Fatalf("sandbox %+v", s)
+	}
+	h, err := own.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if _, err := h.LinkByName("eth0"); err != nil {
+		t.Fatalf("eth0 not in the given namespace: %v", err)
+	}
+	if err := e.m.DeleteSandbox(ctx, "x"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.LinkByName("eth0"); err == nil {
+		t.Fatal("eth0 left in the given namespace after delete")
+	}
+	if !sandbox.IsPinned(own.Path()) {
+		t.Fatal("delete removed a namespace netmgr did not create")
+	}
+	// A namespace that vanished before the delete: the delete still frees everything.
+	gone := testutil.NewNS(t, "short-lived")
+	if _, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "y", NetNS: gone.Path(), Networks: []netmgr.AttachSpec{{Network: "ext"}}}); err != nil {
+		t.Fatal(err)
+	}
+	gone.Close()
+	if err := sandbox.Remove(gone.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.DeleteSandbox(ctx, "y"); err != nil {
+		t.Fatal(err)
+	}
+	assertEmpty(t, e)
+}

@@ -30,6 +30,9 @@ const (
 	ModeNetNS = "netns" // a namespace of its own, pinned under the run directory
 	ModeHost  = "host"  // the host's namespace
 	ModeLink  = "link"  // another sandbox's namespace
+	// ModeExternal is a namespace someone else created and removes (a CNI runtime's); netmgr plumbs
+	// interfaces into it and removes them, but never pins or removes the namespace.
+	ModeExternal = "external"
 )
 
 type networkRecord struct {
@@ -93,6 +96,9 @@ type sandboxRecord struct {
 
 // owned reports whether netmgr created the namespace and so removes it.
 func (r *sandboxRecord) owned() bool { return r.Mode == ModeNetNS }
+
+// hasInterfaces reports whether netmgr plumbs interfaces into the sandbox's namespace.
+func (r *sandboxRecord) hasInterfaces() bool { return r.Mode == ModeNetNS || r.Mode == ModeExternal }
 
 func ipamKey(network string, a netip.Addr) string {
 	return keyIPAM + network + "/" + a.String()

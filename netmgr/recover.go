@@ -198,7 +198,7 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 		if busy[s.Name] {
 			continue
 		}
-		gone := s.owned() && !sandbox.IsPinned(s.NetNS)
+		gone := s.hasInterfaces() && !sandbox.IsPinned(s.NetNS)
 		if s.Mode == ModeLink {
 			t, ok := live[s.Join]
 			gone = !ok || (t.owned() && !sandbox.IsPinned(t.NetNS))

@@ -35,7 +35,11 @@ type SandboxSpec struct {
 	// Host makes the sandbox the host's own namespace (no attachments allowed).
 	Host bool
 	// Join makes the sandbox share the namespace of the named sandbox (no attachments allowed).
-	Join   string
+	Join string
+	// NetNS makes the sandbox use an existing namespace, such as one a container runtime created for
+	// a CNI ADD. netmgr attaches interfaces to it and removes them on delete, but never removes the
+	// namespace itself.
+	NetNS  string
 	Labels map[string]string
 	// Pause starts a pause process holding the namespace (and new UTS and IPC namespaces).
 	Pause bool
@@ -129,8 +133,8 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (*Sandbox
 		return nil, err
 	}
 	switch {
-	case spec.Host && spec.Join != "":
-		return nil, fmt.Errorf("%w: a sandbox cannot both use the host namespace and join %q", ErrInvalid, spec.Join)
+	case spec.Host && spec.Join != "", spec.NetNS != "" && (spec.Host || spec.Join != ""):
+		return nil, fmt.Errorf("%w: choose one of a host namespace, joining another sandbox, or an existing namespace", ErrInvalid)
 	case (spec.Host || spec.Join != "") && len(spec.Networks) > 0:
 		return nil, fmt.Errorf("%w: a sandbox that uses the host's or another sandbox's namespace takes no --network", ErrInvalid)
 	case spec.Join == spec.Name:
@@ -209,6 +213,13 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 	cmps = []store.Cmp{store.Absent(keySandboxes + spec.Name), store.Absent(keyIntentSB + spec.Name)}
 
 	switch {
+	case spec.NetNS != "":
+		ns, err := sandbox.Open(spec.NetNS)
+		if err != nil {
+			return nil, nil, nil, nil, release, fmt.Errorf("%w: %v", ErrNotFound, err)
+		}
+		ns.Close()
+		rec.Mode, rec.NetNS = ModeExternal, spec.NetNS
 	case spec.Host:
 		drv, err := m.driver("host")
 		if err != nil {
@@ -391,10 +402,16 @@ func (m *Manager) allocate(ctx context.Context, rec *networkRecord, static []net
 
 // plumbSandbox creates the kernel side of a reserved sandbox.
 func (m *Manager) plumbSandbox(ctx context.Context, rec *sandboxRecord, nets []*netState, pause bool) error {
-	if !rec.owned() {
+	var ns *sandbox.NetNS
+	var err error
+	switch rec.Mode {
+	case ModeNetNS:
+		ns, err = sandbox.Create(rec.NetNS)
+	case ModeExternal:
+		ns, err = sandbox.Open(rec.NetNS)
+	default:
 		return nil
 	}
-	ns, err := sandbox.Create(rec.NetNS)
 	if err != nil {
 		return err
 	}
@@ -425,7 +442,7 @@ func (m *Manager) teardownSandbox(ctx context.Context, rec *sandboxRecord) error
 	var errs []error
 	m.stopPause(rec)
 	var ns *sandbox.NetNS
-	if rec.owned() {
+	if rec.hasInterfaces() {
 		ns, _ = sandbox.Open(rec.NetNS) // nil when the namespace is already gone
 	}
 	for i := range rec.Endpoints {
