@@ -11,7 +11,7 @@ all: build
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./examples/podctl ./examples/pause
+	$(GO) build -o $(BIN)/ ./examples/...
 
 # Unit tests need no privileges; kernel tests need root and skip without it.
 test: build

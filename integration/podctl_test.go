@@ -11,6 +11,7 @@ import (
 
 	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/sandbox"
 )
 
 // TestConcurrentProcessesAndGoroutines runs 30 podctl processes and 70 goroutines of an in-process
@@ -66,8 +67,12 @@ func TestConcurrentProcessesAndGoroutines(t *testing.T) {
 	}
 	// Kernel agrees with the records: each sandbox holds exactly its address.
 	for _, s := range sbs[:5] {
-		ns := testutil.Open(t, s.NetNS)
+		ns, err := sandbox.Open(s.NetNS)
+		if err != nil {
+			t.Fatal(err)
+		}
 		hd, err := ns.NewHandle()
+		ns.Close() // an open descriptor would keep the namespace, and its veth, alive after rm
 		if err != nil {
 			t.Fatal(err)
 		}

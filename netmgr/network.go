@@ -62,7 +62,7 @@ func (m *Manager) CreateNetwork(ctx context.Context, spec NetworkSpec) (*Network
 	return n, opErr("create", "network", spec.Name, err)
 }
 
-func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (*Network, error) {
+func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Network, err error) {
 	if err := checkName("network", spec.Name); err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (*Network
 	if err != nil {
 		return nil, err
 	}
-	defer l.unlock(false)
+	defer func() { l.unlock(err != nil) }() // a failed create leaves no lock file behind
 
 	all, _, err := m.st.List(ctx, keyNetworks)
 	if err != nil {
@@ -248,9 +248,11 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	defer l.unlock(false)
+	removed := false
+	defer func() { l.unlock(removed) }()
 	kv, err := m.st.Get(ctx, keyNetworks+name)
 	if errors.Is(err, store.ErrNotFound) {
+		removed = true
 		return fmt.Errorf("%w: no network named %q", ErrNotFound, name)
 	}
 	if err != nil {
@@ -279,7 +281,9 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 		return errors.Join(err, m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + name)}))
 	}
 	m.step(StepNetworkDeleting)
-	return m.finishNetworkDelete(ctx, &rec)
+	err = m.finishNetworkDelete(ctx, &rec)
+	removed = err == nil
+	return err
 }
 
 // refuseInUse returns ErrInUse naming the sandboxes attached to the network, if any.

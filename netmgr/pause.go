@@ -18,13 +18,16 @@ import (
 // startPause starts the pause binary inside ns, in new UTS and IPC namespaces, detached from the caller.
 // Its pid is written to a file under the run dir at once, so that a crash before the sandbox record is
 // updated still lets teardown find and stop it.
-func (m *Manager) startPause(name string, ns *sandbox.NetNS) (*pauseRecord, error) {
+func (m *Manager) startPause(name, hostname string, ns *sandbox.NetNS) (*pauseRecord, error) {
 	if m.pauseBin == "" {
 		return nil, fmt.Errorf("%w: a pause process was asked for but no pause binary is configured (WithPauseBinary)", ErrInvalid)
 	}
 	var cmd *exec.Cmd
 	err := ns.Do(func() error {
 		cmd = exec.Command(m.pauseBin)
+		if hostname != "" {
+			cmd.Args = append(cmd.Args, "-hostname", hostname)
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC}
 		return cmd.Start()
 	})

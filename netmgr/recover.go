@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
 	"github.com/netmgr/netmgr/drivers/bridge"
@@ -271,11 +271,10 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 		if !strings.HasPrefix(name, bridge.HostIfPrefix) || l.Type() != "veth" || hostIfs[name] {
 			continue
 		}
-		if err := m.hh.LinkDel(l); err != nil && !errors.Is(err, os.ErrNotExist) {
-			if _, nf := err.(netlink.LinkNotFoundError); !nf {
-				rep.Errors = append(rep.Errors, fmt.Sprintf("delete %s: %v", name, err))
-				continue
-			}
+		// The kernel may be destroying it already, with its namespace: ENODEV then is success.
+		if err := m.hh.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("delete %s: %v", name, err))
+			continue
 		}
 		rep.Links = append(rep.Links, name)
 	}

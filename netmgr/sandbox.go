@@ -43,6 +43,8 @@ type SandboxSpec struct {
 	Labels map[string]string
 	// Pause starts a pause process holding the namespace (and new UTS and IPC namespaces).
 	Pause bool
+	// Hostname is set in the pause process's UTS namespace (needs Pause).
+	Hostname string
 }
 
 // Sandbox is a sandbox as the Manager reports it.
@@ -128,7 +130,7 @@ func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, erro
 	return &netState{rec: &rec, kv: kv, drv: drv}, nil
 }
 
-func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (*Sandbox, error) {
+func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandbox, err error) {
 	if err := checkName("sandbox", spec.Name); err != nil {
 		return nil, err
 	}
@@ -137,6 +139,10 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (*Sandbox
 		return nil, fmt.Errorf("%w: choose one of a host namespace, joining another sandbox, or an existing namespace", ErrInvalid)
 	case (spec.Host || spec.Join != "") && len(spec.Networks) > 0:
 		return nil, fmt.Errorf("%w: a sandbox that uses the host's or another sandbox's namespace takes no --network", ErrInvalid)
+	case spec.Pause && rec0mode(spec) != ModeNetNS:
+		return nil, fmt.Errorf("%w: a pause process needs a namespace of the sandbox's own (not --host, --join or an existing namespace)", ErrInvalid)
+	case spec.Hostname != "" && !spec.Pause:
+		return nil, fmt.Errorf("%w: a hostname needs a pause process (its UTS namespace holds it)", ErrInvalid)
 	case spec.Join == spec.Name:
 		return nil, fmt.Errorf("%w: a sandbox cannot join itself", ErrInvalid)
 	}
@@ -151,14 +157,14 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (*Sandbox
 	if err != nil {
 		return nil, err
 	}
-	defer l.unlock(false)
+	defer func() { l.unlock(err != nil) }() // a failed create leaves no lock file behind
 
 	rec, nets, err := m.reserveSandbox(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
 	m.step(StepSandboxReserved)
-	if err := m.plumbSandbox(ctx, rec, nets, spec.Pause); err != nil {
+	if err := m.plumbSandbox(ctx, rec, nets, spec.Pause, spec.Hostname); err != nil {
 		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
 	}
 	kv, err := m.st.Get(ctx, keySandboxes+rec.Name)
@@ -319,6 +325,19 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 	return rec, nets, cmps, ops, release, nil
 }
 
+// rec0mode is the mode a spec asks for.
+func rec0mode(spec SandboxSpec) string {
+	switch {
+	case spec.Host:
+		return ModeHost
+	case spec.Join != "":
+		return ModeLink
+	case spec.NetNS != "":
+		return ModeExternal
+	}
+	return ModeNetNS
+}
+
 func hasGatewayFamily(eps []endpointRecord, v4 bool) bool {
 	for _, e := range eps {
 		for _, g := range e.Gateways {
@@ -401,7 +420,7 @@ func (m *Manager) allocate(ctx context.Context, rec *networkRecord, static []net
 }
 
 // plumbSandbox creates the kernel side of a reserved sandbox.
-func (m *Manager) plumbSandbox(ctx context.Context, rec *sandboxRecord, nets []*netState, pause bool) error {
+func (m *Manager) plumbSandbox(ctx context.Context, rec *sandboxRecord, nets []*netState, pause bool, hostname string) error {
 	var ns *sandbox.NetNS
 	var err error
 	switch rec.Mode {
@@ -427,7 +446,7 @@ func (m *Manager) plumbSandbox(ctx context.Context, rec *sandboxRecord, nets []*
 		m.step(StepSandboxAttached)
 	}
 	if pause {
-		p, err := m.startPause(rec.Name, ns)
+		p, err := m.startPause(rec.Name, hostname, ns)
 		if err != nil {
 			return err
 		}
@@ -507,6 +526,7 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string) error {
 	defer func() { l.unlock(removed) }()
 	kv, err := m.st.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
+		removed = true // do not leave a lock file for a sandbox that never existed
 		return nil
 	}
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -214,4 +215,35 @@ func IsPinned(path string) bool {
 		return false
 	}
 	return st.Type == unix.NSFS_MAGIC
+}
+
+// StablePath returns a path that names the same namespace as ns for as long as it lives, for recording
+// and for other processes to enter: ns's own path unless that is a /proc path of a process, else a bind
+// mount of the namespace found in /proc/self/mountinfo (ip netns pins and the like), else /proc/1/ns/net
+// when ns is init's namespace. Otherwise it returns ns's path unchanged.
+func StablePath(ns *NetNS) string {
+	if !strings.HasPrefix(ns.path, "/proc/") {
+		return ns.path
+	}
+	ino, err := ns.Inode()
+	if err != nil {
+		return ns.path
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		want := fmt.Sprintf("net:[%d]", ino)
+		for _, line := range strings.Split(string(b), "\n") {
+			// Fields: id parent major:minor root mountpoint ...; nsfs mounts have root "net:[INO]".
+			f := strings.Fields(line)
+			if len(f) > 4 && f[3] == want {
+				return f[4]
+			}
+		}
+	}
+	if init, err := Open("/proc/1/ns/net"); err == nil {
+		defer init.Close()
+		if i, err := init.Inode(); err == nil && i == ino {
+			return "/proc/1/ns/net"
+		}
+	}
+	return ns.path
 }

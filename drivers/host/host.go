@@ -46,7 +46,8 @@ func (d *Driver) Detach(context.Context, *drivers.Network, *drivers.Endpoint, *s
 	return nil
 }
 
-// Namespace implements drivers.NamespaceProvider: the host's own namespace.
+// Namespace implements drivers.NamespaceProvider: a lasting path of the host's own namespace (not
+// /proc/self, which would name whichever process reads it later).
 func (d *Driver) Namespace(context.Context, *drivers.Network, *drivers.Endpoint) (string, error) {
-	return d.env.Host.Path(), nil
+	return sandbox.StablePath(d.env.Host), nil
 }

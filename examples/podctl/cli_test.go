@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/netmgr/netmgr/netmgr"
+)
+
+// TestUsageErrors runs podctl in process on input it must refuse before touching any state: each is
+// exit status 1 and one line on stderr.
+func TestUsageErrors(t *testing.T) {
+	dirs := []string{"--state-dir", t.TempDir(), "--run-dir", t.TempDir()}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{}, "missing command"},
+		{[]string{"bogus"}, `unknown command "bogus" for "podctl"`},
+		{[]string{"netwrk", "ls"}, "did you mean network?"},
+		{[]string{"network"}, "network: missing command"},
+		{[]string{"network", "bogus"}, `unknown command "bogus" for "podctl network"`},
+		{[]string{"network", "create"}, "network create: want NAME"},
+		{[]string{"network", "create", "n", "--bogus"}, "network create: unknown flag: --bogus"},
+		{[]string{"network", "create", "n", "--subnet", "10.0.0.0/33"}, `invalid subnet "10.0.0.0/33": prefix length out of range`},
+		{[]string{"network", "create", "n", "--subnet", "nonsense"}, `invalid subnet "nonsense"`},
+		{[]string{"network", "create", "n", "--gateway", "10.0.0"}, `invalid gateway "10.0.0"`},
+		{[]string{"network", "create", "n", "--opt", "novalue"}, `invalid --opt: "novalue" is not KEY=VALUE`},
+		{[]string{"network", "create", "n", "--mtu", "-1"}, "invalid --mtu -1"},
+		{[]string{"network", "rm"}, "network rm: want at least one NAME"},
+		{[]string{"sandbox", "create", "s", "--network", "n,foo=bar"}, `unknown key "foo"`},
+		{[]string{"sandbox", "create", "s", "--network", "n,ip=10.0.0"}, `invalid --network "n,ip=10.0.0": ip "10.0.0"`},
+		{[]string{"sandbox", "create", "s", "--network", "n,mac=zz"}, "is not a MAC address"},
+		{[]string{"sandbox", "create", "s", "--label", "x"}, "invalid --label"},
+		{[]string{"sandbox", "exec", "s"}, "sandbox exec: want NAME -- CMD"},
+		{[]string{"sandbox", "exec", "s", "--"}, "sandbox exec: want NAME -- CMD"},
+		{[]string{"--store", "etcd://localhost:2379", "network", "ls"}, "store URL scheme not supported yet"},
+		{[]string{"--store", "bolt://", "network", "ls"}, "no file path"},
+		{[]string{"-o", "yaml", "version"}, `invalid output format "yaml"`},
+		{[]string{"version", "extra"}, `version: unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(append(append([]string{}, dirs...), tt.args...), &out, &errb)
+			if code != 1 {
+				t.Errorf("exit status %d, want 1", code)
+			}
+			msg := errb.String()
+			if strings.Count(msg, "\n") != 1 || !strings.HasPrefix(msg, "podctl: ") {
+				t.Errorf("stderr = %q, want one line starting with \"podctl: \"", msg)
+			}
+			if !strings.Contains(msg, tt.want) {
+				t.Errorf("stderr = %q, want it to contain %q", msg, tt.want)
+			}
+		})
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "podctl dev ") {
+		t.Errorf("version: status %d, stdout %q, stderr %q", code, out.String(), errb.String())
+	}
+	out.Reset()
+	if code := run([]string{"network", "create", "--help"}, &out, &errb); code != 0 || !strings.Contains(out.String(), "--subnet") {
+		t.Errorf("network create --help: status %d, stdout %q", code, out.String())
+	}
+	if errb.Len() != 0 {
+		t.Errorf("stderr = %q, want nothing", errb.String())
+	}
+}
+
+func TestParseAttach(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    netmgr.AttachSpec
+		wantErr string
+	}{
+		{in: "n1", want: netmgr.AttachSpec{Network: "n1"}},
+		{
+			in: "n1,ip=10.0.0.5,ip=fd00::5,mac=02:42:AC:11:00:02,ifname=net1",
+			want: netmgr.AttachSpec{Network: "n1", IPs: []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("fd00::5")},
+				MAC: "02:42:ac:11:00:02", IfName: "net1"},
+		},
+		{in: "", wantErr: "no network name"},
+		{in: ",ip=10.0.0.1", wantErr: "no network name"},
+		{in: "n1,ip", wantErr: "not KEY=VALUE"},
+		{in: "n1,ifname=a,ifname=b", wantErr: "ifname given twice"},
+		{in: "n1,mac=02:42:ac:11:00:02,mac=02:42:ac:11:00:03", wantErr: "mac given twice"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := parseAttach(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("parseAttach(%q) error = %v, want %q", tt.in, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("parseAttach(%q) = %+v, want %+v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestSandboxJSON checks that the contract's keys are present even when the library would omit them.
+func TestSandboxJSON(t *testing.T) {
+	s := &netmgr.Sandbox{Name: "a", NetNS: "/run/netmgr/netns/a", Attachments: []netmgr.Attachment{
+		{Network: "n1", Interface: "eth0", IPv4: netip.MustParsePrefix("10.0.0.2/24"), MAC: "02:00:00:00:00:01"},
+	}}
+	var b bytes.Buffer
+	if err := writeJSON(&b, toJSON(s)); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{`"name": "a"`, `"netns": "/run/netmgr/netns/a"`, `"network": "n1"`, `"interface": "eth0"`,
+		`"ipv4": "10.0.0.2/24"`, `"ipv6": ""`, `"mac": "02:00:00:00:00:01"`} {
+		if !strings.Contains(b.String(), k) {
+			t.Errorf("JSON lacks %s:\n%s", k, b.String())
+		}
+	}
+	if strings.Count(b.String(), `"ipv4"`) != 1 {
+		t.Errorf("ipv4 printed more than once:\n%s", b.String())
+	}
+}

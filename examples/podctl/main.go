@@ -1,0 +1,264 @@
+// Command podctl is the example command line of netmgr: it creates networks and sandboxes, runs
+// commands inside sandboxes and repairs state, talking to the library directly (there is no daemon).
+// Each invocation is one process; several may run at once, the library's file locks keep them apart.
+//
+// Every error is printed as one line, "podctl: <error>", on stderr, and the exit status is 1; `sandbox
+// exec` exits with the status of the command it ran.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/store"
+)
+
+// version is set at build time: go build -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// exitStatus is returned by a command that wants podctl to exit with that status and print nothing
+// (sandbox exec passing on its command's status).
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	root := newRootCmd(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	var st exitStatus
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &st):
+		return int(st)
+	default:
+		fmt.Fprintf(stderr, "podctl: %s\n", oneLine(err))
+		return 1
+	}
+}
+
+// oneLine flattens a multi-line error (errors.Join, cobra's hints) into one line.
+func oneLine(err error) string {
+	var parts []string
+	for _, l := range strings.Split(err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// globals holds the persistent flags.
+type globals struct {
+	stateDir   string
+	runDir     string
+	storeURL   string
+	node       string
+	containerd string
+	pauseBin   string
+	output     string
+	debug      bool
+
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "podctl",
+		Short:         "Manage netmgr networks and sandboxes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if g.output != "table" && g.output != "json" {
+				return fmt.Errorf("invalid output format %q: want table or json", g.output)
+			}
+			return nil
+		},
+	}
+	groupCmd(root)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return fmt.Errorf("%s%w", where(cmd), err)
+	})
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.stateDir, "state-dir", netmgr.DefaultStateDir, "directory of persistent state")
+	pf.StringVar(&g.runDir, "run-dir", netmgr.DefaultRunDir, "directory of runtime state (namespace pins, locks)")
+	pf.StringVar(&g.storeURL, "store", "", "state store URL: bolt://PATH (default: the bbolt file in --state-dir)")
+	pf.StringVar(&g.node, "node", "", "name of this node in a cluster")
+	pf.StringVar(&g.containerd, "containerd", "", "containerd socket address")
+	pf.StringVar(&g.pauseBin, "pause-binary", "", "pause binary for sandboxes created with --pause (default: pause next to podctl)")
+	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	pf.BoolVar(&g.debug, "debug", false, "log debug messages to stderr")
+
+	root.AddCommand(newNetworkCmd(g), newSandboxCmd(g), newGCCmd(g), newVersionCmd(g))
+	return root
+}
+
+// groupCmd makes a command that only holds subcommands fail on a missing or unknown subcommand,
+// instead of printing its help and exiting 0.
+func groupCmd(c *cobra.Command) {
+	c.SuggestionsMinimumDistance = 2
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+		if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+			msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, ", "))
+		}
+		return errors.New(msg)
+	}
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		return fmt.Errorf("%smissing command (see %s --help)", where(cmd), cmd.CommandPath())
+	}
+}
+
+// where prefixes a usage error with the subcommand it is about ("network create: "); main adds "podctl: ".
+func where(cmd *cobra.Command) string {
+	if !cmd.HasParent() {
+		return ""
+	}
+	return strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ") + ": "
+}
+
+// nameArgs requires exactly n positional arguments, named in the message.
+func nameArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != len(names) {
+			if len(names) == 0 {
+				return fmt.Errorf("%sunexpected argument %q", where(cmd), args[0])
+			}
+			return fmt.Errorf("%swant %s, got %d argument(s)", where(cmd), strings.Join(names, " "), len(args))
+		}
+		return nil
+	}
+}
+
+// minArgs requires at least one positional argument.
+func minArgs(name string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return fmt.Errorf("%swant at least one %s", where(cmd), name)
+		}
+		return nil
+	}
+}
+
+// manager opens a Manager as the global flags say and returns a function that closes it.
+func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) {
+	opts := []netmgr.Option{netmgr.WithStateDir(g.stateDir), netmgr.WithRunDir(g.runDir)}
+	if g.debug {
+		opts = append(opts, netmgr.WithLogger(slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+	}
+	if pb := g.pauseBinary(); pb != "" {
+		opts = append(opts, netmgr.WithPauseBinary(pb))
+	}
+	var st store.Store
+	switch {
+	case g.storeURL == "":
+	case strings.HasPrefix(g.storeURL, "bolt://"):
+		path := strings.TrimPrefix(g.storeURL, "bolt://")
+		if path == "" {
+			return nil, nil, fmt.Errorf("invalid store URL %q: no file path", g.storeURL)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, nil, fmt.Errorf("open store: %w", err)
+		}
+		b, err := store.OpenBolt(path)
+		if err != nil {
+			return nil, nil, err
+		}
+		st = b
+		opts = append(opts, netmgr.WithStore(b))
+	default:
+		return nil, nil, fmt.Errorf("store URL %q: store URL scheme not supported yet (want bolt://PATH)", g.storeURL)
+	}
+	m, err := netmgr.New(ctx, opts...)
+	if err != nil {
+		if st != nil {
+			st.Close()
+		}
+		return nil, nil, err
+	}
+	return m, func() {
+		m.Close()
+		if st != nil {
+			st.Close()
+		}
+	}, nil
+}
+
+// pauseBinary is --pause-binary, else a pause binary next to the podctl executable, else "".
+func (g *globals) pauseBinary() string {
+	if g.pauseBin != "" {
+		return g.pauseBin
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(exe), "pause")
+	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+		return p
+	}
+	return ""
+}
+
+func newVersionCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  nameArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if g.output == "json" {
+				return writeJSON(g.stdout, map[string]string{"version": version, "go": runtime.Version()})
+			}
+			fmt.Fprintf(g.stdout, "podctl %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			return nil
+		},
+	}
+}
+
+func newGCCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Repair interrupted operations and remove leaked namespaces, addresses and interfaces",
+		Args:  nameArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			m, done, err := g.manager(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			rep, rerr := m.Recover(cmd.Context())
+			if rep != nil {
+				if err := printReport(g, rep); err != nil {
+					return errors.Join(rerr, err)
+				}
+			}
+			return rerr
+		},
+	}
+}
