@@ -25,7 +25,7 @@ bench: build
 
 lint:
 	$(GO) vet $(PKGS)
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2026.2.2 $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
 
 # The README's first command: two pods talking over a bridge network, inside a demo netns.
 demo:

@@ -42,7 +42,8 @@ func (m *Manager) startPause(name, hostname string, ns *sandbox.NetNS) (*pauseRe
 		return nil, fmt.Errorf("start pause: %w", err)
 	}
 	p := &pauseRecord{PID: pid, StartTime: st}
-	if err := os.MkdirAll(filepath.Join(m.runDir, "pause"), 0o700); err == nil {
+	err = os.MkdirAll(filepath.Join(m.runDir, "pause"), 0o700)
+	if err == nil {
 		err = os.WriteFile(m.pauseFile(name), mustJSON(p), 0o600)
 	}
 	if err != nil {
