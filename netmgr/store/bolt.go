@@ -180,6 +180,11 @@ func (b *Bolt) Txn(ctx context.Context, cmps []Cmp, ops []Op) error {
 			return nil
 		}
 		rev := storeRev(tx) + 1
+		if rev%tombstoneEvery == 0 {
+			if err := compactTombstones(tx, rev-tombstoneKeep); err != nil {
+				return err
+			}
+		}
 		var rb [8]byte
 		binary.BigEndian.PutUint64(rb[:], uint64(rev))
 		if err := tx.Bucket(metaBucket).Put(revKey, rb[:]); err != nil {
@@ -206,6 +211,31 @@ func (b *Bolt) Txn(ctx context.Context, cmps []Cmp, ops []Op) error {
 		}
 		return nil
 	})
+}
+
+// Tombstones of deleted keys let polling watchers see deletions. Every tombstoneEvery revisions those
+// older than tombstoneKeep revisions are dropped, bounding the file; a watcher that far behind misses
+// deletions, as an etcd watcher does after compaction.
+const (
+	tombstoneEvery = 1024
+	tombstoneKeep  = 16384
+)
+
+func compactTombstones(tx *bolt.Tx, before int64) error {
+	c := tx.Bucket(metaBucket).Cursor()
+	p := []byte("del/")
+	var old [][]byte
+	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+		if len(v) == 8 && int64(binary.BigEndian.Uint64(v)) < before {
+			old = append(old, append([]byte(nil), k...))
+		}
+	}
+	for _, k := range old {
+		if err := tx.Bucket(metaBucket).Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Watch implements Store by polling the file's revision; deletions are reported from tombstones, which
