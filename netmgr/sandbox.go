@@ -45,6 +45,10 @@ type SandboxSpec struct {
 	Pause bool
 	// Hostname is set in the pause process's UTS namespace (needs Pause).
 	Hostname string
+	// Publish forwards host ports to the sandbox's address on its first bridge network that is not
+	// internal (see PortMapping). A port another sandbox publishes is refused with ErrExists before
+	// anything changes.
+	Publish []PortMapping
 }
 
 // Sandbox is a sandbox as the Manager reports it.
