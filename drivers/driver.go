@@ -102,6 +102,16 @@ type NamespaceProvider interface {
 	Namespace(ctx context.Context, n *Network, ep *Endpoint) (string, error)
 }
 
+// AddressProvider is implemented by drivers whose endpoints get their addresses from elsewhere than
+// netmgr's IPAM, such as the cni driver, where the delegated plugin's own IPAM decides. For a network
+// where ProvidesAddresses is true, netmgr keeps no subnets (CreateNetwork refuses them), so it allocates
+// nothing and passes Attach no Addrs or Gateways; Attach reports in ep.Addrs, ep.Gateways and
+// ep.HostName what it got, and netmgr records that as it records its own allocations (so that deleting
+// a network in use, listing a network's sandboxes and Recover see those addresses too).
+type AddressProvider interface {
+	ProvidesAddresses(n *Network) bool
+}
+
 // Restorer is implemented by drivers that re-adopt kernel state after a restart of the process or the
 // host. Without it, netmgr calls CreateNetwork again, which drivers keep idempotent.
 type Restorer interface {

@@ -31,6 +31,11 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		return nil, err
 	}
 	defer l.unlock(false)
+	unlockNet, err := m.lockNetworksShared(spec.Network)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockNet()
 	var rec *sandboxRecord
 	var ns *netState
 	var ep endpointRecord
@@ -91,14 +96,13 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		}
 		ep.HostName, ep.MTU = de.HostName, de.MTU
 		rec.Endpoints = append(rec.Endpoints, ep)
-		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name),
-			{Key: ns.kv.Key, Rev: ns.kv.Rev}, store.Absent(keyIntentNet + spec.Network)}
+		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)}
 		ops := []store.Op{store.Put(kv.Key, mustJSON(rec)), store.Put(keyIntentSB+name, []byte(intentAttach+spec.Network))}
 		for _, k := range keys {
 			cmps = append(cmps, store.Absent(k))
 			ops = append(ops, store.Put(k, []byte(name)))
 		}
-		err = m.st.Txn(ctx, cmps, ops)
+		err = m.rt.Txn(ctx, cmps, ops)
 		release()
 		if err == nil {
 			break
@@ -116,10 +120,12 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 	if err := ns.drv.Attach(ctx, ns.rec.driverNetwork(), de, sb); err != nil {
 		return nil, errors.Join(err, m.dropEndpoint(ctx, name, spec.Network))
 	}
-	rec.Endpoints[len(rec.Endpoints)-1].MAC = de.MAC
-	kv, err := m.st.Get(ctx, keySandboxes+name)
+	last := len(rec.Endpoints) - 1
+	adoptAttached(rec.Endpoints[last:], de, ns)
+	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if err == nil {
-		err = m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Put(kv.Key, mustJSON(rec)), store.Del(keyIntentSB + name)})
+		err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, append([]store.Op{store.Put(kv.Key, mustJSON(rec)), store.Del(keyIntentSB + name)},
+			providedAllocations(name, rec.Endpoints[last:], []*netState{ns})...))
 	}
 	if err != nil {
 		return nil, errors.Join(err, m.dropEndpoint(ctx, name, spec.Network))
@@ -163,7 +169,7 @@ func (m *Manager) detach(ctx context.Context, name, network string) error {
 	if !found {
 		return nil
 	}
-	if err := m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)},
+	if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)},
 		[]store.Op{store.Put(kv.Key, kv.Value), store.Put(keyIntentSB+name, []byte(intentDetach+network))}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("%w: sandbox changed concurrently; try again", ErrBusy)
@@ -214,11 +220,11 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 		rec.Endpoints = keep
 		ops = append(ops, store.Put(kv.Key, mustJSON(rec)))
 	}
-	return m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, ops)
+	return m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, ops)
 }
 
 func (m *Manager) readSandbox(ctx context.Context, name string) (*sandboxRecord, store.KV, error) {
-	kv, err := m.st.Get(ctx, keySandboxes+name)
+	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, kv, fmt.Errorf("%w: no sandbox named %q", ErrNotFound, name)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,6 +21,34 @@ type fileLock struct {
 // re-checked after locking because an unlocker may have removed it meanwhile.
 func (m *Manager) lock(name string) (*fileLock, error) {
 	return m.lockHow(name, unix.LOCK_EX)
+}
+
+// lockNetworksShared takes shared locks on the named networks, in sorted order so that two callers
+// never wait on each other in a cycle. Attaching holds them until its records are written, so a network
+// delete, which takes the exclusive lock, either sees the attachment or happens wholly before it.
+// Network records and sandbox records may live in different stores, so this lock, not a transaction,
+// is what orders them.
+func (m *Manager) lockNetworksShared(names ...string) (func(), error) {
+	sorted := append([]string(nil), names...)
+	sort.Strings(sorted)
+	var held []*fileLock
+	release := func() {
+		for _, l := range held {
+			l.unlock(false)
+		}
+	}
+	for i, n := range sorted {
+		if i > 0 && sorted[i-1] == n {
+			continue
+		}
+		l, err := m.lockHow("network-"+n, unix.LOCK_SH)
+		if err != nil {
+			release()
+			return nil, err
+		}
+		held = append(held, l)
+	}
+	return release, nil
 }
 
 // tryLock is lock without waiting; it returns ErrBusy if another holder has it.

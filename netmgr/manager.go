@@ -12,10 +12,12 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
 	// The built-in drivers register themselves.
 	_ "github.com/netmgr/netmgr/drivers/bridge"
+	_ "github.com/netmgr/netmgr/drivers/cni"
 	_ "github.com/netmgr/netmgr/drivers/host"
 	_ "github.com/netmgr/netmgr/drivers/link"
 	"github.com/netmgr/netmgr/netmgr/firewall"
@@ -34,7 +36,8 @@ type Manager struct {
 	stateDir string
 	runDir   string
 	hostPath string
-	st       store.Store
+	st       store.Store // networks: durable
+	rt       store.Store // sandboxes, addresses, joins, sandbox intents: runtime state of this boot
 	ownStore bool
 	log      *slog.Logger
 	pauseAt  string
@@ -61,8 +64,12 @@ func WithStateDir(dir string) Option { return func(m *Manager) { m.stateDir = di
 // WithRunDir sets the directory of runtime state: namespace pins and lock files. Default /run/netmgr.
 func WithRunDir(dir string) Option { return func(m *Manager) { m.runDir = dir } }
 
-// WithStore sets the state backend; the Manager does not close a store it was given.
-func WithStore(s store.Store) Option { return func(m *Manager) { m.st = s } }
+// WithStore sets one backend for all state (a cluster's etcd, say); the Manager does not close a store
+// it was given. By default networks live in a bbolt file in the state dir, written with fsync, and the
+// runtime state (sandboxes, addresses) in a bbolt file in the run dir, written without: a process crash
+// loses nothing either way, and after a machine crash the runtime state describes namespaces that no
+// longer exist, so it is discarded when the boot ID changes.
+func WithStore(s store.Store) Option { return func(m *Manager) { m.st, m.rt = s, s } }
 
 // WithLogger sets the structured logger. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(m *Manager) { m.log = l } }
@@ -102,7 +109,11 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 		if err != nil {
 			return nil, err
 		}
-		m.st, m.ownStore = st, true
+		rt, err := openRuntimeStore(ctx, filepath.Join(m.runDir, "runtime.db"))
+		if err != nil {
+			return nil, err
+		}
+		m.st, m.rt, m.ownStore = st, rt, true
 	}
 	var err error
 	if m.hostPath == "" {
@@ -141,7 +152,7 @@ func (m *Manager) Close() error {
 		errs = append(errs, m.host.Close())
 	}
 	if m.ownStore && m.st != nil {
-		errs = append(errs, m.st.Close())
+		errs = append(errs, m.st.Close(), m.rt.Close())
 	}
 	return errors.Join(errs...)
 }
@@ -169,6 +180,50 @@ func (m *Manager) driver(name string) (drivers.Driver, error) {
 	}
 	m.drivers[name] = d
 	return d, nil
+}
+
+const keyBootID = "meta/boot_id"
+
+// openRuntimeStore opens the runtime state file. If it was written during another boot, whatever it
+// describes died with that boot (and an unsynced file may be torn by the crash that ended it), so it is
+// replaced by an empty one; Recover then removes the stale pins the run dir may still hold.
+func openRuntimeStore(ctx context.Context, path string) (*store.Bolt, error) {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return nil, fmt.Errorf("read boot id: %w", err)
+	}
+	// One process at a time decides, so that two first starts after a reboot cannot both replace it.
+	lf, err := os.OpenFile(path+".init", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open runtime state: %w", err)
+	}
+	defer lf.Close()
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock runtime state: %w", err)
+	}
+	for attempt := 0; attempt < 3; attempt++ {
+		rt, err := store.OpenBolt(path, store.WithNoSync())
+		if err == nil {
+			kv, gerr := rt.Get(ctx, keyBootID)
+			switch {
+			case gerr == nil && string(kv.Value) == string(boot):
+				return rt, nil
+			case errors.Is(gerr, store.ErrNotFound):
+				// New file, or one from before boot ids were recorded: claim it if still unclaimed.
+				if kvs, _, _ := rt.List(ctx, ""); len(kvs) == 0 {
+					if err := rt.Txn(ctx, []store.Cmp{store.Absent(keyBootID)}, []store.Op{store.Put(keyBootID, boot)}); err == nil || errors.Is(err, store.ErrConflict) {
+						continue // re-read: another process may have claimed it first
+					}
+				}
+			}
+			rt.Close()
+		}
+		// Another boot's (or an unreadable) file: move it aside atomically so that concurrent
+		// processes agree, then start afresh.
+		_ = os.Rename(path, path+".stale")
+		_ = os.Remove(path + ".stale")
+	}
+	return nil, fmt.Errorf("open runtime state %s: could not claim it for this boot", path)
 }
 
 func newID() string {

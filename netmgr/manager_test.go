@@ -24,7 +24,8 @@ import (
 type env struct {
 	m      *netmgr.Manager
 	host   *sandbox.NetNS
-	st     *store.Bolt
+	st     *store.Bolt // networks (state dir)
+	rt     *store.Bolt // runtime state (run dir)
 	runDir string
 }
 
@@ -33,11 +34,16 @@ func newEnv(t *testing.T) *env {
 	testutil.RequireRoot(t)
 	host := testutil.NewNS(t, "host")
 	stateDir, runDir := t.TempDir(), t.TempDir()
+	m, err := netmgr.New(context.Background(), netmgr.WithStateDir(stateDir), netmgr.WithRunDir(runDir), netmgr.WithHostNetNS(host.Path()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The Manager's own files, opened alongside it (every call opens them under a lock), to inspect.
 	st, err := store.OpenBolt(filepath.Join(stateDir, "netmgr.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := netmgr.New(context.Background(), netmgr.WithStore(st), netmgr.WithRunDir(runDir), netmgr.WithHostNetNS(host.Path()))
+	rt, err := store.OpenBolt(filepath.Join(runDir, "runtime.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +63,7 @@ func newEnv(t *testing.T) *env {
 			_ = sandbox.Remove(p)
 		}
 	})
-	return &env{m: m, host: host, st: st, runDir: runDir}
+	return &env{m: m, host: host, st: st, rt: rt, runDir: runDir}
 }
 
 func (e *env) network(t *testing.T, name, subnet string, mod ...func(*netmgr.NetworkSpec)) *netmgr.Network {
@@ -286,15 +292,20 @@ func (e *env) snapshot(t *testing.T) string {
 		fmt.Fprintf(&b, "link %s %s master=%d\n", l.Attrs().Name, l.Type(), l.Attrs().MasterIndex)
 		addrs, _ := h.AddrList(l, netlink.FAMILY_ALL)
 		for _, a := range addrs {
+			if a.IP.IsLinkLocalUnicast() {
+				continue // the kernel adds these by itself, at its own pace
+			}
 			fmt.Fprintf(&b, "  addr %s\n", a.IPNet)
 		}
 	}
-	kvs, _, err := e.st.List(context.Background(), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, kv := range kvs {
-		fmt.Fprintf(&b, "key %s rev=%d\n", kv.Key, kv.Rev)
+	for _, s := range []*store.Bolt{e.st, e.rt} {
+		kvs, _, err := s.List(context.Background(), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range kvs {
+			fmt.Fprintf(&b, "key %s rev=%d\n", kv.Key, kv.Rev)
+		}
 	}
 	pins, _ := filepath.Glob(filepath.Join(e.runDir, "netns", "*"))
 	fmt.Fprintf(&b, "pins %v\n", pins)
@@ -455,7 +466,7 @@ func assertEmpty(t *testing.T, e *env) {
 	t.Helper()
 	ctx := context.Background()
 	for _, prefix := range []string{"sandboxes/", "ipam/", "intents/", "joins/"} {
-		kvs, _, err := e.st.List(ctx, prefix)
+		kvs, _, err := e.rt.List(ctx, prefix)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -105,6 +105,9 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 		}
 		taken = append(taken, o.Subnets...)
 	}
+	if providesAddresses(drv, rec) && (len(spec.Subnets) > 0 || len(spec.Gateways) > 0) {
+		return nil, fmt.Errorf("%w: driver %s assigns addresses itself; give no subnet or gateway", ErrInvalid, spec.Driver)
+	}
 	if err := m.chooseSubnets(rec, spec, taken, drv); err != nil {
 		return nil, err
 	}
@@ -288,12 +291,12 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 
 // refuseInUse returns ErrInUse naming the sandboxes attached to the network, if any.
 func (m *Manager) refuseInUse(ctx context.Context, name string) error {
-	users, _, err := m.st.List(ctx, keyIPAM+name+"/")
+	users, _, err := m.rt.List(ctx, keyIPAM+name+"/")
 	if err != nil {
 		return err
 	}
 	if len(users) == 0 {
-		return nil
+		return m.refuseAttaching(ctx, name)
 	}
 	sbs := map[string]bool{}
 	for _, u := range users {
@@ -331,7 +334,7 @@ func (m *Manager) Network(ctx context.Context, name string) (*Network, error) {
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return nil, err
 	}
-	users, _, err := m.st.List(ctx, keyIPAM+name+"/")
+	users, _, err := m.rt.List(ctx, keyIPAM+name+"/")
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +349,7 @@ func (m *Manager) Networks(ctx context.Context) ([]*Network, error) {
 	}
 	out := make([]*Network, 0, len(recs))
 	for _, r := range recs {
-		users, _, err := m.st.List(ctx, keyIPAM+r.Name+"/")
+		users, _, err := m.rt.List(ctx, keyIPAM+r.Name+"/")
 		if err != nil {
 			return nil, err
 		}

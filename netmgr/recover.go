@@ -41,7 +41,7 @@ func (m *Manager) recoverIntents(ctx context.Context) error {
 }
 
 func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
-	sbi, _, err := m.st.List(ctx, keyIntentSB)
+	sbi, _, err := m.rt.List(ctx, keyIntentSB)
 	if err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 		return
@@ -89,9 +89,9 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 // repairSandbox rolls an interrupted create back, or finishes an interrupted delete: both end with the
 // sandbox gone, which is what its owner last asked for or never got confirmed.
 func (m *Manager) repairSandbox(ctx context.Context, name string) error {
-	kv, err := m.st.Get(ctx, keySandboxes+name)
+	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
-		return m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentSB + name)})
+		return m.rt.Txn(ctx, nil, []store.Op{store.Del(keyIntentSB + name)})
 	}
 	if err != nil {
 		return err
@@ -120,7 +120,7 @@ func (m *Manager) repairNetwork(ctx context.Context, name, intent string) error 
 	if intent == intentCreate {
 		return m.undoNetwork(ctx, &rec)
 	}
-	users, _, err := m.st.List(ctx, keyIPAM+name+"/")
+	users, _, err := m.rt.List(ctx, keyIPAM+name+"/")
 	if err != nil {
 		return err
 	}
@@ -145,6 +145,14 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return rep, fmt.Errorf("list host links: %w", err)
 	}
+	// Allocations before sandbox records too: an allocation made after this list is not judged, and
+	// one made before has its record by the time the records are read (or is gone, failing the
+	// compare on its revision below). Read the other way round, a sandbox created in between looked
+	// like it held nothing, and its fresh address was freed while in use.
+	ipKVs, _, err := m.rt.List(ctx, keyIPAM)
+	if err != nil {
+		return rep, err
+	}
 	nets, err := m.networkRecords(ctx)
 	if err != nil {
 		return rep, err
@@ -153,7 +161,7 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	intents, _, err := m.st.List(ctx, keyIntentSB)
+	intents, _, err := m.rt.List(ctx, keyIntentSB)
 	if err != nil {
 		return rep, err
 	}
@@ -233,16 +241,12 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 			}
 		}
 	}
-	ipKVs, _, err := m.st.List(ctx, keyIPAM)
-	if err != nil {
-		return rep, err
-	}
 	for _, kv := range ipKVs {
 		if held[kv.Key] || busy[string(kv.Value)] {
 			continue
 		}
 		// Compare on the revision read: a create that re-took the address since is left alone.
-		if err := m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Del(kv.Key)}); err == nil {
+		if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Del(kv.Key)}); err == nil {
 			rep.Addresses = append(rep.Addresses, strings.TrimPrefix(kv.Key, keyIPAM))
 		}
 	}

@@ -162,6 +162,15 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 		return nil, err
 	}
 	defer func() { l.unlock(err != nil) }() // a failed create leaves no lock file behind
+	var netNames []string
+	for _, a := range spec.Networks {
+		netNames = append(netNames, a.Network)
+	}
+	unlockNets, err := m.lockNetworksShared(netNames...)
+	if err != nil {
+		return nil, err
+	}
+	defer unlockNets()
 
 	rec, nets, err := m.reserveSandbox(ctx, spec)
 	if err != nil {
@@ -171,12 +180,12 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	if err := m.plumbSandbox(ctx, rec, nets, spec.Pause, spec.Hostname); err != nil {
 		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
 	}
-	kv, err := m.st.Get(ctx, keySandboxes+rec.Name)
+	kv, err := m.rt.Get(ctx, keySandboxes+rec.Name)
 	if err == nil {
-		err = m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
+		err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, append([]store.Op{
 			store.Put(kv.Key, mustJSON(rec)),
 			store.Del(keyIntentSB + rec.Name),
-		})
+		}, providedAllocations(rec.Name, rec.Endpoints, nets)...))
 	}
 	if err != nil {
 		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
@@ -193,7 +202,7 @@ func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandbo
 		if err != nil {
 			return nil, nil, err
 		}
-		err = m.st.Txn(ctx, cmps, ops)
+		err = m.rt.Txn(ctx, cmps, ops)
 		release()
 		if err == nil {
 			return rec, nets, nil
@@ -213,7 +222,7 @@ func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandbo
 // addresses it marked pending in this process.
 func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandboxRecord, nets []*netState, cmps []store.Cmp, ops []store.Op, release func(), err error) {
 	release = func() {}
-	if _, err := m.st.Get(ctx, keySandboxes+spec.Name); err == nil {
+	if _, err := m.rt.Get(ctx, keySandboxes+spec.Name); err == nil {
 		return nil, nil, nil, nil, release, fmt.Errorf("%w: a sandbox named %q exists", ErrExists, spec.Name)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, nil, nil, nil, release, err
@@ -241,7 +250,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		}
 		rec.Mode = ModeHost
 	case spec.Join != "":
-		tkv, err := m.st.Get(ctx, keySandboxes+spec.Join)
+		tkv, err := m.rt.Get(ctx, keySandboxes+spec.Join)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, nil, nil, nil, release, fmt.Errorf("%w: no sandbox named %q to join", ErrNotFound, spec.Join)
 		}
@@ -252,7 +261,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		if err := json.Unmarshal(tkv.Value, &target); err != nil {
 			return nil, nil, nil, nil, release, err
 		}
-		if _, err := m.st.Get(ctx, keyIntentSB+spec.Join); err == nil {
+		if _, err := m.rt.Get(ctx, keyIntentSB+spec.Join); err == nil {
 			return nil, nil, nil, nil, release, fmt.Errorf("%w: sandbox %q is being created or deleted", ErrBusy, spec.Join)
 		}
 		drv, err := m.driver("link")
@@ -286,7 +295,6 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 			return nil, nil, nil, nil, release, fmt.Errorf("%w: network %q (driver %s) cannot be attached; use --host or --join", ErrInvalid, as.Network, ns.rec.Driver)
 		}
 		nets = append(nets, ns)
-		cmps = append(cmps, store.Cmp{Key: ns.kv.Key, Rev: ns.kv.Rev}, store.Absent(keyIntentNet+as.Network))
 		ep := endpointRecord{ID: newID(), Network: as.Network, IfName: as.IfName, MAC: as.MAC, MTU: ns.rec.MTU}
 		if ep.IfName == "" {
 			ep.IfName = "eth" + strconv.Itoa(i)
@@ -359,9 +367,12 @@ func hasGatewayFamily(eps []endpointRecord, v4 bool) bool {
 // processes.
 func (m *Manager) allocate(ctx context.Context, rec *networkRecord, static []netip.Addr) ([]netip.Prefix, []string, error) {
 	if len(rec.Subnets) == 0 {
+		if len(static) > 0 {
+			return nil, nil, fmt.Errorf("%w: network %q has no subnets in netmgr (its driver assigns the addresses); static addresses cannot be given", ErrInvalid, rec.Name)
+		}
 		return nil, nil, nil
 	}
-	used, _, err := m.st.List(ctx, keyIPAM+rec.Name+"/")
+	used, _, err := m.rt.List(ctx, keyIPAM+rec.Name+"/")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -446,7 +457,7 @@ func (m *Manager) plumbSandbox(ctx context.Context, rec *sandboxRecord, nets []*
 		if err := nets[i].drv.Attach(ctx, nets[i].rec.driverNetwork(), de, ns); err != nil {
 			return err
 		}
-		e.MAC = de.MAC
+		adoptAttached(rec.Endpoints[i:], de, nets[i])
 		m.step(StepSandboxAttached)
 	}
 	if pause {
@@ -512,7 +523,7 @@ func (m *Manager) teardownSandbox(ctx context.Context, rec *sandboxRecord) error
 	if rec.Join != "" {
 		ops = append(ops, store.Del(keyJoins+rec.Join+"/"+rec.Name))
 	}
-	return m.st.Txn(ctx, nil, ops)
+	return m.rt.Txn(ctx, nil, ops)
 }
 
 // DeleteSandbox removes a sandbox, its attachments, addresses and namespace. It is idempotent: deleting a
@@ -528,7 +539,7 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string) error {
 	}
 	removed := false
 	defer func() { l.unlock(removed) }()
-	kv, err := m.st.Get(ctx, keySandboxes+name)
+	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
 		removed = true // do not leave a lock file for a sandbox that never existed
 		return nil
@@ -540,7 +551,7 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string) error {
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return fmt.Errorf("decode sandbox record: %w", err)
 	}
-	joiners, _, err := m.st.List(ctx, keyJoins+name+"/")
+	joiners, _, err := m.rt.List(ctx, keyJoins+name+"/")
 	if err != nil {
 		return err
 	}
@@ -552,7 +563,7 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string) error {
 		return fmt.Errorf("%w: sandbox(es) %s share its namespace; remove them first", ErrInUse, strings.Join(names, ", "))
 	}
 	// Re-writing the record bumps its revision so that a concurrent join fails its compare.
-	err = m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
+	err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
 		store.Put(kv.Key, kv.Value),
 		store.Put(keyIntentSB+name, []byte(intentDelete)),
 	})
@@ -573,7 +584,7 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string) error {
 
 // Sandbox returns one sandbox.
 func (m *Manager) Sandbox(ctx context.Context, name string) (*Sandbox, error) {
-	kv, err := m.st.Get(ctx, keySandboxes+name)
+	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, opErr("inspect", "sandbox", name, fmt.Errorf("%w: no sandbox named %q", ErrNotFound, name))
 	}
@@ -601,7 +612,7 @@ func (m *Manager) Sandboxes(ctx context.Context) ([]*Sandbox, error) {
 }
 
 func (m *Manager) sandboxRecords(ctx context.Context) ([]*sandboxRecord, error) {
-	kvs, _, err := m.st.List(ctx, keySandboxes)
+	kvs, _, err := m.rt.List(ctx, keySandboxes)
 	if err != nil {
 		return nil, err
 	}

@@ -166,9 +166,11 @@ func Ping(ns *sandbox.NetNS, ip string) error {
 	}
 	var out []byte
 	err = ns.Do(func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, bb, "ping", "-c", "1", "-W", "2", ip)
+		// Up to three echoes a second apart; any reply counts (busybox exits 0 then). The first may
+		// be lost to neighbour resolution on a loaded machine.
+		cmd := exec.CommandContext(ctx, bb, "ping", "-c", "3", "-W", "3", ip)
 		var err error
 		out, err = cmd.CombinedOutput()
 		return err
