@@ -17,7 +17,39 @@
 //			meta nfproto ipv4 ip saddr S oifname != B masquerade  # Masquerade && !Internal
 //			meta nfproto ipv6 ip6 saddr S oifname != B masquerade
 //		}
+//		chain hairpin {
+//			type nat hook postrouting priority srcnat; policy accept;
+//			ct status dnat ip saddr S oifname B masquerade        # !Internal
+//			ct status dnat ip6 saddr S oifname B masquerade
+//		}
 //	}
+//
+// The hairpin chain makes a pod that reaches a published port (or later a service) through a host
+// address, and is sent back to a pod on its own bridge, see the answer come from the address it asked.
+//
+// Published ports live in a second table, inet netmgr_ports, that Apply leaves alone (except that with
+// no networks it is removed too). Its rules are fixed; the ports are elements of four maps, so that
+// publishing one more port costs the same however many are published ([Firewall.AddPorts],
+// [Firewall.RemovePorts]):
+//
+//	table inet netmgr_ports {
+//		map any4  { type inet_proto . inet_service : ipv4_addr . inet_service }              # any host address
+//		map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }  # one host address
+//		map any6, addr6 ...                                                                  # the same for IPv6
+//		chain prerouting { type nat hook prerouting priority dstnat   # from outside and from pods (hairpin)
+//			dnat ip to ip daddr . meta l4proto . th dport map @addr4
+//			fib daddr type local dnat ip to meta l4proto . th dport map @any4
+//			... ip6 ...
+//		}
+//		chain output { type nat hook output priority -100; the same rules }  # from the host itself
+//		chain postrouting { ct status dnat ip saddr 127.0.0.0/8 masquerade }  # from the host's 127.0.0.1
+//		chain input { iifname != "lo" ip daddr 127.0.0.0/8 ct state ! established,related drop }
+//	}
+//
+// The last two rules pair with route_localnet=1, which the caller sets on bridges with published
+// ports so that the host's 127.0.0.1 can be forwarded to a pod; the input rule keeps that from
+// exposing the host's loopback services to the bridges (CVE-2020-8558). IPv6 has no equivalent of
+// route_localnet: ::1 is not forwarded.
 //
 // Every rule carries a comment "network=<name>" (a libnftnl comment in the rule
 // UserData) so that rules can be traced back to their network, by

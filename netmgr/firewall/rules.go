@@ -16,6 +16,7 @@ import (
 const (
 	chainForward     = "forward"
 	chainPostrouting = "postrouting"
+	chainHairpin     = "hairpin"
 	setBridges       = "bridges"
 
 	commentPrefix = "network="
@@ -48,6 +49,8 @@ func queueDeleteTable(c *nftables.Conn) *nftables.Table {
 func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 	t := queueDeleteTable(c)
 	if len(nets) == 0 {
+		// Published ports target sandboxes on bridge networks: with no network left, none remain.
+		queueDeletePortsTable(c)
 		return 0, nil
 	}
 	c.AddTable(t)
@@ -63,6 +66,14 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 	})
 	postrouting := c.AddChain(&nftables.Chain{
 		Name:     chainPostrouting,
+		Table:    t,
+		Type:     nftables.ChainTypeNAT,
+		Hooknum:  nftables.ChainHookPostrouting,
+		Priority: nftables.ChainPriorityNATSource,
+		Policy:   &accept,
+	})
+	hairpin := c.AddChain(&nftables.Chain{
+		Name:     chainHairpin,
 		Table:    t,
 		Type:     nftables.ChainTypeNAT,
 		Hooknum:  nftables.ChainHookPostrouting,
@@ -98,6 +109,9 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 		}
 		for _, exprs := range postroutingRules(n) {
 			add(postrouting, n, exprs)
+		}
+		for _, exprs := range hairpinRules(n) {
+			add(hairpin, n, exprs)
 		}
 	}
 	return count, nil
@@ -136,6 +150,27 @@ func postroutingRules(n Network) [][]expr.Any {
 		rules = append(rules, concat(
 			saddrMatch(p),
 			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n.Bridge),
+			[]expr.Any{&expr.Masq{}},
+		))
+	}
+	return rules
+}
+
+// hairpinRules masquerade connections from a network's pods that were translated (a published port
+// or a service reached through a host address) back to a pod on the same bridge. Without it the
+// target would answer the client directly over the bridge, from an address the client never asked.
+// Unlike postroutingRules they apply whatever Masquerade says, since no traffic leaves the network.
+func hairpinRules(n Network) [][]expr.Any {
+	if n.Internal {
+		return nil
+	}
+	rules := make([][]expr.Any, 0, len(n.Subnets))
+	for _, p := range n.Subnets {
+		// ct status dnat meta nfproto ipvX ip[6] saddr S oifname B masquerade
+		rules = append(rules, concat(
+			ctStatusDNAT(),
+			saddrMatch(p),
+			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge),
 			[]expr.Any{&expr.Masq{}},
 		))
 	}
