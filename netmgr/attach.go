@@ -169,6 +169,9 @@ func (m *Manager) detach(ctx context.Context, name, network string) error {
 	if !found {
 		return nil
 	}
+	if err := rec.refuseDetachPorted(network); err != nil {
+		return err
+	}
 	if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)},
 		[]store.Op{store.Put(kv.Key, kv.Value), store.Put(keyIntentSB+name, []byte(intentDetach+network))}); err != nil {
 		if errors.Is(err, store.ErrConflict) {

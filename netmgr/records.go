@@ -91,6 +91,7 @@ type sandboxRecord struct {
 	Endpoints []endpointRecord  `json:"endpoints,omitempty"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Pause     *pauseRecord      `json:"pause,omitempty"`
+	Ports     []portRecord      `json:"ports,omitempty"`
 	Created   time.Time         `json:"created"`
 }
 

@@ -26,6 +26,7 @@ type Report struct {
 	Pins      []string `json:"pins,omitempty"`      // namespace pins without a sandbox, removed
 	Links     []string `json:"links,omitempty"`     // host interfaces without an endpoint, deleted
 	Restored  []string `json:"restored,omitempty"`  // networks whose plumbing was re-created
+	Ports     []string `json:"ports,omitempty"`     // published ports: keys and rules without a sandbox removed, missing rules re-added
 	Errors    []string `json:"errors,omitempty"`
 }
 
@@ -250,6 +251,8 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 			rep.Addresses = append(rep.Addresses, strings.TrimPrefix(kv.Key, keyIPAM))
 		}
 	}
+
+	m.recoverPorts(ctx, rep)
 
 	// Pins without a sandbox.
 	pinned := map[string]bool{}

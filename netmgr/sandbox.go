@@ -61,6 +61,7 @@ type Sandbox struct {
 	Attachments []Attachment      `json:"attachments"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	PausePID    int               `json:"pause_pid,omitempty"`
+	Ports       []PortMapping     `json:"ports,omitempty"`
 	Created     time.Time         `json:"created"`
 }
 
@@ -79,7 +80,7 @@ type Attachment struct {
 func (r *sandboxRecord) public() *Sandbox {
 	s := &Sandbox{
 		ID: r.ID, Name: r.Name, Mode: r.Mode, NetNS: r.NetNS, Join: r.Join, Labels: r.Labels,
-		Created: r.Created, Attachments: []Attachment{},
+		Created: r.Created, Attachments: []Attachment{}, Ports: r.publicPorts(),
 	}
 	if r.Pause != nil {
 		s.PausePID = r.Pause.PID
@@ -178,6 +179,9 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	}
 	m.step(StepSandboxReserved)
 	if err := m.plumbSandbox(ctx, rec, nets, spec.Pause, spec.Hostname); err != nil {
+		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
+	}
+	if err := m.publishPorts(ctx, rec, nets); err != nil {
 		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
 	}
 	kv, err := m.rt.Get(ctx, keySandboxes+rec.Name)
@@ -331,6 +335,11 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		}
 		ifs[e.IfName] = true
 	}
+	pcmps, pops, err := m.planPorts(ctx, spec, rec, nets)
+	if err != nil {
+		return nil, nil, nil, nil, release, err
+	}
+	cmps, ops = append(cmps, pcmps...), append(ops, pops...)
 	ops = append(ops,
 		store.Put(keySandboxes+spec.Name, mustJSON(rec)),
 		store.Put(keyIntentSB+spec.Name, []byte(intentCreate)))
@@ -479,6 +488,9 @@ func (m *Manager) teardownSandbox(ctx context.Context, rec *sandboxRecord) error
 	if rec.hasInterfaces() {
 		ns, _ = sandbox.Open(rec.NetNS) // nil when the namespace is already gone
 	}
+	if err := m.unpublishPorts(ctx, rec); err != nil {
+		errs = append(errs, err)
+	}
 	for i := range rec.Endpoints {
 		e := &rec.Endpoints[i]
 		nk, err := m.st.Get(ctx, keyNetworks+e.Network)
@@ -523,6 +535,7 @@ func (m *Manager) teardownSandbox(ctx context.Context, rec *sandboxRecord) error
 	if rec.Join != "" {
 		ops = append(ops, store.Del(keyJoins+rec.Join+"/"+rec.Name))
 	}
+	ops = append(ops, portReleaseOps(rec)...)
 	return m.rt.Txn(ctx, nil, ops)
 }
 
