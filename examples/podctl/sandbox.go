@@ -70,6 +70,7 @@ type sandboxFlags struct {
 	host     bool
 	pause    bool
 	labels   []string
+	publish  []string
 }
 
 func (f *sandboxFlags) spec(name string) (netmgr.SandboxSpec, error) {
@@ -80,6 +81,13 @@ func (f *sandboxFlags) spec(name string) (netmgr.SandboxSpec, error) {
 			return s, err
 		}
 		s.Networks = append(s.Networks, a)
+	}
+	for _, p := range f.publish {
+		pm, err := netmgr.ParsePublish(p)
+		if err != nil {
+			return s, fmt.Errorf("--publish: %w", err)
+		}
+		s.Publish = append(s.Publish, pm...)
 	}
 	if len(f.labels) > 0 {
 		s.Labels = map[string]string{}
@@ -129,6 +137,7 @@ func newSandboxCreateCmd(g *globals) *cobra.Command {
 	fl.BoolVar(&f.host, "host", false, "use the host's network namespace")
 	fl.BoolVar(&f.pause, "pause", false, "start a pause process holding the namespace (see --pause-binary)")
 	fl.StringArrayVar(&f.labels, "label", nil, "label KEY=VALUE (repeatable)")
+	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a port on the host: [HOSTIP:]HOSTPORT:PORT[/tcp|udp], or equal ranges 8000-8010:80-90 (repeatable)")
 	return c
 }
 
