@@ -112,7 +112,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.BoolVar(&g.debug, "debug", false, "log debug messages to stderr")
 
-	root.AddCommand(newNetworkCmd(g), newSandboxCmd(g), newGCCmd(g), newVersionCmd(g))
+	root.AddCommand(newNetworkCmd(g), newSandboxCmd(g), newPodCmd(g), newGCCmd(g), newVersionCmd(g))
 	return root
 }
 
