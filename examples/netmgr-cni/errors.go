@@ -1,0 +1,57 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/netmgr/netmgr/netmgr"
+)
+
+// Plugin-specific CNI error codes (the spec reserves 100 and up for plugins).
+const (
+	// ErrNetworkFull: no free address left in the network's subnets, or the bridge has no free port.
+	ErrNetworkFull uint = 100
+	// ErrExists: the requested static address is taken, or the interface already exists in the netns.
+	ErrExists uint = 101
+	// ErrAttachmentExists: ADD for a container ID and interface that are attached in another netns.
+	ErrAttachmentExists uint = 102
+	// ErrCheckFailed: CHECK found the attachment different from what ADD made.
+	ErrCheckFailed uint = 103
+)
+
+func invalidConf(format string, a ...any) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf(format, a...), "")
+}
+
+func checkFailed(format string, a ...any) *types.Error {
+	return types.NewError(ErrCheckFailed, fmt.Sprintf(format, a...), "")
+}
+
+// cniError turns a netmgr error into the CNI error a runtime and its operator can act on. Errors that
+// already are CNI errors pass through.
+func cniError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te
+	}
+	code := types.ErrInternal
+	switch {
+	case errors.Is(err, netmgr.ErrBusy):
+		code = types.ErrTryAgainLater
+	case errors.Is(err, netmgr.ErrInvalid), errors.Is(err, netmgr.ErrInUse):
+		// ErrInUse comes from creating the network: its subnet overlaps another network's.
+		code = types.ErrInvalidNetworkConfig
+	case errors.Is(err, netmgr.ErrFull):
+		code = ErrNetworkFull
+	case errors.Is(err, netmgr.ErrExists):
+		code = ErrExists
+	case errors.Is(err, netmgr.ErrNotFound):
+		code = types.ErrInvalidNetNS // the only thing an ADD can name that may be missing
+	}
+	return types.NewError(code, err.Error(), "")
+}

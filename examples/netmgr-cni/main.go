@@ -1,0 +1,54 @@
+// Command netmgr-cni is a CNI plugin (spec 1.1: ADD, DEL, CHECK, VERSION, STATUS, GC) that attaches
+// containers with netmgr's drivers, IPAM and state, so that runtimes speaking CNI — containerd's CRI
+// plugin, CRI-O, nerdctl, Kubernetes — use netmgr networks without code changes.
+//
+// A minimal network configuration list:
+//
+//	{"cniVersion": "1.1.0", "name": "pods", "plugins": [
+//	  {"type": "netmgr-cni", "driver": "bridge", "subnets": ["10.250.0.0/24"],
+//	   "capabilities": {"ips": true, "mac": true}}]}
+//
+// The network (here "pods") is created on the first ADD from driver, subnets, gateways, options,
+// internal and mtu, and every later command checks the recorded network against the configuration.
+// State lives in stateDir (default /var/lib/netmgr-cni) and runDir (default /run/netmgr-cni). Each
+// attachment is one netmgr sandbox named after (network, container ID, interface) and labelled with
+// them, in the namespace the runtime passes (netmgr never removes that namespace).
+//
+// # Threading
+//
+// The plugin works in its own network namespace, the runtime's, for the host side; it enters the
+// container's namespace only through netlink handles bound to it.
+//
+// # Privileges
+//
+// Root, or CAP_NET_ADMIN and CAP_SYS_ADMIN, like every CNI plugin that creates interfaces.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// Version is set at build time with -ldflags "-X main.Version=...".
+var Version = "dev"
+
+// supported are the spec versions whose results carry interface indexes; GC and STATUS need 1.1.0.
+var supported = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	p := &plugin{ctx: ctx}
+	skel.PluginMainFuncs(skel.CNIFuncs{
+		Add:    p.cmdAdd,
+		Del:    p.cmdDel,
+		Check:  p.cmdCheck,
+		GC:     p.cmdGC,
+		Status: p.cmdStatus,
+	}, supported, "CNI plugin netmgr-cni "+Version+" (netmgr drivers, IPAM and state)")
+}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/netmgr/netmgr/netmgr"
+)
+
+func conf(extra string) []byte {
+	return []byte(`{"cniVersion": "1.1.0", "name": "pods", "type": "netmgr-cni"` + extra + `}`)
+}
+
+func TestCNIConfigParse(t *testing.T) {
+	c, err := parseConfig(conf(`, "driver": "bridge", "subnets": ["10.250.0.0/24", "fd00:250::/64"], "gateways": ["10.250.0.254"],
+		"options": {"masquerade": "false"}, "mtu": 1400, "stateDir": "/tmp/s", "runtimeConfig": {"ips": ["10.250.0.7/24"], "mac": "02:00:00:00:00:07"}`),
+		"IgnoreUnknown=1;K8S_POD_NAME=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.stateDir != "/tmp/s" || c.runDir != DefaultRunDir {
+		t.Errorf("dirs %q %q", c.stateDir, c.runDir)
+	}
+	if len(c.spec.Subnets) != 2 || c.spec.Gateways[0] != netip.MustParseAddr("10.250.0.254") || c.spec.MTU != 1400 || c.spec.Options["masquerade"] != "false" {
+		t.Errorf("spec %+v", c.spec)
+	}
+	if len(c.ips) != 1 || c.ips[0] != netip.MustParseAddr("10.250.0.7") || c.mac != "02:00:00:00:00:07" {
+		t.Errorf("ips %v mac %q", c.ips, c.mac)
+	}
+	// CNI_ARGS and args.cni are the other ways runtimes ask for an address.
+	c, err = parseConfig(conf(`, "driver": "bridge", "subnets": ["10.250.0.0/24"], "args": {"cni": {"ips": ["10.250.0.8"]}}`), "IP=10.250.0.9;MAC=02:00:00:00:00:09")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.ips) != 2 || c.mac != "02:00:00:00:00:09" {
+		t.Errorf("ips %v mac %q", c.ips, c.mac)
+	}
+	// ipRanges stand in for subnets.
+	c, err = parseConfig(conf(`, "driver": "bridge", "runtimeConfig": {"ipRanges": [[{"subnet": "10.99.0.0/24", "gateway": "10.99.0.1"}]]}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.spec.Subnets[0] != netip.MustParsePrefix("10.99.0.0/24") || c.spec.Gateways[0] != netip.MustParseAddr("10.99.0.1") {
+		t.Errorf("from ipRanges: %+v", c.spec)
+	}
+}
+
+func TestCNIConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, extra string
+		code        uint
+		want        string
+	}{
+		{"missing driver", `, "subnets": ["10.250.0.0/24"]`, types.ErrInvalidNetworkConfig, `"driver" is missing`},
+		{"unknown driver", `, "driver": "nosuch", "subnets": ["10.250.0.0/24"]`, types.ErrInvalidNetworkConfig, "unknown driver"},
+		{"host driver", `, "driver": "host", "subnets": ["10.250.0.0/24"]`, types.ErrInvalidNetworkConfig, "cannot be used"},
+		{"missing subnets", `, "driver": "bridge"`, types.ErrInvalidNetworkConfig, `"subnets" is missing`},
+		{"bad CIDR", `, "driver": "bridge", "subnets": ["10.250.0.0/33"]`, types.ErrInvalidNetworkConfig, "not a CIDR"},
+		{"host bits", `, "driver": "bridge", "subnets": ["10.250.0.1/24"]`, types.ErrInvalidNetworkConfig, "10.250.0.0/24"},
+		{"two IPv4", `, "driver": "bridge", "subnets": ["10.250.0.0/24", "10.251.0.0/24"]`, types.ErrInvalidNetworkConfig, "at most one"},
+		{"bad gateway", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "gateways": ["x"]`, types.ErrInvalidNetworkConfig, "gateway"},
+		{"relative stateDir", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "stateDir": "state"`, types.ErrInvalidNetworkConfig, "absolute"},
+		{"negative mtu", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "mtu": -1`, types.ErrInvalidNetworkConfig, "mtu"},
+		{"ip outside", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"ips": ["10.9.0.1"]}`, types.ErrInvalidNetworkConfig, "not in any subnet"},
+		{"bad ip", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"ips": ["ten"]}`, types.ErrInvalidNetworkConfig, "not an IP"},
+		{"bad mac", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"mac": "zz"}`, types.ErrInvalidNetworkConfig, "mac"},
+		{"port mappings", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp"}]}`,
+			types.ErrUnsupportedField, "portmap"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseConfig(conf(tc.extra), "")
+			var te *types.Error
+			if !errors.As(err, &te) || te.Code != tc.code || !strings.Contains(te.Msg, tc.want) {
+				t.Fatalf("got %v, want code %d saying %q", err, tc.code, tc.want)
+			}
+		})
+	}
+	if _, err := parseDirs([]byte(`{"name": "` + strings.Repeat("n", 64) + `"}`)); err == nil {
+		t.Error("a 64-character network name was accepted")
+	}
+}
+
+func TestCNISandboxName(t *testing.T) {
+	a := sandboxName("pods", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "eth0")
+	if a != sandboxName("pods", "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "eth0") {
+		t.Error("not deterministic")
+	}
+	if !regexp.MustCompile(`^cni-[0-9a-f]{32}$`).MatchString(a) {
+		t.Errorf("name %q", a)
+	}
+	seen := map[string]bool{a: true}
+	for _, n := range []string{sandboxName("pods", "x", "eth0"), sandboxName("pods", "x", "eth1"), sandboxName("other", "x", "eth0"), sandboxName("pods\x00x", "", "eth0")} {
+		if seen[n] {
+			t.Errorf("collision: %s", n)
+		}
+		seen[n] = true
+	}
+}
+
+func TestCNIValidAttachments(t *testing.T) {
+	keep, given, err := validAttachments([]byte(`{"name": "pods", "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}`))
+	if err != nil || !given || !keep[types.GCAttachment{ContainerID: "a", IfName: "eth0"}] || len(keep) != 1 {
+		t.Errorf("keep %v given %v err %v", keep, given, err)
+	}
+	// null is a list with nothing valid (libcni sends it for an empty slice), absence is no list.
+	if keep, given, _ := validAttachments([]byte(`{"name": "pods", "cni.dev/valid-attachments": null}`)); !given || len(keep) != 0 {
+		t.Errorf("null: keep %v given %v", keep, given)
+	}
+	if _, given, _ := validAttachments([]byte(`{"name": "pods"}`)); given {
+		t.Error("absent list taken as given")
+	}
+}
+
+func TestCNIMismatch(t *testing.T) {
+	c, err := parseConfig(conf(`, "driver": "bridge", "subnets": ["10.250.0.0/24"], "options": {"masquerade": "false"}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &netmgr.Network{Name: "pods", Driver: "bridge", Subnets: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/24")},
+		Options: map[string]string{"masquerade": "false", "bridge": "nm-pods"}}
+	if err := mismatch(n, c); err != nil {
+		t.Fatalf("matching network: %v", err)
+	}
+	n.Subnets = []netip.Prefix{netip.MustParsePrefix("10.251.0.0/24")}
+	n.Options["masquerade"] = "true"
+	err = mismatch(n, c)
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig ||
+		!strings.Contains(te.Msg, "subnets [10.251.0.0/24] (configuration: [10.250.0.0/24])") ||
+		!strings.Contains(te.Msg, `option masquerade="true" (configuration: "false")`) || !strings.Contains(te.Msg, "network rm pods") {
+		t.Fatalf("mismatch: %v", err)
+	}
+}
+
+func TestCNIErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		code uint
+	}{
+		{fmt.Errorf("x: %w", netmgr.ErrBusy), types.ErrTryAgainLater},
+		{fmt.Errorf("x: %w", netmgr.ErrInvalid), types.ErrInvalidNetworkConfig},
+		{fmt.Errorf("x: %w", netmgr.ErrFull), ErrNetworkFull},
+		{fmt.Errorf("x: %w", netmgr.ErrExists), ErrExists},
+		{fmt.Errorf("x: %w", netmgr.ErrNotFound), types.ErrInvalidNetNS},
+		{errors.New("disk on fire"), types.ErrInternal},
+		{types.NewError(42, "as is", ""), 42},
+	} {
+		var te *types.Error
+		if !errors.As(cniError(tc.err), &te) || te.Code != tc.code {
+			t.Errorf("%v: got %v, want code %d", tc.err, cniError(tc.err), tc.code)
+		}
+	}
+}
+
+func TestCNIResult(t *testing.T) {
+	c, err := parseConfig(conf(`, "driver": "bridge", "subnets": ["10.250.0.0/24"], "dns": {"nameservers": ["10.250.0.1"]}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &netmgr.Network{Name: "pods", Subnets: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/24")}, Gateways: []netip.Addr{netip.MustParseAddr("10.250.0.1")}}
+	sb := &netmgr.Sandbox{Name: "cni-x", Attachments: []netmgr.Attachment{{
+		Network: "pods", Interface: "eth0", HostInterface: "nmv-does-not-exist", MAC: "02:00:00:00:00:01",
+		Addrs: []netip.Prefix{netip.MustParsePrefix("10.250.0.5/24")}, Gateways: []netip.Addr{netip.MustParseAddr("10.250.0.1")},
+	}}}
+	r, err := buildResult(c, n, sb, &skel.CmdArgs{Netns: "/run/netns/x", IfName: "eth0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Interfaces) != 2 || r.Interfaces[1].Sandbox != "/run/netns/x" || r.Interfaces[0].Sandbox != "" {
+		t.Fatalf("interfaces %v", r.Interfaces)
+	}
+	if len(r.IPs) != 1 || *r.IPs[0].Interface != 1 || r.IPs[0].Address.String() != "10.250.0.5/24" || r.IPs[0].Gateway.String() != "10.250.0.1" {
+		t.Errorf("ips %v", r.IPs)
+	}
+	if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" || len(r.DNS.Nameservers) != 1 {
+		t.Errorf("routes %v dns %v", r.Routes, r.DNS)
+	}
+	// Converted down for an older configuration, indexes survive.
+	old, err := r.GetAsVersion("0.4.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(fmt.Sprint(old), "10.250.0.5") {
+		t.Errorf("0.4.0 result %v", old)
+	}
+}
