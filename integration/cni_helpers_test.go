@@ -1,0 +1,229 @@
+package integration
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	gocni "github.com/containerd/go-cni"
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	"golang.org/x/sys/unix"
+
+	"github.com/netmgr/netmgr/internal/testutil"
+	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// debianCNI is where Debian's reference plugins live (apt-get install containernetworking-plugins).
+const debianCNI = "/usr/lib/cni"
+
+// buildCNIPlugin builds netmgr-cni into a fresh plugin directory, as an operator would install it
+// next to the reference plugins.
+func buildCNIPlugin(t *testing.T) string {
+	t.Helper()
+	testutil.RequireRoot(t)
+	for _, p := range []string{"loopback", "tuning", "portmap"} {
+		if _, err := os.Stat(filepath.Join(debianCNI, p)); err != nil {
+			t.Skipf("needs Debian's CNI plugins in %s (apt-get install containernetworking-plugins)", debianCNI)
+		}
+	}
+	dir := t.TempDir()
+	out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "netmgr-cni"), "github.com/netmgr/netmgr/examples/netmgr-cni").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build netmgr-cni: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// cniHost is one test host for CNI: a namespace the plugins run in (standing for the node's root
+// namespace), a configuration directory, and netmgr-cni's state and run directories.
+type cniHost struct {
+	t       *testing.T
+	ns      *sandbox.NetNS
+	binDir  string
+	confDir string
+	state   string
+	run     string
+}
+
+func newCNIHost(t *testing.T, binDir string) *cniHost {
+	t.Helper()
+	h := &cniHost{t: t, ns: testutil.NewNS(t, "cnihost"), binDir: binDir, confDir: t.TempDir(), state: t.TempDir(), run: t.TempDir()}
+	// libcni keeps each attachment's result in its cache dir; go-cni has no option for it, so point
+	// the package default at the test's own directory rather than the machine's /var/lib/cni.
+	old := libcni.CacheDir
+	libcni.CacheDir = t.TempDir()
+	t.Cleanup(func() { libcni.CacheDir = old })
+	return h
+}
+
+// do runs fn on a thread inside the test host namespace. Every plugin process started by fn (go-cni
+// and libcni fork from the calling thread) therefore lives there, with its bridges and firewall rules,
+// never in the machine's root namespace. It refuses to run fn on a thread anywhere else.
+func (h *cniHost) do(fn func() error) error {
+	want, err := h.ns.Inode()
+	if err != nil {
+		return err
+	}
+	return h.ns.Do(func() error {
+		var st unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), &st); err != nil {
+			return err
+		}
+		if st.Ino != want {
+			return errors.New("refusing to run CNI plugins outside the test host namespace")
+		}
+		return fn()
+	})
+}
+
+// conflist is a configuration list with netmgr-cni first, then the chained plugins given as JSON.
+func (h *cniHost) conflist(version, name, netmgrExtra string, chained ...string) string {
+	plugins := []string{fmt.Sprintf(`{"type": "netmgr-cni", "driver": "bridge", "stateDir": %q, "runDir": %q%s}`, h.state, h.run, netmgrExtra)}
+	plugins = append(plugins, chained...)
+	return fmt.Sprintf(`{"cniVersion": %q, "name": %q, "plugins": [%s]}`, version, name, strings.Join(plugins, ", "))
+}
+
+// writeConf installs a configuration list in the conf dir, as an operator would in /etc/cni/net.d.
+func (h *cniHost) writeConf(file, body string) {
+	h.t.Helper()
+	if err := os.WriteFile(filepath.Join(h.confDir, file), []byte(body), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// goCNI loads the conf dir exactly as containerd's CRI plugin does: loopback first, then the first
+// configuration in the directory as eth0.
+func (h *cniHost) goCNI() gocni.CNI {
+	h.t.Helper()
+	c, err := gocni.New(gocni.WithPluginDir([]string{h.binDir, debianCNI}), gocni.WithPluginConfDir(h.confDir), gocni.WithMinNetworkCount(2))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := c.Load(gocni.WithLoNetwork, gocni.WithDefaultConf); err != nil {
+		h.t.Fatal(err)
+	}
+	return c
+}
+
+// criLabels are the CNI_ARGS containerd's CRI plugin passes with every call.
+func criLabels(pod string) gocni.NamespaceOpts {
+	return gocni.WithLabels(map[string]string{
+		"IgnoreUnknown": "1", "K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": pod, "K8S_POD_INFRA_CONTAINER_ID": pod,
+	})
+}
+
+// setup attaches pod through go-cni, from inside the host namespace. It uses SetupSerially: Setup runs
+// each network on a new goroutine, whose thread would not be in the test host namespace; the plugins
+// see exactly the same calls either way.
+func (h *cniHost) setup(c gocni.CNI, id string, pod *sandbox.NetNS, opts ...gocni.NamespaceOpts) (*gocni.Result, error) {
+	var res *gocni.Result
+	err := h.do(func() (err error) {
+		res, err = c.SetupSerially(context.Background(), id, pod.Path(), append([]gocni.NamespaceOpts{criLabels(id)}, opts...)...)
+		return err
+	})
+	return res, err
+}
+
+func (h *cniHost) remove(c gocni.CNI, id, path string) error {
+	return h.do(func() error { return c.Remove(context.Background(), id, path, criLabels(id)) })
+}
+
+// check runs CHECK through go-cni. The loopback network containerd adds is CNI 0.3.1, which has no
+// CHECK, so this client loads the configuration directory alone.
+func (h *cniHost) check(id string, pod *sandbox.NetNS) error {
+	c, err := gocni.New(gocni.WithPluginDir([]string{h.binDir, debianCNI}), gocni.WithPluginConfDir(h.confDir))
+	if err == nil {
+		err = c.Load(gocni.WithDefaultConf)
+	}
+	if err != nil {
+		return err
+	}
+	return h.do(func() error { return c.Check(context.Background(), id, pod.Path(), criLabels(id)) })
+}
+
+// libCNI returns a libcni client for the plugin dirs, with cache dir cache.
+func (h *cniHost) libCNI(cache string) *libcni.CNIConfig {
+	return libcni.NewCNIConfigWithCacheDir([]string{h.binDir, debianCNI}, cache, nil)
+}
+
+func (h *cniHost) add(c *libcni.CNIConfig, list *libcni.NetworkConfigList, id string, pod *sandbox.NetNS) (types.Result, error) {
+	var res types.Result
+	err := h.do(func() (err error) {
+		res, err = c.AddNetworkList(context.Background(), list, &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: "eth0"})
+		return err
+	})
+	return res, err
+}
+
+func (h *cniHost) del(c *libcni.CNIConfig, list *libcni.NetworkConfigList, id, path string) error {
+	return h.do(func() error {
+		return c.DelNetworkList(context.Background(), list, &libcni.RuntimeConf{ContainerID: id, NetNS: path, IfName: "eth0"})
+	})
+}
+
+// manager opens netmgr-cni's state from the test, to look at what the plugin recorded.
+func (h *cniHost) manager() *netmgr.Manager {
+	h.t.Helper()
+	m, err := netmgr.New(context.Background(), netmgr.WithHostNetNS(h.ns.Path()), netmgr.WithStateDir(h.state), netmgr.WithRunDir(h.run))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// attached returns the sandboxes netmgr-cni recorded on network name.
+func (h *cniHost) attached(name string) []string {
+	h.t.Helper()
+	n, err := h.manager().Network(context.Background(), name)
+	if errors.Is(err, netmgr.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return n.Sandboxes
+}
+
+// links lists the host namespace's links.
+func linkNames(t *testing.T, ns *sandbox.NetNS) []string {
+	t.Helper()
+	h, err := ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range links {
+		out = append(out, l.Attrs().Name)
+	}
+	return out
+}
+
+// cniCode returns the CNI error code of err, or -1.
+func cniCode(err error) int {
+	var te *types.Error
+	if errors.As(err, &te) {
+		return int(te.Code)
+	}
+	return -1
+}
+
+// sandboxNameFor repeats netmgr-cni's naming of the sandbox of one attachment.
+func sandboxNameFor(network, containerID, ifname string) string {
+	sum := sha256.Sum256([]byte(network + "\x00" + containerID + "\x00" + ifname))
+	return "cni-" + hex.EncodeToString(sum[:16])
+}

@@ -1,0 +1,462 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	gocni "github.com/containerd/go-cni"
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/netmgr/netmgr/internal/testutil"
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// TestCNIPlugin drives netmgr-cni the way runtimes do: go-cni (containerd's CRI plugin) for ADD,
+// CHECK and DEL, libcni for GC and STATUS, inside a test host namespace.
+func TestCNIPlugin(t *testing.T) {
+	bin := buildCNIPlugin(t)
+	t.Run("AddCheckDel", func(t *testing.T) { testCNIAddCheckDel(t, bin) })
+	t.Run("DelAfterNetnsGone", func(t *testing.T) { testCNIDelAfterNetnsGone(t, bin) })
+	t.Run("GC", func(t *testing.T) { testCNIGC(t, bin) })
+	t.Run("Status", func(t *testing.T) { testCNIStatus(t, bin) })
+	t.Run("BadConfig", func(t *testing.T) { testCNIBadConfig(t, bin) })
+	t.Run("NetworkMismatch", func(t *testing.T) { testCNIMismatch(t, bin) })
+	t.Run("ConcurrentFirstAdd", func(t *testing.T) { testCNIConcurrentFirstAdd(t, bin) })
+	t.Run("StaticIPAndMAC", func(t *testing.T) { testCNIStaticIPAndMAC(t, bin) })
+	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
+}
+
+// TestCNIContainerdCRI would run pods through containerd's CRI plugin configured with netmgr-cni. It
+// needs the containerd daemon set up by issue 3.
+func TestCNIContainerdCRI(t *testing.T) {
+	t.Skip("needs a containerd daemon with its CRI plugin (issue 3); go-cni, which that plugin uses, is covered by TestCNIPlugin")
+}
+
+func eth0IP(t *testing.T, res *gocni.Result) netip.Addr {
+	t.Helper()
+	cfg, ok := res.Interfaces["eth0"]
+	if !ok || len(cfg.IPConfigs) == 0 {
+		t.Fatalf("result has no address on eth0: %+v", res.Interfaces)
+	}
+	a, _ := netip.AddrFromSlice(cfg.IPConfigs[0].IP)
+	return a.Unmap()
+}
+
+func testCNIAddCheckDel(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	subnet := netip.MustParsePrefix("10.251.0.0/24")
+	h.writeConf("10-pods.conflist", h.conflist("1.0.0", "pods",
+		`, "subnets": ["10.251.0.0/24"], "dns": {"nameservers": ["10.251.0.1"], "search": ["svc.local"]}`,
+		`{"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}}`))
+	c := h.goCNI()
+	pod1, pod2 := testutil.NewNS(t, "pod1"), testutil.NewNS(t, "pod2")
+
+	res1, err := h.setup(c, "pod1", pod1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res2, err := h.setup(c, "pod2", pod2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip1, ip2 := eth0IP(t, res1), eth0IP(t, res2)
+	if !subnet.Contains(ip1) || !subnet.Contains(ip2) || ip1 == ip2 {
+		t.Fatalf("addresses %s and %s: want two distinct ones from %s", ip1, ip2, subnet)
+	}
+	if res1.Interfaces["eth0"].Sandbox != pod1.Path() {
+		t.Errorf("eth0 sandbox %q, want %q", res1.Interfaces["eth0"].Sandbox, pod1.Path())
+	}
+	raw := res1.Raw()[1] // [0] is the loopback network
+	if len(raw.Routes) != 1 || raw.Routes[0].GW.String() != "10.251.0.1" || len(raw.DNS.Nameservers) != 1 {
+		t.Errorf("result routes %v dns %+v: want the default route via 10.251.0.1 and the configured DNS", raw.Routes, raw.DNS)
+	}
+	for _, ipc := range raw.IPs {
+		if ipc.Interface == nil || raw.Interfaces[*ipc.Interface].Sandbox != pod1.Path() || ipc.Gateway.String() != "10.251.0.1" {
+			t.Errorf("ip %v does not point at the sandbox interface with the gateway", ipc)
+		}
+	}
+
+	addr := testutil.Listen(t, pod2, ip2.String()+":8080")
+	if seen, err := testutil.Dial(pod1, addr); err != nil || seen != ip1.String() {
+		t.Fatalf("pod1 -> pod2: saw %q, %v; want pod1's address %s", seen, err, ip1)
+	}
+	var somaxconn []byte
+	if err := pod1.Do(func() (err error) {
+		somaxconn, err = os.ReadFile("/proc/sys/net/core/somaxconn")
+		return err
+	}); err != nil || strings.TrimSpace(string(somaxconn)) != "512" {
+		t.Errorf("the chained tuning plugin did not run: somaxconn %q, %v", somaxconn, err)
+	}
+
+	if err := h.check("pod1", pod1); err != nil {
+		t.Fatalf("CHECK of an intact attachment: %v", err)
+	}
+	// Tamper: take pod1's address away.
+	ph, err := pod1.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ph.Close()
+	eth0, err := ph.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ph.AddrDel(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: ip1.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	err = h.check("pod1", pod1)
+	if err == nil || !strings.Contains(err.Error(), "lacks its address") {
+		t.Fatalf("CHECK after the address was deleted: %v, want a failure naming the address", err)
+	}
+	if err := ph.LinkDel(eth0); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.check("pod1", pod1); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("CHECK after the interface was deleted: %v", err)
+	}
+
+	for i := 0; i < 2; i++ { // DEL twice
+		if err := h.remove(c, "pod1", pod1.Path()); err != nil {
+			t.Fatalf("DEL #%d: %v", i+1, err)
+		}
+	}
+	if got := h.attached("pods"); !slices.Equal(got, []string{sandboxOf("pods", "pod2")}) {
+		t.Errorf("after DEL of pod1 the network holds %v, want pod2's sandbox only", got)
+	}
+	if err := h.remove(c, "pod2", pod2.Path()); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+	testutil.WaitNoLinks(t, pod2, "eth0")
+	if got := h.attached("pods"); len(got) != 0 {
+		t.Errorf("after DEL the network holds %v", got)
+	}
+}
+
+// sandboxOf repeats netmgr-cni's naming: "cni-" and 32 hex digits of sha256(network, id, ifname).
+func sandboxOf(network, id string) string {
+	return sandboxNameFor(network, id, "eth0")
+}
+
+func testCNIDelAfterNetnsGone(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	h.writeConf("10-pods.conflist", h.conflist("1.0.0", "pods", `, "subnets": ["10.252.0.0/24"]`))
+	c := h.goCNI()
+	pod := testutil.NewNS(t, "gone")
+	path := pod.Path()
+	if _, err := h.setup(c, "gone", pod); err != nil {
+		t.Fatal(err)
+	}
+	hostLinks := linkNames(t, h.ns)
+	// The runtime removes the namespace before DEL (a crashed or restarted runtime does).
+	pod.Close()
+	if err := sandbox.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.remove(c, "gone", path); err != nil {
+		t.Fatalf("DEL after the netns is gone: %v", err)
+	}
+	if err := h.remove(c, "gone", ""); err != nil {
+		t.Fatalf("DEL with no netns at all: %v", err)
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+	if got := h.attached("pods"); len(got) != 0 {
+		t.Errorf("address still held by %v", got)
+	}
+	if !slices.ContainsFunc(hostLinks, func(s string) bool { return strings.HasPrefix(s, "nmv") }) {
+		t.Errorf("host side never existed: %v", hostLinks)
+	}
+	// The freed address is handed out again.
+	again := testutil.NewNS(t, "again")
+	res, err := h.setup(c, "again", again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := eth0IP(t, res); ip != netip.MustParseAddr("10.252.0.2") {
+		t.Errorf("next ADD got %s, want the freed 10.252.0.2", ip)
+	}
+	if err := h.remove(c, "again", again.Path()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func loadList(t *testing.T, body string) *libcni.NetworkConfigList {
+	t.Helper()
+	list, err := libcni.NetworkConfFromBytes([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return list
+}
+
+func testCNIGC(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	list := loadList(t, h.conflist("1.1.0", "gcnet", `, "subnets": ["10.253.0.0/24"]`))
+	c := h.libCNI(t.TempDir())
+	pods := map[string]*sandbox.NetNS{}
+	ips := map[string]string{}
+	for _, id := range []string{"keep1", "drop", "keep2"} {
+		pods[id] = testutil.NewNS(t, id)
+		res, err := h.add(c, list, id, pods[id])
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := types100.NewResultFromResult(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ips[id] = r.IPs[0].Address.IP.String()
+	}
+	// GC through a client whose cache knows no attachments, so that only the plugin's GC can remove.
+	gc := h.libCNI(t.TempDir())
+	err := h.do(func() error {
+		return gc.GCNetworkList(context.Background(), list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{
+			{ContainerID: "keep1", IfName: "eth0"}, {ContainerID: "keep2", IfName: "eth0"},
+		}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := h.attached("gcnet")
+	want := []string{sandboxNameFor("gcnet", "keep1", "eth0"), sandboxNameFor("gcnet", "keep2", "eth0")}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("after GC the network holds %v, want %v", got, want)
+	}
+	testutil.WaitNoLinks(t, pods["drop"], "eth0")
+	if err := testutil.Ping(pods["keep1"], ips["keep2"]); err != nil {
+		t.Errorf("kept attachments lost connectivity: %v", err)
+	}
+	// GC without the list of valid attachments refuses rather than guessing.
+	err = h.do(func() error { return gc.GCNetworkList(context.Background(), list, nil) })
+	if cniCode(err) != int(types.ErrInvalidNetworkConfig) {
+		t.Errorf("GC without valid attachments: %v, want error code 7", err)
+	}
+	// And an empty list removes everything.
+	err = h.do(func() error {
+		return gc.GCNetworkList(context.Background(), list, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := h.attached("gcnet"); len(got) != 0 {
+		t.Errorf("after GC with no valid attachments: %v", got)
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+}
+
+func testCNIStatus(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	good := loadList(t, h.conflist("1.1.0", "stat", `, "subnets": ["10.254.0.0/24"]`))
+	if err := h.do(func() error { return c.GetStatusNetworkList(context.Background(), good) }); err != nil {
+		t.Fatalf("STATUS: %v", err)
+	}
+	file := filepath.Join(t.TempDir(), "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := loadList(t, fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "stat", "plugins": [{"type": "netmgr-cni", "driver": "bridge",
+		"subnets": ["10.254.0.0/24"], "stateDir": %q, "runDir": %q}]}`, filepath.Join(file, "state"), h.run))
+	err := h.do(func() error { return c.GetStatusNetworkList(context.Background(), bad) })
+	if cniCode(err) != int(types.ErrPluginNotAvailable) || !strings.Contains(err.Error(), "stateDir") {
+		t.Fatalf("STATUS with an unwritable state dir: %v, want code 50 naming stateDir", err)
+	}
+}
+
+func testCNIBadConfig(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	pod := testutil.NewNS(t, "pod")
+	for _, tc := range []struct {
+		name, version, extra string
+		caps                 map[string]any
+		code                 uint
+		want                 string
+	}{
+		{"bad CIDR", "1.1.0", `, "subnets": ["10.250.0.0/33"]`, nil, types.ErrInvalidNetworkConfig, "not a CIDR"},
+		{"host bits", "1.1.0", `, "subnets": ["10.250.0.1/24"]`, nil, types.ErrInvalidNetworkConfig, "did you mean 10.250.0.0/24"},
+		{"unknown driver", "1.1.0", `, "subnets": ["10.250.0.0/24"], "driver": "nosuch"`, nil, types.ErrInvalidNetworkConfig, "unknown driver"},
+		{"missing subnets", "1.1.0", ``, nil, types.ErrInvalidNetworkConfig, `"subnets" is missing`},
+		{"bad option", "1.1.0", `, "subnets": ["10.250.0.0/24"], "options": {"colour": "red"}`, nil, types.ErrInvalidNetworkConfig, "unknown bridge option"},
+		{"old cniVersion", "0.2.0", `, "subnets": ["10.250.0.0/24"]`, nil, types.ErrIncompatibleCNIVersion, "incompatible"},
+		{"future cniVersion", "9.9.9", `, "subnets": ["10.250.0.0/24"]`, nil, types.ErrIncompatibleCNIVersion, "incompatible"},
+		{"port mappings", "1.1.0", `, "subnets": ["10.250.0.0/24"], "capabilities": {"portMappings": true}`,
+			map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}},
+			types.ErrUnsupportedField, "chain the portmap plugin"},
+		{"bad static ip", "1.1.0", `, "subnets": ["10.250.0.0/24"], "capabilities": {"ips": true}`,
+			map[string]any{"ips": []string{"10.9.9.9/24"}}, types.ErrInvalidNetworkConfig, "not in any subnet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			list := loadList(t, h.conflist(tc.version, "bad", tc.extra))
+			err := h.do(func() error {
+				_, err := c.AddNetworkList(context.Background(), list, &libcni.RuntimeConf{ContainerID: "bad", NetNS: pod.Path(), IfName: "eth0", CapabilityArgs: tc.caps})
+				return err
+			})
+			if cniCode(err) != int(tc.code) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v (code %d), want code %d saying %q", err, cniCode(err), tc.code, tc.want)
+			}
+			if got := linkNames(t, pod); !slices.Equal(got, []string{"lo"}) {
+				t.Errorf("pod namespace changed: %v", got)
+			}
+			for _, l := range linkNames(t, h.ns) {
+				if strings.HasPrefix(l, "nmv") {
+					t.Errorf("host namespace has %s", l)
+				}
+			}
+			if got := h.attached("bad"); len(got) != 0 {
+				t.Errorf("attachments recorded: %v", got)
+			}
+		})
+	}
+	t.Run("missing driver", func(t *testing.T) {
+		list := loadList(t, fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "bad", "plugins": [{"type": "netmgr-cni", "subnets": ["10.250.0.0/24"], "stateDir": %q}]}`, h.state))
+		err := h.do(func() error {
+			_, err := c.AddNetworkList(context.Background(), list, &libcni.RuntimeConf{ContainerID: "bad", NetNS: pod.Path(), IfName: "eth0"})
+			return err
+		})
+		if cniCode(err) != int(types.ErrInvalidNetworkConfig) || !strings.Contains(err.Error(), `"driver" is missing`) {
+			t.Fatalf("got %v", err)
+		}
+	})
+	// Nothing was created by any of them: not even the network.
+	if nets, err := h.manager().Networks(context.Background()); err != nil || len(nets) != 0 {
+		t.Errorf("networks recorded after bad configurations: %v, %v", nets, err)
+	}
+}
+
+func testCNIMismatch(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	pod1, pod2 := testutil.NewNS(t, "pod1"), testutil.NewNS(t, "pod2")
+	first := loadList(t, h.conflist("1.1.0", "mm", `, "subnets": ["10.249.0.0/24"]`))
+	if _, err := h.add(c, first, "pod1", pod1); err != nil {
+		t.Fatal(err)
+	}
+	changed := loadList(t, h.conflist("1.1.0", "mm", `, "subnets": ["10.248.0.0/24"]`))
+	_, err := h.add(c, changed, "pod2", pod2)
+	if cniCode(err) != int(types.ErrInvalidNetworkConfig) || !strings.Contains(err.Error(), "subnets [10.249.0.0/24] (configuration: [10.248.0.0/24])") {
+		t.Fatalf("ADD with changed subnets: %v, want code 7 naming both", err)
+	}
+	if got := linkNames(t, pod2); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("pod2 changed: %v", got)
+	}
+	if got := h.attached("mm"); len(got) != 1 {
+		t.Errorf("network holds %v, want pod1 only", got)
+	}
+	if err := h.del(c, first, "pod1", pod1.Path()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testCNIConcurrentFirstAdd(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	h.writeConf("10-pods.conflist", h.conflist("1.0.0", "race", `, "subnets": ["10.247.0.0/24"]`))
+	c := h.goCNI()
+	const n = 6
+	pods := make([]*sandbox.NetNS, n)
+	for i := range pods {
+		pods[i] = testutil.NewNS(t, fmt.Sprint("p", i))
+	}
+	ips := make([]netip.Addr, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := h.setup(c, fmt.Sprint("p", i), pods[i])
+			if err == nil {
+				if cfg := res.Interfaces["eth0"]; cfg != nil && len(cfg.IPConfigs) > 0 {
+					a, _ := netip.AddrFromSlice(cfg.IPConfigs[0].IP)
+					ips[i] = a.Unmap()
+				}
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	seen := map[netip.Addr]bool{}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent first ADD #%d: %v", i, err)
+		}
+		if !ips[i].IsValid() || seen[ips[i]] {
+			t.Fatalf("ADD #%d got address %v; all: %v", i, ips[i], ips)
+		}
+		seen[ips[i]] = true
+	}
+	for i := range pods {
+		if err := h.remove(c, fmt.Sprint("p", i), pods[i].Path()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func testCNIStaticIPAndMAC(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	h.writeConf("10-pods.conflist", h.conflist("1.0.0", "static", `, "subnets": ["10.246.0.0/24"], "capabilities": {"ips": true, "mac": true}`))
+	c := h.goCNI()
+	pod := testutil.NewNS(t, "pod")
+	res, err := h.setup(c, "pod", pod, gocni.WithCapability("ips", []string{"10.246.0.42/24"}), gocni.WithCapability("mac", "02:42:0a:f6:00:2a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := eth0IP(t, res); ip != netip.MustParseAddr("10.246.0.42") {
+		t.Errorf("address %s, want the requested 10.246.0.42", ip)
+	}
+	if mac := res.Interfaces["eth0"].Mac; mac != "02:42:0a:f6:00:2a" {
+		t.Errorf("mac %s, want the requested one", mac)
+	}
+	// The same address for a second pod is refused with netmgr-cni's own code.
+	pod2 := testutil.NewNS(t, "pod2")
+	_, err = h.setup(c, "pod2", pod2, gocni.WithCapability("ips", []string{"10.246.0.42"}))
+	if cniCode(err) != 101 {
+		t.Errorf("second ADD with a taken address: %v, want code 101", err)
+	}
+	if err := h.remove(c, "pod", pod.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.remove(c, "pod2", pod2.Path()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testCNIChainPortmap(t *testing.T, bin string) {
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Skip("the portmap plugin needs iptables (apt-get install iptables)")
+	}
+	h := newCNIHost(t, bin)
+	h.writeConf("10-pods.conflist", h.conflist("1.0.0", "pm", `, "subnets": ["10.245.0.0/24"]`,
+		`{"type": "portmap", "capabilities": {"portMappings": true}}`))
+	c := h.goCNI()
+	out := testutil.NewOutside(t, h.ns)
+	pod := testutil.NewNS(t, "web")
+	res, err := h.setup(c, "web", pod, gocni.WithCapabilityPortMap([]gocni.PortMapping{{HostPort: 18080, ContainerPort: 80, Protocol: "tcp"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Listen(t, pod, eth0IP(t, res).String()+":80")
+	target := net.JoinHostPort(out.HostIP.String(), "18080")
+	if _, err := testutil.Dial(out.NS, target); err != nil {
+		t.Fatalf("published port %s unreachable from outside: %v", target, err)
+	}
+	if err := h.remove(c, "web", pod.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testutil.Dial(out.NS, target); err == nil {
+		t.Errorf("port %s still forwarded after DEL", target)
+	}
+}
