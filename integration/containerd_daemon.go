@@ -21,10 +21,10 @@ import (
 // path) and must see the real cgroup mounts, so start it from the root namespace, never under
 // `ip netns exec`.
 type Containerd struct {
-	Dir     string // everything of this daemon lives here
-	Address string // the gRPC socket
-	cmd     *exec.Cmd
-	exited  chan struct{}
+	Dir        string // everything of this daemon lives here
+	Address    string // the gRPC socket
+	cmd        *exec.Cmd
+	exited     chan struct{}
 	namespaces []string
 	// hadRunDir tells whether /run/containerd existed before: containerd and its shims create it (for
 	// the shims' sockets) whatever the configured state dir is.
