@@ -404,11 +404,12 @@ func (m *Manager) allocate(ctx context.Context, rec *networkRecord, static []net
 			return nil, nil, fmt.Errorf("%w: %s is not in any subnet of network %q (%v)", ErrInvalid, s, rec.Name, rec.Subnets)
 		}
 	}
+	reserved := m.reservedAddrs(rec)
 	m.ipMu.Lock()
 	defer m.ipMu.Unlock()
 	taken := func(a netip.Addr) bool {
 		k := ipamKey(rec.Name, a)
-		return takenSet[k] || m.pending[k]
+		return takenSet[k] || m.pending[k] || reserved[a]
 	}
 	var addrs []netip.Prefix
 	var keys []string
