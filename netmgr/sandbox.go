@@ -393,7 +393,12 @@ func (m *Manager) allocate(ctx context.Context, rec *networkRecord, static []net
 			highest[a.Is4()] = a
 		}
 	}
+	staticFamily := map[bool]netip.Addr{}
 	for _, s := range static {
+		if o, dup := staticFamily[s.Is4()]; dup {
+			return nil, nil, fmt.Errorf("%w: %s and %s: at most one static address per family", ErrInvalid, o, s)
+		}
+		staticFamily[s.Is4()] = s
 		ok := false
 		for _, sn := range rec.Subnets {
 			if sn.Addr().Is4() == s.Is4() {
