@@ -29,6 +29,7 @@ func TestCNIPlugin(t *testing.T) {
 	bin := buildCNIPlugin(t)
 	t.Run("AddCheckDel", func(t *testing.T) { testCNIAddCheckDel(t, bin) })
 	t.Run("DelAfterNetnsGone", func(t *testing.T) { testCNIDelAfterNetnsGone(t, bin) })
+	t.Run("ReAddAfterDel", func(t *testing.T) { testCNIReAddAfterDel(t, bin) })
 	t.Run("GC", func(t *testing.T) { testCNIGC(t, bin) })
 	t.Run("Status", func(t *testing.T) { testCNIStatus(t, bin) })
 	t.Run("BadConfig", func(t *testing.T) { testCNIBadConfig(t, bin) })
@@ -138,8 +139,11 @@ func testCNIAddCheckDel(t *testing.T, bin string) {
 	if err := h.remove(c, "pod2", pod2.Path()); err != nil {
 		t.Fatal(err)
 	}
-	testutil.WaitNoLinks(t, h.ns, "nmv")
+	// The interfaces go at once by name, and for good a moment later (see the plugin's reap.go).
 	testutil.WaitNoLinks(t, pod2, "eth0")
+	testutil.WaitNoLinks(t, pod2, "nmgone")
+	testutil.WaitNoLinks(t, pod1, "nmgone")
+	testutil.WaitNoLinks(t, h.ns, "nmv")
 	if got := h.attached("pods"); len(got) != 0 {
 		t.Errorf("after DEL the network holds %v", got)
 	}
@@ -190,6 +194,25 @@ func testCNIDelAfterNetnsGone(t *testing.T, bin string) {
 	if err := h.remove(c, "again", again.Path()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A runtime may ADD the same container and interface again right after DEL, into the same namespace.
+func testCNIReAddAfterDel(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	h.writeConf("10-pods.conflist", h.conflist("1.0.0", "again", `, "subnets": ["10.244.0.0/24"]`))
+	c := h.goCNI()
+	pod := testutil.NewNS(t, "pod")
+	for i := 0; i < 3; i++ {
+		if _, err := h.setup(c, "same", pod); err != nil {
+			t.Fatalf("ADD #%d: %v", i+1, err)
+		}
+		if err := h.remove(c, "same", pod.Path()); err != nil {
+			t.Fatalf("DEL #%d: %v", i+1, err)
+		}
+	}
+	testutil.WaitNoLinks(t, pod, "nmgone")
+	testutil.WaitNoLinks(t, pod, "eth0")
+	testutil.WaitNoLinks(t, h.ns, "nmv")
 }
 
 func loadList(t *testing.T, body string) *libcni.NetworkConfigList {

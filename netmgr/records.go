@@ -93,6 +93,8 @@ type sandboxRecord struct {
 	Pause     *pauseRecord      `json:"pause,omitempty"`
 	Ports     []portRecord      `json:"ports,omitempty"`
 	Created   time.Time         `json:"created"`
+
+	going bool // set by DeleteSandbox's NamespaceGoing for this delete only; never stored
 }
 
 // owned reports whether netmgr created the namespace and so removes it.

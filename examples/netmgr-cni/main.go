@@ -28,6 +28,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -41,6 +42,13 @@ var Version = "dev"
 var supported = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
 func main() {
+	if names := os.Getenv(reapEnv); names != "" {
+		os.Exit(reap(names))
+	}
+	// A plugin lives for milliseconds: collecting garbage would only cost time. The limit keeps a GC
+	// over a very large state bounded.
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(256 << 20)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	p := &plugin{ctx: ctx}

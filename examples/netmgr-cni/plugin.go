@@ -261,7 +261,21 @@ func (p *plugin) cmdDel(args *skel.CmdArgs) error {
 	}
 	defer done()
 	name := sandboxName(c.conf.Name, args.ContainerID, args.IfName)
-	_, err = retryBusy(p.ctx, func() (struct{}, error) { return struct{}{}, m.DeleteSandbox(p.ctx, name) })
+	sb, err := m.Sandbox(p.ctx, name)
+	if errors.Is(err, netmgr.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return cniError(err)
+	}
+	// See reap.go: cut off and rename now, destroy in the background.
+	ns, retired := retire(sb)
+	if ns != nil {
+		defer spawnReaper(ns, retired)
+	}
+	_, err = retryBusy(p.ctx, func() (struct{}, error) {
+		return struct{}{}, m.DeleteSandbox(p.ctx, name, netmgr.NamespaceGoing())
+	})
 	return cniError(err)
 }
 
