@@ -326,6 +326,10 @@ func TestPublishRecover(t *testing.T) {
 	if err := e.rt.Txn(ctx, nil, []store.Op{store.Put("ports/udp/07777", nil), store.Put("ports/udp/07777/*", []byte("ghost"))}); err != nil {
 		t.Fatal(err)
 	}
+	// And flushed the rules.
+	if out, err := exec.Command("nsenter", "--net="+e.host.Path(), "nft", "flush", "chain", "inet", firewall.PortsTableName, "prerouting").CombinedOutput(); err != nil {
+		t.Fatalf("nft flush chain: %v: %s", err, out)
+	}
 	rep, err := e.m.Recover(ctx)
 	if err != nil {
 		t.Fatalf("recover: %v (%+v)", err, rep)

@@ -412,11 +412,17 @@ func (m *Manager) recoverPorts(ctx context.Context, rep *Report) {
 		}
 	}
 
-	// Kernel: elements no record names go; missing elements of idle sandboxes come back.
+	// Kernel: the table's fixed rules are re-asserted, elements no record names go, and missing
+	// elements of idle sandboxes come back.
 	want := map[string]bool{}
 	for _, s := range sbs {
 		for _, p := range firewallPorts(s) {
 			want[portID(p)] = true
+		}
+	}
+	if len(want) > 0 {
+		if err := m.fw.EnsurePorts(ctx); err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
 		}
 	}
 	var stale []firewall.Port

@@ -128,17 +128,39 @@ func (f *Firewall) AddPorts(ctx context.Context, ports []Port) error {
 	if err != nil {
 		return fmt.Errorf("add ports: %w", err)
 	}
-	return f.portsBatch(ctx, "add ports", func(c *nftables.Conn) error {
-		t, err := queuePortsBase(c)
-		if err != nil {
-			return err
-		}
+	if len(elems) == 0 {
+		return nil
+	}
+	add := func(c *nftables.Conn, t *nftables.Table) error {
 		for name, els := range elems {
 			if err := c.SetAddElements(portMap(t, name), els); err != nil {
 				return err
 			}
 		}
 		return nil
+	}
+	// The common case is elements only: re-asserting the chains on every call would cost a base
+	// chain update per port (about 14 ms measured, against 0.2 ms). The table is built when a map
+	// is missing, and EnsurePorts (gc) repairs its rules.
+	err = f.portsBatch(ctx, "add ports", func(c *nftables.Conn) error { return add(c, portsTable()) })
+	if errors.Is(err, unix.ENOENT) {
+		err = f.portsBatch(ctx, "add ports", func(c *nftables.Conn) error {
+			t, err := queuePortsBase(c)
+			if err != nil {
+				return err
+			}
+			return add(c, t)
+		})
+	}
+	return err
+}
+
+// EnsurePorts creates the ports table if it is missing and re-asserts its fixed rules, keeping the
+// published ports. Crash repair calls it, in case the rules were flushed by someone else.
+func (f *Firewall) EnsurePorts(ctx context.Context) error {
+	return f.portsBatch(ctx, "ensure ports table", func(c *nftables.Conn) error {
+		_, err := queuePortsBase(c)
+		return err
 	})
 }
 
