@@ -36,6 +36,7 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("NetworkMismatch", func(t *testing.T) { testCNIMismatch(t, bin) })
 	t.Run("ConcurrentFirstAdd", func(t *testing.T) { testCNIConcurrentFirstAdd(t, bin) })
 	t.Run("StaticIPAndMAC", func(t *testing.T) { testCNIStaticIPAndMAC(t, bin) })
+	t.Run("PortMappings", func(t *testing.T) { testCNIPortMappings(t, bin) })
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
 }
 
@@ -316,9 +317,9 @@ func testCNIBadConfig(t *testing.T, bin string) {
 		{"bad option", "1.1.0", `, "subnets": ["10.250.0.0/24"], "options": {"colour": "red"}`, nil, types.ErrInvalidNetworkConfig, "unknown bridge option"},
 		{"old cniVersion", "0.2.0", `, "subnets": ["10.250.0.0/24"]`, nil, types.ErrIncompatibleCNIVersion, "incompatible"},
 		{"future cniVersion", "9.9.9", `, "subnets": ["10.250.0.0/24"]`, nil, types.ErrIncompatibleCNIVersion, "incompatible"},
-		{"port mappings", "1.1.0", `, "subnets": ["10.250.0.0/24"], "capabilities": {"portMappings": true}`,
-			map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}},
-			types.ErrUnsupportedField, "chain the portmap plugin"},
+		{"sctp port", "1.1.0", `, "subnets": ["10.250.0.0/24"], "capabilities": {"portMappings": true}`,
+			map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "sctp"}}},
+			types.ErrUnsupportedField, "tcp and udp"},
 		{"bad static ip", "1.1.0", `, "subnets": ["10.250.0.0/24"], "capabilities": {"ips": true}`,
 			map[string]any{"ips": []string{"10.9.9.9/24"}}, types.ErrInvalidNetworkConfig, "not in any subnet"},
 	} {
@@ -481,5 +482,45 @@ func testCNIChainPortmap(t *testing.T, bin string) {
 	}
 	if _, err := testutil.Dial(out.NS, target); err == nil {
 		t.Errorf("port %s still forwarded after DEL", target)
+	}
+}
+
+// netmgr-cni serves the portMappings capability itself, with netmgr's published ports.
+func testCNIPortMappings(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	h.writeConf("10-pods.conflist", h.conflist("1.0.0", "pub", `, "subnets": ["10.243.0.0/24"], "capabilities": {"portMappings": true}`))
+	c := h.goCNI()
+	out := testutil.NewOutside(t, h.ns)
+	web := testutil.NewNS(t, "web")
+	ports := gocni.WithCapabilityPortMap([]gocni.PortMapping{{HostPort: 18081, ContainerPort: 80, Protocol: "tcp"}})
+	res, err := h.setup(c, "web", web, ports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Listen(t, web, eth0IP(t, res).String()+":80")
+	target := net.JoinHostPort(out.HostIP.String(), "18081")
+	if _, err := testutil.Dial(out.NS, target); err != nil {
+		t.Fatalf("published port %s unreachable from outside: %v", target, err)
+	}
+	// The port is taken: a second pod asking for it gets netmgr-cni's code 101 and nothing else.
+	other := testutil.NewNS(t, "other")
+	if _, err := h.setup(c, "other", other, ports); cniCode(err) != 101 {
+		t.Fatalf("second pod on the same host port: %v, want code 101", err)
+	}
+	if got := linkNames(t, other); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("refused pod's namespace changed: %v", got)
+	}
+	if err := h.remove(c, "web", web.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testutil.Dial(out.NS, target); err == nil {
+		t.Errorf("port %s still forwarded after DEL", target)
+	}
+	// Freed by DEL: the other pod gets it now.
+	if _, err := h.setup(c, "other", other, ports); err != nil {
+		t.Fatalf("port not freed by DEL: %v", err)
+	}
+	if err := h.remove(c, "other", other.Path()); err != nil {
+		t.Fatal(err)
 	}
 }

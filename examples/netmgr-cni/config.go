@@ -95,6 +95,7 @@ type config struct {
 	spec     netmgr.NetworkSpec // the network this configuration stands for
 	ips      []netip.Addr       // static addresses asked for
 	mac      string
+	publish  []netmgr.PortMapping // the portMappings capability
 }
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
@@ -189,9 +190,12 @@ func parseConfig(stdin []byte, cniArgs string) (*config, error) {
 	}
 	c.spec = spec
 
-	if len(conf.RuntimeConfig.PortMappings) > 0 {
-		return nil, types.NewError(types.ErrUnsupportedField,
-			"netmgr-cni does not publish ports yet: remove portMappings from its capabilities and chain the portmap plugin after it", "")
+	for _, pm := range conf.RuntimeConfig.PortMappings {
+		m, err := portMapping(pm)
+		if err != nil {
+			return nil, err
+		}
+		c.publish = append(c.publish, m)
 	}
 	ips, mac := conf.RuntimeConfig.IPs, conf.RuntimeConfig.MAC
 	if conf.Args != nil && conf.Args.CNI != nil {
@@ -224,6 +228,30 @@ func parseConfig(stdin []byte, cniArgs string) (*config, error) {
 		c.mac = mac
 	}
 	return c, nil
+}
+
+// portMapping converts one entry of the portMappings capability.
+func portMapping(pm PortMapping) (netmgr.PortMapping, error) {
+	proto := strings.ToLower(pm.Protocol)
+	if proto == "" {
+		proto = netmgr.ProtoTCP
+	}
+	if proto != netmgr.ProtoTCP && proto != netmgr.ProtoUDP {
+		return netmgr.PortMapping{}, types.NewError(types.ErrUnsupportedField,
+			fmt.Sprintf("port mapping %d:%d/%s: netmgr publishes tcp and udp ports only", pm.HostPort, pm.ContainerPort, pm.Protocol), "")
+	}
+	if pm.HostPort < 1 || pm.HostPort > 65535 || pm.ContainerPort < 1 || pm.ContainerPort > 65535 {
+		return netmgr.PortMapping{}, invalidConf("port mapping %d:%d/%s: ports must be 1-65535", pm.HostPort, pm.ContainerPort, proto)
+	}
+	m := netmgr.PortMapping{HostPort: uint16(pm.HostPort), ContainerPort: uint16(pm.ContainerPort), Protocol: proto}
+	if pm.HostIP != "" {
+		a, err := netip.ParseAddr(pm.HostIP)
+		if err != nil {
+			return netmgr.PortMapping{}, invalidConf("port mapping %d:%d/%s: hostIP %q is not an IP address", pm.HostPort, pm.ContainerPort, proto, pm.HostIP)
+		}
+		m.HostIP = a
+	}
+	return m, nil
 }
 
 // parseIP accepts an address with or without a prefix length, as runtimes send both.

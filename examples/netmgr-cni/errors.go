@@ -13,7 +13,8 @@ import (
 const (
 	// ErrNetworkFull: no free address left in the network's subnets, or the bridge has no free port.
 	ErrNetworkFull uint = 100
-	// ErrExists: the requested static address is taken, or the interface already exists in the netns.
+	// ErrExists: the requested static address or host port is taken, or the interface already exists
+	// in the netns.
 	ErrExists uint = 101
 	// ErrAttachmentExists: ADD for a container ID and interface that are attached in another netns.
 	ErrAttachmentExists uint = 102

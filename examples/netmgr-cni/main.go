@@ -6,7 +6,7 @@
 //
 //	{"cniVersion": "1.1.0", "name": "pods", "plugins": [
 //	  {"type": "netmgr-cni", "driver": "bridge", "subnets": ["10.250.0.0/24"],
-//	   "capabilities": {"ips": true, "mac": true}}]}
+//	   "capabilities": {"ips": true, "mac": true, "portMappings": true}}]}
 //
 // The network (here "pods") is created on the first ADD from driver, subnets, gateways, options,
 // internal and mtu, and every later command checks the recorded network against the configuration.

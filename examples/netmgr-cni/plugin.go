@@ -218,9 +218,10 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) error {
 	}
 	name := sandboxName(c.conf.Name, args.ContainerID, args.IfName)
 	spec := netmgr.SandboxSpec{
-		Name:   name,
-		NetNS:  args.Netns,
-		Labels: labels(c, args),
+		Name:    name,
+		NetNS:   args.Netns,
+		Labels:  labels(c, args),
+		Publish: c.publish,
 		Networks: []netmgr.AttachSpec{{
 			Network: c.conf.Name, IPs: c.ips, MAC: c.mac, IfName: args.IfName,
 		}},

@@ -42,6 +42,15 @@ func TestCNIConfigParse(t *testing.T) {
 	if len(c.ips) != 2 || c.mac != "02:00:00:00:00:09" {
 		t.Errorf("ips %v mac %q", c.ips, c.mac)
 	}
+	// portMappings become published ports.
+	c, err = parseConfig(conf(`, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"portMappings": [
+		{"hostPort": 8080, "containerPort": 80, "protocol": "TCP"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"}]}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.publish) != 2 || c.publish[0].String() != "8080:80/tcp" || c.publish[1].String() != "127.0.0.1:5353:53/udp" {
+		t.Errorf("publish %v", c.publish)
+	}
 	// ipRanges stand in for subnets.
 	c, err = parseConfig(conf(`, "driver": "bridge", "runtimeConfig": {"ipRanges": [[{"subnet": "10.99.0.0/24", "gateway": "10.99.0.1"}]]}`), "")
 	if err != nil {
@@ -71,8 +80,12 @@ func TestCNIConfigErrors(t *testing.T) {
 		{"ip outside", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"ips": ["10.9.0.1"]}`, types.ErrInvalidNetworkConfig, "not in any subnet"},
 		{"bad ip", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"ips": ["ten"]}`, types.ErrInvalidNetworkConfig, "not an IP"},
 		{"bad mac", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"mac": "zz"}`, types.ErrInvalidNetworkConfig, "mac"},
-		{"port mappings", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp"}]}`,
-			types.ErrUnsupportedField, "portmap"},
+		{"sctp port", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]}`,
+			types.ErrUnsupportedField, "tcp and udp"},
+		{"port 0", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}`,
+			types.ErrInvalidNetworkConfig, "1-65535"},
+		{"bad hostIP", `, "driver": "bridge", "subnets": ["10.250.0.0/24"], "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "x"}]}`,
+			types.ErrInvalidNetworkConfig, "hostIP"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseConfig(conf(tc.extra), "")
