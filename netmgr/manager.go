@@ -71,6 +71,12 @@ func WithRunDir(dir string) Option { return func(m *Manager) { m.runDir = dir } 
 // longer exist, so it is discarded when the boot ID changes.
 func WithStore(s store.Store) Option { return func(m *Manager) { m.st, m.rt = s, s } }
 
+// WithStores sets the network store and the runtime store separately (see WithStore); the Manager
+// closes neither. OpenRuntimeStore opens a runtime store the way New does by default.
+func WithStores(networks, runtime store.Store) Option {
+	return func(m *Manager) { m.st, m.rt = networks, runtime }
+}
+
 // WithLogger sets the structured logger. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(m *Manager) { m.log = l } }
 
@@ -109,7 +115,7 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 		if err != nil {
 			return nil, err
 		}
-		rt, err := openRuntimeStore(ctx, filepath.Join(m.runDir, "runtime.db"))
+		rt, err := OpenRuntimeStore(ctx, filepath.Join(m.runDir, "runtime.db"))
 		if err != nil {
 			return nil, err
 		}
@@ -184,10 +190,10 @@ func (m *Manager) driver(name string) (drivers.Driver, error) {
 
 const keyBootID = "meta/boot_id"
 
-// openRuntimeStore opens the runtime state file. If it was written during another boot, whatever it
+// OpenRuntimeStore opens the runtime state file, unsynced. If it was written during another boot, whatever it
 // describes died with that boot (and an unsynced file may be torn by the crash that ended it), so it is
 // replaced by an empty one; Recover then removes the stale pins the run dir may still hold.
-func openRuntimeStore(ctx context.Context, path string) (*store.Bolt, error) {
+func OpenRuntimeStore(ctx context.Context, path string) (*store.Bolt, error) {
 	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return nil, fmt.Errorf("read boot id: %w", err)

@@ -125,9 +125,9 @@ func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, erro
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return nil, fmt.Errorf("decode network %q: %w", name, err)
 	}
-	if _, err := m.st.Get(ctx, keyIntentNet+name); err == nil {
-		return nil, fmt.Errorf("%w: network %q is being created or deleted", ErrBusy, name)
-	}
+	// A network create or delete in flight holds the network's exclusive lock, which callers wait for
+	// (lockNetworksShared), so its intent needs no check here; one a crash left is repaired by New, and
+	// until then an attach to it fails in the driver and rolls back.
 	drv, err := m.driver(rec.Driver)
 	if err != nil {
 		return nil, err
@@ -184,10 +184,10 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	if err := m.publishPorts(ctx, rec, nets); err != nil {
 		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
 	}
-	kv, err := m.rt.Get(ctx, keySandboxes+rec.Name)
-	if err == nil {
-		err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, append([]store.Op{
-			store.Put(kv.Key, mustJSON(rec)),
+	// No compare needed: the sandbox lock keeps everyone else off this record.
+	{
+		err = m.rt.Txn(ctx, nil, append([]store.Op{
+			store.Put(keySandboxes+rec.Name, mustJSON(rec)),
 			store.Del(keyIntentSB + rec.Name),
 		}, providedAllocations(rec.Name, rec.Endpoints, nets)...))
 	}
@@ -211,6 +211,9 @@ func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandbo
 		if err == nil {
 			return rec, nets, nil
 		}
+		if _, gerr := m.rt.Get(ctx, keySandboxes+spec.Name); gerr == nil {
+			return nil, nil, fmt.Errorf("%w: a sandbox named %q exists", ErrExists, spec.Name)
+		}
 		if !errors.Is(err, store.ErrConflict) || attempt >= 50 {
 			return nil, nil, err
 		}
@@ -226,11 +229,7 @@ func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandbo
 // addresses it marked pending in this process.
 func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandboxRecord, nets []*netState, cmps []store.Cmp, ops []store.Op, release func(), err error) {
 	release = func() {}
-	if _, err := m.rt.Get(ctx, keySandboxes+spec.Name); err == nil {
-		return nil, nil, nil, nil, release, fmt.Errorf("%w: a sandbox named %q exists", ErrExists, spec.Name)
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return nil, nil, nil, nil, release, err
-	}
+	// Whether the name is free is decided by the transaction's compare (see reserveSandbox).
 	rec = &sandboxRecord{ID: newID(), Name: spec.Name, Mode: ModeNetNS, Labels: spec.Labels, Created: time.Now().UTC()}
 	rec.NetNS = m.netnsPath(spec.Name)
 	cmps = []store.Cmp{store.Absent(keySandboxes + spec.Name), store.Absent(keyIntentSB + spec.Name)}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,6 +21,9 @@ var ErrNotNetNS = errors.New("not a network namespace")
 type NetNS struct {
 	path string
 	f    *os.File
+
+	hmu sync.Mutex
+	h   *netlink.Handle // shared handle, made on first use by Handle
 }
 
 // Create makes a new network namespace, pins it with a bind mount at path, brings its loopback up and
@@ -121,12 +125,36 @@ func (n *NetNS) Path() string { return n.path }
 // Fd returns the namespace's file descriptor; it stays valid until Close.
 func (n *NetNS) Fd() int { return int(n.f.Fd()) }
 
-// Close releases the file descriptor. A pinned namespace stays alive; use Remove to destroy it.
+// Close releases the file descriptor and the shared handle. A pinned namespace stays alive; use
+// Remove to destroy it.
 func (n *NetNS) Close() error {
 	if n == nil || n.f == nil {
 		return nil
 	}
+	n.hmu.Lock()
+	if n.h != nil {
+		n.h.Close()
+		n.h = nil
+	}
+	n.hmu.Unlock()
 	return n.f.Close()
+}
+
+// Handle returns a netlink handle bound to the namespace, shared by every caller of this NetNS (netlink
+// handles are safe for concurrent use) and closed by Close. It saves a thread switch and a socket per
+// caller compared with NewHandle.
+func (n *NetNS) Handle() (*netlink.Handle, error) {
+	n.hmu.Lock()
+	defer n.hmu.Unlock()
+	if n.h != nil {
+		return n.h, nil
+	}
+	h, err := n.NewHandle()
+	if err != nil {
+		return nil, err
+	}
+	n.h = h
+	return h, nil
 }
 
 // Inode returns the namespace's inode number, which identifies it across paths.
@@ -183,11 +211,10 @@ func (n *NetNS) NewHandle() (*netlink.Handle, error) {
 }
 
 func (n *NetNS) loopbackUp() error {
-	h, err := n.NewHandle()
+	h, err := n.Handle()
 	if err != nil {
 		return err
 	}
-	defer h.Close()
 	lo, err := h.LinkByName("lo")
 	if err != nil {
 		return err

@@ -237,11 +237,10 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 	if err != nil {
 		return fmt.Errorf("attach %s: bridge %s: %w", ep.Sandbox, n.Options["bridge"], err)
 	}
-	sh, err := sb.NewHandle()
+	sh, err := sb.Handle()
 	if err != nil {
 		return fmt.Errorf("attach %s: %w", ep.Sandbox, err)
 	}
-	defer sh.Close()
 
 	veth := &netlink.Veth{
 		LinkAttrs:     netlink.LinkAttrs{Name: ep.IfName, MTU: ep.MTU, TxQLen: -1},

@@ -165,16 +165,19 @@ func Ping(ns *sandbox.NetNS, ip string) error {
 		return fmt.Errorf("ping needs busybox (apt-get install busybox-static): %w", err)
 	}
 	var out []byte
-	err = ns.Do(func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		// Up to three echoes a second apart; any reply counts (busybox exits 0 then). The first may
-		// be lost to neighbour resolution on a loaded machine.
-		cmd := exec.CommandContext(ctx, bb, "ping", "-c", "3", "-W", "3", ip)
-		var err error
-		out, err = cmd.CombinedOutput()
-		return err
-	})
+	// Up to three tries; the first echo may be lost to neighbour resolution on a loaded machine.
+	for try := 0; try < 3; try++ {
+		err = ns.Do(func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var err error
+			out, err = exec.CommandContext(ctx, bb, "ping", "-c", "1", "-W", "2", ip).CombinedOutput()
+			return err
+		})
+		if err == nil {
+			return nil
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("ping %s: %v: %s", ip, err, strings.TrimSpace(string(out)))
 	}

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# bench/run.sh — netmgr vs the CNI reference plugins vs podctl, side by side in one run (`make bench`).
+#
+# Everything runs inside a throwaway network namespace created here and removed on exit, error or
+# interrupt; the root namespace's links, addresses, routes, sysctls and firewall are never touched.
+# Scratch files (state, namespace pins, CNI IPAM and cache) live in one temp dir, removed at the end.
+# Exit status reflects errors only, never timings. See bench/README.md.
+#
+# Environment knobs (defaults in brackets):
+#   BENCH_N [100]  BENCH_N_LARGE [1000]  BENCH_CNI_LARGE [500, 0 skips]  BENCH_PORT_LIMIT [true]
+#   BENCH_SETTLE [2s]  PODCTL [./bin/podctl]  CNI_PLUGIN_DIR [/usr/lib/cni]
+#   TMPDIR [/dev/shm]: where the scratch dir goes (its filesystem matters: pins, lock files, fsync).
+#     The default is tmpfs because netmgr's run dir, /run/netmgr, is on tmpfs on a standard Debian
+#     host; both sides (netmgr's pins and state, CNI's pins and IPAM files) live there alike.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+GO=${GO:-go}
+PODCTL=${PODCTL:-$ROOT/bin/podctl}
+CNI_PLUGIN_DIR=${CNI_PLUGIN_DIR:-/usr/lib/cni}
+OUT=bench/out/latest.txt
+
+die() { echo "bench: $*" >&2; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || die "needs root: it creates network namespaces (nothing outside them is changed)"
+for tool in unshare nsenter mount umount; do
+	command -v "$tool" >/dev/null || die "missing $tool (util-linux)"
+done
+[[ -x $CNI_PLUGIN_DIR/bridge && -x $CNI_PLUGIN_DIR/host-local ]] ||
+	die "no CNI bridge/host-local plugins in $CNI_PLUGIN_DIR (apt-get install containernetworking-plugins)"
+command -v iptables >/dev/null || die "the CNI bridge plugin's ipMasq needs iptables (apt-get install iptables)"
+
+export TMPDIR=${TMPDIR:-/dev/shm}
+WORK=$(mktemp -d -t netmgr-bench.XXXXXX)
+NS=$WORK/benchns
+BIN=$WORK/netmgr-bench
+PID=
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	if [[ -n $PID ]] && kill -0 "$PID" 2>/dev/null; then
+		kill -TERM "$PID" 2>/dev/null || true
+		wait "$PID" 2>/dev/null || true
+	fi
+	# Backstop: unmount whatever is still mounted under the scratch dir (namespace pins the program
+	# could not remove, and the bench namespace itself), deepest first, then delete the dir.
+	local m
+	awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+		umount "$m" 2>/dev/null || umount -l "$m" || echo "bench: cleanup: could not unmount $m" >&2
+	done
+	rm -rf "$WORK"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+echo "bench: building the benchmark program" >&2
+"$GO" build -o "$BIN" ./bench/cmd/netmgr-bench
+
+touch "$NS"
+unshare --net="$NS" true
+# Loopback only; the bench namespace has no route off the machine.
+nsenter --net="$NS" ip link set lo up 2>/dev/null || true
+
+args=(
+	-netns "$NS"
+	-work "$WORK"
+	-podctl "$PODCTL"
+	-cni-dir "$CNI_PLUGIN_DIR"
+	-n "${BENCH_N:-100}"
+	-n-large "${BENCH_N_LARGE:-1000}"
+	-cni-large "${BENCH_CNI_LARGE:-500}"
+	-port-limit="${BENCH_PORT_LIMIT:-true}"
+	-settle "${BENCH_SETTLE:-2s}"
+	-out "$OUT"
+)
+args+=(-invocation "make bench (bench/run.sh -> nsenter --net=<bench netns> netmgr-bench ${args[*]:6})")
+
+if [[ ! -x $PODCTL ]]; then
+	echo "bench: $PODCTL not found: the podctl column is skipped (run 'make build' first)" >&2
+fi
+echo "bench: running in network namespace $NS (scratch dir $WORK)" >&2
+nsenter --net="$NS" "$BIN" "${args[@]}" &
+PID=$!
+wait "$PID"
+PID=
+echo "bench: report written to $OUT" >&2
