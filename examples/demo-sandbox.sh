@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# make demo: two pods on a bridge network. Pod "web" runs an HTTP server and a sidecar that fetches from
-# it over 127.0.0.1 (two processes sharing one sandbox); pod "client" fetches from web's pod IP.
+# make demo-sandbox: the network part of a pod without a container runtime: sandboxes on a bridge
+# network. Sandbox "web" runs an HTTP server and a sidecar that fetches from it over 127.0.0.1 (two
+# processes sharing one sandbox); sandbox "client" fetches from web's IP. (make demo does the same
+# with real pods on containerd.)
 # Everything runs inside a demo "host" network namespace that this script creates and removes, so the
 # machine's own network is untouched. On a real host, drop the nsenter prefix (and the demo netns).
 #
-#   KEEP=1 make demo   leaves everything running and prints how to clean up.
+#   KEEP=1 make demo-sandbox   leaves everything running and prints how to clean up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# make demo: two pods on containerd, networked by netmgr.
+#
+# Pod "web" has two containers: a busybox httpd on port 8080 and a sidecar that fetches from it over
+# 127.0.0.1 every second (they share the pod's network namespace). Pod "client" fetches from web's pod
+# IP every second. The script prints the pods, their IPs and the responses as they arrive, then removes
+# everything and exits 0 — or, with --keep (or KEEP=1), leaves it all running and prints how to remove
+# it later.
+#
+# What it needs it installs (runc, busybox-static, iproute2, util-linux, with apt-get) or builds
+# (podctl, pause, and containerd from the version go.mod pins). It starts a containerd of its own on a
+# private socket with its root under a temporary directory, never the machine's containerd. The pods'
+# "host" is a demo network namespace this script creates, so the machine's own network is untouched;
+# containerd itself runs in the root namespace (runc needs the real cgroup mounts) and starts the
+# containers in the pods' namespaces by path. On a real host, drop the nsenter prefix.
+#
+#   bash examples/demo.sh [--keep] [--seconds N]     bash examples/demo.sh --clean DIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/go/bin:$PATH
+
+KEEP=${KEEP:-0}
+SECS=${DEMO_SECONDS:-5}
+CLEAN=
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--keep) KEEP=1 ;;
+	--seconds) SECS=$2; shift ;;
+	--clean) CLEAN=$2; shift ;;
+	*) echo "usage: $0 [--keep] [--seconds N] | --clean DIR" >&2; exit 2 ;;
+	esac
+	shift
+done
+if [ "$(id -u)" != 0 ]; then
+	echo "demo: needs root (network namespaces, containerd)" >&2
+	exit 1
+fi
+NS=netmgr-demo # the containerd namespace of the demo's containers
+
+# cleanup removes everything the demo made under its directory $1; each step tolerates what is gone.
+cleanup() {
+	local d=$1
+	[ -d "$d" ] || return 0
+	podctl_in "$d" pod --containerd-namespace "$NS" rm web client >/dev/null 2>&1 || true
+	podctl_in "$d" network rm demo >/dev/null 2>&1 || true
+	if [ -f "$d/containerd.pid" ]; then
+		local pid
+		pid=$(cat "$d/containerd.pid")
+		if grep -qs "$d/config.toml" "/proc/$pid/cmdline"; then
+			kill "$pid" 2>/dev/null || true
+			for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		fi
+	fi
+	# Shims of this containerd (their command line names its socket) and their containers.
+	local p
+	for p in $(grep -ls -- "$d/containerd.sock" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
+		pkill -KILL -P "$p" 2>/dev/null || true
+		kill -KILL "$p" 2>/dev/null || true
+	done
+	awk -v w="$d/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+	done
+	rm -rf "$d"
+	# Empty directories runc and containerd leave per namespace (never the machine's containerd's files).
+	rmdir /sys/fs/cgroup/*/"$NS" /sys/fs/cgroup/"$NS" "/run/containerd/runc/$NS" 2>/dev/null || true
+	if [ -f "$d.created-run-containerd" ]; then
+		rmdir /run/containerd/s /run/containerd/runc /run/containerd 2>/dev/null || true
+		rm -f "$d.created-run-containerd"
+	fi
+}
+podctl_in() {
+	local d=$1
+	shift
+	nsenter --net="$d/hostns" ./bin/podctl --state-dir "$d/state" --run-dir "$d/run" --containerd "$d/containerd.sock" "$@"
+}
+if [ -n "$CLEAN" ]; then
+	cleanup "$CLEAN"
+	echo "== removed the demo in $CLEAN"
+	exit 0
+fi
+
+# What a fresh Debian machine lacks.
+missing=()
+command -v runc >/dev/null || missing+=(runc)
+command -v busybox >/dev/null || missing+=(busybox-static)
+command -v ip >/dev/null || missing+=(iproute2)
+{ command -v nsenter && command -v unshare; } >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "== installing ${missing[*]}"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+echo "== building podctl, pause and containerd (make build containerd; the first containerd build takes a few minutes)"
+make -s build containerd
+
+D=$(mktemp -d /tmp/netmgr-demo.XXXXXX)
+[ -e /run/containerd ] || touch "$D.created-run-containerd"
+if [ "$KEEP" != 1 ]; then trap 'cleanup "$D"' EXIT; fi
+trap 'exit 130' INT
+trap 'exit 143' TERM
+podctl() { podctl_in "$D" "$@"; }
+pod() { podctl pod --containerd-namespace "$NS" "$@"; }
+
+echo "== starting containerd on $D/containerd.sock"
+cat >"$D/config.toml" <<EOF
+version = 3
+root = "$D/containerd/root"
+state = "$D/containerd/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",
+  "io.containerd.podsandbox.controller.v1.podsandbox", "io.containerd.nri.v1.nri",
+  "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.differ.v1.erofs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing",
+  "io.containerd.internal.v1.opt"]
+[grpc]
+  address = "$D/containerd.sock"
+[ttrpc]
+  address = "$D/containerd.sock.ttrpc"
+EOF
+PATH="$PWD/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" setsid ./bin/containerd --config "$D/config.toml" >"$D/containerd.log" 2>&1 </dev/null &
+echo $! >"$D/containerd.pid"
+for _ in $(seq 100); do [ -S "$D/containerd.sock" ] && break; sleep 0.1; done
+[ -S "$D/containerd.sock" ] || { echo "demo: containerd did not start:" >&2; tail -5 "$D/containerd.log" >&2; exit 1; }
+
+echo "== demo host namespace $D/hostns; busybox root filesystem $D/rootfs"
+touch "$D/hostns"
+unshare --net="$D/hostns" true
+ROOTFS=$D/rootfs
+mkdir -p "$ROOTFS"/{bin,etc,proc,sys,dev,tmp,run,www}
+cp "$(command -v busybox)" "$ROOTFS/bin/busybox"
+for a in $("$ROOTFS/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox "$ROOTFS/bin/$a"; done
+echo "root:x:0:0:root:/root:/bin/sh" >"$ROOTFS/etc/passwd"
+echo "root:x:0:" >"$ROOTFS/etc/group"
+
+cat >"$D/web.yaml" <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  containers:
+  - name: httpd
+    image: rootfs:$ROOTFS
+    command: [sh, -c, 'echo "hello from pod \$(hostname) at \$(ip -4 addr show eth0 | grep -o "inet [0-9.]*" | cut -d" " -f2)" >/www/index.html && exec httpd -f -p 8080 -h /www']
+    ports: [{containerPort: 8080}]
+  - name: sidecar
+    image: rootfs:$ROOTFS
+    command: [sh, -c, 'while true; do echo "\$(date +%T) web/sidecar -> 127.0.0.1:8080 : \$(wget -qO- http://127.0.0.1:8080/ 2>&1)"; sleep 1; done']
+EOF
+
+echo
+podctl network create demo --driver bridge --subnet 10.88.0.0/24 >/dev/null
+pod run -f "$D/web.yaml" --network demo >/dev/null
+WEB_IP=$(pod -o json inspect web | sed -n 's/.*"ipv4": *"\([0-9.]*\)\/.*/\1/p' | head -1)
+cat >"$D/client.yaml" <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  containers:
+  - name: fetch
+    image: rootfs:$ROOTFS
+    env: [{name: WEB, value: "$WEB_IP"}]
+    command: [sh, -c, 'while true; do echo "\$(date +%T) client/fetch -> \$WEB:8080 : \$(wget -qO- http://\$WEB:8080/ 2>&1)"; sleep 1; done']
+EOF
+pod run -f "$D/client.yaml" --network demo >/dev/null
+echo "== pods (podctl pod ls)"
+pod ls
+echo
+echo "== responses as they arrive (podctl pod logs -f), for ${SECS}s"
+# Started directly (not through the pod function) so that $! is podctl itself: nsenter execs it.
+nsenter --net="$D/hostns" ./bin/podctl --state-dir "$D/state" --run-dir "$D/run" --containerd "$D/containerd.sock" \
+	pod --containerd-namespace "$NS" logs -f web sidecar &
+F1=$!
+nsenter --net="$D/hostns" ./bin/podctl --state-dir "$D/state" --run-dir "$D/run" --containerd "$D/containerd.sock" \
+	pod --containerd-namespace "$NS" logs -f client fetch &
+F2=$!
+sleep "$SECS"
+kill "$F1" "$F2" 2>/dev/null || true
+wait "$F1" "$F2" 2>/dev/null || true
+echo
+
+ok1=$(pod logs web sidecar | grep -c "hello from pod web" || true)
+ok2=$(pod logs client fetch | grep -c "hello from pod web" || true)
+if [ "$ok1" -lt 1 ] || [ "$ok2" -lt 1 ]; then
+	echo "demo: FAILED: $ok1 responses over 127.0.0.1, $ok2 by pod IP" >&2
+	exit 1
+fi
+echo "== $ok1 responses inside pod web over 127.0.0.1, $ok2 from pod client to web's IP $WEB_IP"
+if [ "$KEEP" = 1 ]; then
+	echo "== left running in $D. Look around with:"
+	echo "   nsenter --net=$D/hostns ./bin/podctl --state-dir $D/state --run-dir $D/run --containerd $D/containerd.sock pod --containerd-namespace $NS ls"
+	echo "   remove it all with: bash examples/demo.sh --clean $D"
+else
+	echo "== removing the pods, the network, containerd and the demo namespace"
+fi
