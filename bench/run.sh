@@ -88,3 +88,4 @@ PID=$!
 wait "$PID"
 PID=
 echo "bench: report written to $OUT" >&2
+CNI_PLUGIN_DIR=$CNI_PLUGIN_DIR bash "$ROOT/bench/cni/run.sh"  # netmgr-cni vs the bridge plugin through go-cni (bench/out/cni.txt)
