@@ -36,6 +36,7 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("NetworkMismatch", func(t *testing.T) { testCNIMismatch(t, bin) })
 	t.Run("ConcurrentFirstAdd", func(t *testing.T) { testCNIConcurrentFirstAdd(t, bin) })
 	t.Run("StaticIPAndMAC", func(t *testing.T) { testCNIStaticIPAndMAC(t, bin) })
+	t.Run("Macvlan", func(t *testing.T) { testCNIMacvlan(t, bin) })
 	t.Run("PortMappings", func(t *testing.T) { testCNIPortMappings(t, bin) })
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
 }
@@ -522,5 +523,54 @@ func testCNIPortMappings(t *testing.T, bin string) {
 	}
 	if err := h.remove(c, "other", other.Path()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// netmgr-cni with netmgr's macvlan driver, on a veth standing for the node's uplink.
+func testCNIMacvlan(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	hh, err := h.ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	if err := hh.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink"}, PeerName: "uplink-peer"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"uplink", "uplink-peer"} {
+		l, err := hh.LinkByName(n)
+		if err == nil {
+			err = hh.LinkSetUp(l)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.writeConf("10-mv.conflist", strings.Replace(h.conflist("1.0.0", "mv", `, "subnets": ["10.242.0.0/24"], "options": {"parent": "uplink"}`),
+		`"driver": "bridge"`, `"driver": "macvlan"`, 1))
+	c := h.goCNI()
+	a, b := testutil.NewNS(t, "a"), testutil.NewNS(t, "b")
+	if _, err := h.setup(c, "a", a); err != nil {
+		t.Fatal(err)
+	}
+	res, err := h.setup(c, "b", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testutil.Ping(a, eth0IP(t, res).String()); err != nil {
+		t.Fatalf("macvlan pods cannot reach each other: %v", err)
+	}
+	if err := h.check("a", a); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	for id, ns := range map[string]*sandbox.NetNS{"a": a, "b": b} {
+		if err := h.remove(c, id, ns.Path()); err != nil {
+			t.Fatal(err)
+		}
+		testutil.WaitNoLinks(t, ns, "eth0")
+		testutil.WaitNoLinks(t, ns, "nmgone")
+	}
+	if got := h.attached("mv"); len(got) != 0 {
+		t.Errorf("after DEL the network holds %v", got)
 	}
 }
