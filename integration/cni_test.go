@@ -36,6 +36,7 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("NetworkMismatch", func(t *testing.T) { testCNIMismatch(t, bin) })
 	t.Run("ConcurrentFirstAdd", func(t *testing.T) { testCNIConcurrentFirstAdd(t, bin) })
 	t.Run("StaticIPAndMAC", func(t *testing.T) { testCNIStaticIPAndMAC(t, bin) })
+	t.Run("DualStack", func(t *testing.T) { testCNIDualStack(t, bin) })
 	t.Run("Macvlan", func(t *testing.T) { testCNIMacvlan(t, bin) })
 	t.Run("PortMappings", func(t *testing.T) { testCNIPortMappings(t, bin) })
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
@@ -572,5 +573,47 @@ func testCNIMacvlan(t *testing.T, bin string) {
 	}
 	if got := h.attached("mv"); len(got) != 0 {
 		t.Errorf("after DEL the network holds %v", got)
+	}
+}
+
+func testCNIDualStack(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	h.writeConf("10-pods.conflist", h.conflist("1.0.0", "ds", `, "subnets": ["10.241.0.0/24", "fd00:241::/64"]`))
+	c := h.goCNI()
+	a, b := testutil.NewNS(t, "a"), testutil.NewNS(t, "b")
+	var v6 [2]netip.Addr
+	for i, ns := range []*sandbox.NetNS{a, b} {
+		res, err := h.setup(c, fmt.Sprint("ds", i), ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw := res.Raw()[1]
+		var fams []string
+		for _, ipc := range raw.IPs {
+			ip, _ := netip.AddrFromSlice(ipc.Address.IP)
+			if ip.Unmap().Is6() {
+				v6[i] = ip
+				fams = append(fams, "6")
+			} else {
+				fams = append(fams, "4")
+			}
+		}
+		var dsts []string
+		for _, r := range raw.Routes {
+			dsts = append(dsts, r.Dst.String())
+		}
+		slices.Sort(dsts)
+		if strings.Join(fams, "") != "46" || strings.Join(dsts, " ") != "0.0.0.0/0 ::/0" {
+			t.Fatalf("result ips %v routes %v: want one address and one default route per family", raw.IPs, raw.Routes)
+		}
+	}
+	addr := testutil.Listen(t, b, net.JoinHostPort(v6[1].String(), "8080"))
+	if seen, err := testutil.Dial(a, addr); err != nil || seen != v6[0].String() {
+		t.Fatalf("a -> b over IPv6: saw %q, %v", seen, err)
+	}
+	for i, ns := range []*sandbox.NetNS{a, b} {
+		if err := h.remove(c, fmt.Sprint("ds", i), ns.Path()); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
