@@ -89,3 +89,4 @@ wait "$PID"
 PID=
 echo "bench: report written to $OUT" >&2
 CNI_PLUGIN_DIR=$CNI_PLUGIN_DIR bash "$ROOT/bench/cni/run.sh"  # netmgr-cni vs the bridge plugin through go-cni (bench/out/cni.txt)
+if [[ -x $ROOT/bin/containerd ]]; then "$GO" run ./bench/pod -out "$ROOT/bench/out/pod.txt"; else echo "bench: pod start benchmark (bench/pod) skipped: run make containerd first" >&2; fi
