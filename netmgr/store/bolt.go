@@ -47,6 +47,17 @@ func OpenBolt(path string, opts ...BoltOption) (*Bolt, error) {
 	for _, o := range opts {
 		o(b)
 	}
+	// bbolt commits a write transaction with an fsync even when it changes nothing, and every
+	// short-lived process (podctl, the CNI plugin) opens the store: look before creating the buckets.
+	if _, err := os.Stat(path); err == nil {
+		ready := false
+		if b.with(false, func(tx *bolt.Tx) error {
+			ready = tx.Bucket(kvBucket) != nil && tx.Bucket(metaBucket) != nil
+			return nil
+		}) == nil && ready {
+			return b, nil
+		}
+	}
 	err := b.with(true, func(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(kvBucket); err != nil {
 			return err
