@@ -23,7 +23,7 @@ import (
 type podHost struct {
 	*host
 	ctd    *Containerd
-	ns     string
+	ctdNS  string
 	rootfs string
 }
 
@@ -51,8 +51,8 @@ func newPodHost(t *testing.T) *podHost {
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	ph := &podHost{host: h, ctd: ctd, ns: "nmtest-" + hex.EncodeToString(b[:]), rootfs: rootfs}
-	ctd.UseNamespace(ph.ns)
+	ph := &podHost{host: h, ctd: ctd, ctdNS: "nmtest-" + hex.EncodeToString(b[:]), rootfs: rootfs}
+	ctd.UseNamespace(ph.ctdNS)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("containerd log:\n%s", lastLines(ctd.Log(), 40))
@@ -74,7 +74,7 @@ func newPodHost(t *testing.T) *podHost {
 
 // pod runs `podctl pod ARGS...` against the test's containerd.
 func (ph *podHost) pod(ctx context.Context, args ...string) (string, error) {
-	full := append([]string{"--containerd", ph.ctd.Address, "pod", "--containerd-namespace", ph.ns}, args...)
+	full := append([]string{"--containerd", ph.ctd.Address, "pod", "--containerd-namespace", ph.ctdNS}, args...)
 	return ph.podctl(ctx, full...)
 }
 
@@ -145,8 +145,8 @@ func (ph *podHost) assertPodsClean(t *testing.T, networks ...string) {
 	if ps := ph.pods(t); len(ps) != 0 {
 		t.Errorf("pods left: %+v", ps)
 	}
-	ctx := namespaces.WithNamespace(context.Background(), ph.ns)
-	rt, err := pod.NewContainerd(ctx, ph.ctd.Address, pod.WithNamespace(ph.ns))
+	ctx := namespaces.WithNamespace(context.Background(), ph.ctdNS)
+	rt, err := pod.NewContainerd(ctx, ph.ctd.Address, pod.WithNamespace(ph.ctdNS))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func (ph *podHost) assertPodsClean(t *testing.T, networks ...string) {
 	if s := ph.ctd.Shims(); len(s) > 0 {
 		t.Errorf("shims still running: %v", s)
 	}
-	if left, _ := filepath.Glob(filepath.Join(ph.stateDir, "pods", ph.ns, "*")); len(left) > 0 {
+	if left, _ := filepath.Glob(filepath.Join(ph.stateDir, "pods", ph.ctdNS, "*")); len(left) > 0 {
 		t.Errorf("container directories left: %v", left)
 	}
 	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), ph.ctd.Dir+"/") || strings.Contains(string(b), ph.stateDir) {

@@ -3,10 +3,17 @@ package integration
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/netmgr/netmgr/internal/testutil"
+	"github.com/netmgr/netmgr/netmgr/pod"
+	"github.com/netmgr/netmgr/sandbox"
 )
 
 const webPod = `apiVersion: v1
@@ -243,4 +250,84 @@ func TestPodBadInput(t *testing.T) {
 		ph.assertPodsClean(t, "bad")
 	})
 	ph.must(t, "network", "rm", "bad")
+}
+
+// httpGet fetches http://addr/ from a socket made in ns.
+func httpGet(ns *sandbox.NetNS, addr string) (string, error) {
+	var c net.Conn
+	err := ns.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, 2*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+// TestPodHostPort: a container's ports[].hostPort is published on the host through netmgr, reachable
+// from outside the host, and gone with the pod.
+func TestPodHostPort(t *testing.T) {
+	ph := newPodHost(t)
+	ph.must(t, "network", "create", "pub", "--driver", "bridge", "--subnet", "10.43.0.0/24")
+	out := testutil.NewOutside(t, ph.host.ns)
+	ph.mustPod(t, "run", "--network", "pub", "-f", ph.manifest(t, "srv", `apiVersion: v1
+kind: Pod
+metadata: {name: srv}
+spec:
+  containers:
+  - name: httpd
+    image: ROOTFS
+    command: [sh, -c, 'echo published > /www/index.html && exec httpd -f -p 8080 -h /www']
+    ports: [{containerPort: 8080, hostPort: 18090}]
+`))
+	target := net.JoinHostPort(out.HostIP.String(), "18090")
+	eventually(t, 10*time.Second, "outside fetches through the host port", func() error {
+		body, err := httpGet(out.NS, target)
+		if err != nil || !strings.HasSuffix(body, "published\n") {
+			return fmt.Errorf("%q (%v)", body, err)
+		}
+		return nil
+	})
+	ph.mustPod(t, "rm", "srv")
+	if _, err := httpGet(out.NS, target); err == nil {
+		t.Errorf("host port %s still forwarded after pod rm", target)
+	}
+	ph.assertPodsClean(t, "pub")
+	ph.must(t, "network", "rm", "pub")
+}
+
+// TestPodRemains: containers whose sandbox is gone (a run or remove interrupted between the two) are
+// listed as an incomplete pod, block a new pod of that name, and go with pod rm.
+func TestPodRemains(t *testing.T) {
+	ph := newPodHost(t)
+	ctx := context.Background()
+	rt, err := pod.NewContainerd(ctx, ph.ctd.Address, pod.WithNamespace(ph.ctdNS), pod.WithDir(filepath.Join(ph.stateDir, "pods")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	id := pod.ContainerID("left", "main")
+	err = rt.Create(ctx, pod.ContainerConfig{ID: id, Pod: "left",
+		Spec:   pod.ContainerSpec{Name: "main", Image: ph.rootfs, Command: []string{"sleep", "3600"}},
+		Labels: map[string]string{pod.LabelPod: "left", pod.LabelContainer: "main"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Start(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if ls := ph.mustPod(t, "ls"); !strings.Contains(ls, "left") || !strings.Contains(ls, "Incomplete") {
+		t.Errorf("pod ls does not show the remains:\n%s", ls)
+	}
+	_, err = ph.pod(ctx, "run", "-f", ph.manifest(t, "left", strings.ReplaceAll(okPod, "NAME", "left")))
+	if err == nil || !strings.Contains(err.Error(), "pod rm left") {
+		t.Errorf("run over remains: %v", err)
+	}
+	ph.mustPod(t, "rm", "left")
+	ph.assertPodsClean(t)
 }
