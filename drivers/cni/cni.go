@@ -2,13 +2,13 @@ package cni
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -109,18 +109,16 @@ func loadList(n *drivers.Network) (*libcni.NetworkConfigList, error) {
 		if !filepath.IsAbs(f) {
 			return nil, fmt.Errorf("conflist %q is not an absolute path", f)
 		}
-		var list *libcni.NetworkConfigList
-		var err error
-		if strings.HasSuffix(f, ".conflist") {
-			list, err = libcni.ConfListFromFile(f)
-		} else {
-			var conf *libcni.NetworkConfig
-			if conf, err = libcni.ConfFromFile(f); err == nil {
-				list, err = libcni.ConfListFromConf(conf)
-			}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("load CNI configuration: %w", err)
 		}
+		list, err := libcni.NetworkConfFromBytes(asList(b))
 		if err != nil {
 			return nil, fmt.Errorf("load CNI configuration %s: %w", f, err)
+		}
+		if len(list.Plugins) == 0 {
+			return nil, fmt.Errorf("load CNI configuration %s: no plugins", f)
 		}
 		return list, nil
 	}
@@ -129,6 +127,29 @@ func loadList(n *drivers.Network) (*libcni.NetworkConfigList, error) {
 		return nil, fmt.Errorf("load CNI network %q from %s: %w", n.Options[OptName], n.Options[OptConfDir], err)
 	}
 	return list, nil
+}
+
+// asList wraps a single-plugin configuration (a .conf file, which libcni no longer reads itself) into
+// a list of one, as runtimes have always treated it; a list is returned as it is.
+func asList(b []byte) []byte {
+	var probe map[string]json.RawMessage
+	if json.Unmarshal(b, &probe) != nil {
+		return b // let libcni report the syntax error
+	}
+	if _, ok := probe["plugins"]; ok {
+		return b
+	}
+	list := map[string]json.RawMessage{"plugins": json.RawMessage("[" + string(b) + "]")}
+	for _, k := range []string{"cniVersion", "name"} {
+		if v, ok := probe[k]; ok {
+			list[k] = v
+		}
+	}
+	out, err := json.Marshal(list)
+	if err != nil {
+		return b
+	}
+	return out
 }
 
 func paths(n *drivers.Network) []string {
