@@ -52,7 +52,7 @@ type manifestContainer struct {
 // validated Spec. Errors wrap netmgr.ErrInvalid.
 func ParseManifest(data []byte) (*Spec, error) {
 	bad := func(format string, a ...any) error {
-		return fmt.Errorf("%w: manifest: %s", netmgr.ErrInvalid, fmt.Sprintf(format, a...))
+		return fmt.Errorf("manifest: %w: %s", netmgr.ErrInvalid, fmt.Sprintf(format, a...))
 	}
 	if strings.TrimSpace(string(data)) == "" {
 		return nil, bad("empty")
