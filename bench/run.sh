@@ -90,3 +90,5 @@ PID=
 echo "bench: report written to $OUT" >&2
 CNI_PLUGIN_DIR=$CNI_PLUGIN_DIR bash "$ROOT/bench/cni/run.sh"  # netmgr-cni vs the bridge plugin through go-cni (bench/out/cni.txt)
 if [[ -x $ROOT/bin/containerd ]]; then "$GO" run ./bench/pod -out "$ROOT/bench/out/pod.txt"; else echo "bench: pod start benchmark (bench/pod) skipped: run make containerd first" >&2; fi
+bash "$ROOT/bench/ports/run.sh"  # publish 1000 ports one by one: last 100 vs first 100 (bench/out/ports.txt)
+bash "$ROOT/bench/iperf/run.sh"  # iperf3 pod to pod: loopback, veth, bridge and macvlan, raw vs netmgr (bench/out/iperf.txt)
