@@ -1,11 +1,14 @@
 // Command ports measures whether publishing one more port costs more when many are published already
-// (Docker's nftables back end pays 20-40 µs per port per existing rule, moby#53466). It publishes N
-// ports one by one and compares the mean time of the last 100 with that of the first 100, for:
+// (Docker's nftables back end pays 20-40 µs per port per existing rule, moby#53466):
 //
-//   - netmgr's firewall: one element added to a map of table inet netmgr_ports (one netlink batch);
-//   - a reference: one nftables DNAT rule per port appended to a chain, as a rule-per-port back end does;
-//   - netmgr's Manager: CreateSandbox with one published port, and the same without a port as the
-//     baseline, so that what grows with the number of sandboxes is told apart from publishing.
+//   - netmgr's firewall: N ports published one by one, each one map element added in one netlink
+//     batch; the mean of the last 100 against the first 100 (target: at most 1.5);
+//   - a reference: one nftables DNAT rule per port appended to a chain, as a rule-per-port back end
+//     does, the same way;
+//   - netmgr's Manager: sandboxes each publishing one port, created when no port is published and
+//     when N ports are published already (by one sandbox with a range), with the number of sandboxes
+//     the same in both, so that only the number of published ports differs (target: at most 1.5);
+//     and, interleaved with the first, sandboxes without a port, whose difference is publishing's share.
 //
 // It must run as root inside a throwaway network namespace (bench/ports/run.sh creates it and passes
 // it as -netns); everything it creates lives there or under -work. The exit status reports errors only.
@@ -125,20 +128,20 @@ func run(ctx context.Context, c config) error {
 
 	logf("firewall: %d map elements one by one", c.n)
 	s, err := elements(ctx, c.n)
-	add("map element per port (netmgr firewall)", s, err)
+	add(rowElements, s, err)
 
 	logf("reference: %d nftables rules one by one", c.n)
 	s, err = rules(ctx, c.n)
-	add("rule per port (reference back end)", s, err)
+	add(rowRules, s, err)
 
-	var del series
 	if c.manager {
-		logf("manager: %d sandboxes with a published port, then %d without", c.n, c.n)
-		var base series
-		s, del, base, err = sandboxes(ctx, c)
-		add("Manager.CreateSandbox + 1 published port", s, err)
-		add("Manager.CreateSandbox, no port (baseline)", base, err)
-		add("Manager.DeleteSandbox + unpublish", del, err)
+		logf("manager: %d sandboxes with a port (and %d without) with no port published, then %d with a port after %d are published", c.window, c.window, c.window, c.n)
+		ms, err := sandboxes(ctx, c)
+		add(rowFew, ms.few, err)
+		add(rowBase, ms.base, err)
+		add(rowRange, ms.rangeOp, err)
+		add(rowMany, ms.many, err)
+		add(rowDelete, ms.del, err)
 	}
 	report := format(c, rows, time.Since(start))
 	fmt.Print(report)
@@ -171,6 +174,11 @@ func elements(ctx context.Context, n int) (series, error) {
 	}
 	defer fw.Close()
 	defer fw.RemovePortsTable(context.Background())
+	// The table and its rules exist once any port is published; building them is not part of
+	// publishing one more port.
+	if err := fw.EnsurePorts(ctx); err != nil {
+		return nil, err
+	}
 	s := make(series, 0, n)
 	for i := range n {
 		p := firewall.Port{Protocol: "tcp", HostPort: uint16(10000 + i), Target: target(i), Owner: fmt.Sprintf("s%04d", i)}
@@ -236,67 +244,112 @@ func rules(ctx context.Context, n int) (series, error) {
 	return s, nil
 }
 
-// sandboxes creates N sandboxes with one published port each on one bridge network and, interleaved
-// with them, N without a port on a second network (the baseline, which sees the same amount of state
-// at each step), then deletes the first N.
-func sandboxes(ctx context.Context, c config) (create, del, base series, err error) {
+const (
+	rowElements = "map element per port, one by one (netmgr)"
+	rowRules    = "rule per port, one by one (reference)"
+	rowFew      = "CreateSandbox + 1 port, 0 published before"
+	rowBase     = "CreateSandbox, no port (interleaved baseline)"
+	rowRange    = "CreateSandbox publishing a range of N ports"
+	rowMany     = "CreateSandbox + 1 port, N published before"
+	rowDelete   = "DeleteSandbox + unpublish"
+)
+
+type managerSeries struct {
+	few, base, rangeOp, many, del series
+}
+
+// sandboxes measures Manager creates with one published port each: window of them with nothing else
+// published (interleaved with as many without a port, the baseline), then, after deleting those and
+// publishing N ports with one sandbox and a range, window more with a port each plus window without
+// (so that the number of sandboxes matches the first phase).
+func sandboxes(ctx context.Context, c config) (ms managerSeries, err error) {
 	dir, err := os.MkdirTemp(c.work, "manager-")
 	if err != nil {
-		return nil, nil, nil, err
+		return ms, err
 	}
 	m, err := netmgr.New(ctx, netmgr.WithStateDir(filepath.Join(dir, "state")), netmgr.WithRunDir(filepath.Join(dir, "run")))
 	if err != nil {
-		return nil, nil, nil, err
+		return ms, err
 	}
 	defer m.Close()
 	bg := context.Background()
 	if _, err := m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "pub", Driver: "bridge", Subnets: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}}); err != nil {
-		return nil, nil, nil, err
+		return ms, err
 	}
 	defer m.DeleteNetwork(bg, "pub")
-	if _, err := m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "base", Driver: "bridge", Subnets: []netip.Prefix{netip.MustParsePrefix("10.95.0.0/16")}}); err != nil {
-		return nil, nil, nil, err
-	}
-	defer m.DeleteNetwork(bg, "base")
-	var ported, plain []string
-	defer func() {
-		for _, name := range plain {
-			if derr := m.DeleteSandbox(bg, name); derr != nil && err == nil {
-				err = derr
+	var names []string
+	cleanup := func(timed bool) error {
+		var first error
+		for _, name := range names {
+			t0 := time.Now()
+			err := m.DeleteSandbox(bg, name)
+			if timed && strings.HasPrefix(name, "p") {
+				ms.del = append(ms.del, time.Since(t0))
+			}
+			if err != nil && first == nil {
+				first = err
 			}
 		}
-		for _, name := range ported {
-			t0 := time.Now()
-			derr := m.DeleteSandbox(bg, name)
-			del = append(del, time.Since(t0))
-			if derr != nil && err == nil {
-				err = derr
-			}
+		names = nil
+		time.Sleep(2 * time.Second) // let the kernel finish tearing down the namespaces
+		return first
+	}
+	defer func() {
+		if cerr := cleanup(false); cerr != nil && err == nil {
+			err = cerr
 		}
 	}()
-	for i := range c.n {
-		if err := ctx.Err(); err != nil {
-			return nil, nil, nil, err
-		}
-		spec := netmgr.SandboxSpec{Name: fmt.Sprintf("p%04d", i), Networks: []netmgr.AttachSpec{{Network: "pub"}},
-			Publish: []netmgr.PortMapping{{HostPort: uint16(20000 + i), ContainerPort: 80, Protocol: "tcp"}}}
+	create := func(name string, publish []netmgr.PortMapping) (time.Duration, error) {
+		spec := netmgr.SandboxSpec{Name: name, Networks: []netmgr.AttachSpec{{Network: "pub"}}, Publish: publish}
 		t0 := time.Now()
 		if _, err := m.CreateSandbox(ctx, spec); err != nil {
-			return nil, nil, nil, err
+			return 0, err
 		}
-		create = append(create, time.Since(t0))
-		ported = append(ported, spec.Name)
-
-
-		spec = netmgr.SandboxSpec{Name: fmt.Sprintf("b%04d", i), Networks: []netmgr.AttachSpec{{Network: "base"}}}
-		t0 = time.Now()
-		if _, err := m.CreateSandbox(ctx, spec); err != nil {
-			return nil, nil, nil, err
-		}
-		base = append(base, time.Since(t0))
-		plain = append(plain, spec.Name)
+		names = append(names, name)
+		return time.Since(t0), nil
 	}
-	return create, del, base, nil
+	one := func(port int) []netmgr.PortMapping {
+		return []netmgr.PortMapping{{HostPort: uint16(port), ContainerPort: 80, Protocol: "tcp"}}
+	}
+	phase := func(ported, plain *series) error {
+		for i := range c.window {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			d, err := create(fmt.Sprintf("p%04d", i), one(20000+i))
+			if err != nil {
+				return err
+			}
+			*ported = append(*ported, d)
+			if d, err = create(fmt.Sprintf("b%04d", i), nil); err != nil {
+				return err
+			}
+			if plain != nil {
+				*plain = append(*plain, d)
+			}
+		}
+		return nil
+	}
+	if err := phase(&ms.few, &ms.base); err != nil {
+		return ms, err
+	}
+	if err := cleanup(true); err != nil {
+		return ms, err
+	}
+	pm, err := netmgr.ParsePublish(fmt.Sprintf("30000-%d:30000-%d", 30000+c.n-1, 30000+c.n-1))
+	if err != nil {
+		return ms, err
+	}
+	d, err := create("range", pm)
+	if err != nil {
+		return ms, err
+	}
+	ms.rangeOp = series{d}
+	var ignore series
+	if err := phase(&ms.many, &ignore); err != nil {
+		return ms, err
+	}
+	return ms, nil
 }
 
 func format(c config, rows []row, took time.Duration) string {
@@ -308,50 +361,63 @@ func format(c config, rows []row, took time.Duration) string {
 	if c.invocation != "" {
 		fmt.Fprintf(&b, "command: %s\n", c.invocation)
 	}
-	fmt.Fprintf(&b, "run took %s inside a throwaway network namespace; N=%d ports published one by one per series\n\n", took.Round(time.Second), c.n)
+	fmt.Fprintf(&b, "run took %s inside a throwaway network namespace; N=%d, window %d\n\n", took.Round(time.Second), c.n, c.window)
+	get := func(name string) *row {
+		for i := range rows {
+			if rows[i].name == name {
+				return &rows[i]
+			}
+		}
+		return nil
+	}
+	verdict := func(r float64) string {
+		if r <= 1.5 {
+			return "PASS"
+		}
+		return "MISS"
+	}
 	w := c.window
-	fmt.Fprintf(&b, "%-44s %12s %12s %11s  %s\n", "series (ms per op)", fmt.Sprintf("first %d", w), fmt.Sprintf("last %d", w), "last/first", "target last/first <= 1.5")
-	var mgr, baseRow *row
-	for i := range rows {
-		r := &rows[i]
+	fmt.Fprintf(&b, "publish %d ports one by one (ms per op)          %9s %9s %8s  target <= 1.5\n", c.n, fmt.Sprintf("first %d", w), fmt.Sprintf("last %d", w), "ratio")
+	for _, name := range []string{rowElements, rowRules} {
+		r := get(name)
+		if r == nil {
+			continue
+		}
 		if r.err != nil || len(r.s) < 2*w {
-			fmt.Fprintf(&b, "%-44s %12s %12s %11s  error: %v\n", r.name, "-", "-", "-", r.err)
+			fmt.Fprintf(&b, "  %-46s error: %v\n", name, r.err)
 			continue
 		}
 		first, last := r.s.mean(0, w), r.s.mean(len(r.s)-w, len(r.s))
-		verdict := ""
-		switch {
-		case strings.HasPrefix(r.name, "map element"):
-			verdict = "MISS"
-			if last/first <= 1.5 {
-				verdict = "PASS"
+		v := verdict(last / first)
+		if name == rowRules {
+			v = "(reference)"
+		}
+		fmt.Fprintf(&b, "  %-46s %9.3f %9.3f %7.2fx  %s\n", name, first, last, last/first, v)
+	}
+	if few, many := get(rowFew), get(rowMany); few != nil && many != nil {
+		fmt.Fprintf(&b, "\nManager, %d sandboxes on one bridge network (ms per op)    %9s\n", w, "mean")
+		for _, name := range []string{rowFew, rowBase, rowMany, rowRange, rowDelete} {
+			r := get(name)
+			if r.err != nil || len(r.s) == 0 {
+				fmt.Fprintf(&b, "  %-52s error: %v\n", strings.Replace(name, "N", fmt.Sprint(c.n), 1), r.err)
+				continue
 			}
-		case strings.HasPrefix(r.name, "Manager.CreateSandbox + "):
-			verdict = "(whole create: see the baseline)"
-		case strings.HasPrefix(r.name, "rule per port"):
-			verdict = "(reference, no target)"
+			fmt.Fprintf(&b, "  %-52s %9.3f\n", strings.Replace(name, "N", fmt.Sprint(c.n), 1), r.s.mean(0, len(r.s)))
 		}
-		fmt.Fprintf(&b, "%-44s %12.3f %12.3f %10.2fx  %s\n", r.name, first, last, last/first, verdict)
-		switch {
-		case strings.HasPrefix(r.name, "Manager.CreateSandbox + "):
-			mgr = r
-		case strings.HasPrefix(r.name, "Manager.CreateSandbox, no port"):
-			baseRow = r
+		if few.err == nil && many.err == nil && len(few.s) > 0 && len(many.s) > 0 {
+			f, m := few.s.mean(0, len(few.s)), many.s.mean(0, len(many.s))
+			fmt.Fprintf(&b, "  %-52s %8.2fx  %s (target <= 1.5)\n", fmt.Sprintf("%d published before / none before", c.n), m/f, verdict(m/f))
+			if base := get(rowBase); base.err == nil && len(base.s) > 0 {
+				fmt.Fprintf(&b, "  %-52s %9.3f\n", "publishing's share (with port - without)", f-base.s.mean(0, len(base.s)))
+			}
 		}
 	}
-	if mgr != nil && baseRow != nil && mgr.err == nil {
-		f := mgr.s.mean(0, w) - baseRow.s.mean(0, w)
-		l := mgr.s.mean(len(mgr.s)-w, len(mgr.s)) - baseRow.s.mean(len(baseRow.s)-w, len(baseRow.s))
-		fmt.Fprintf(&b, "%-44s %12.3f %12.3f %11s  (difference of the two Manager series: noisy)\n", "  publishing's share of CreateSandbox", f, l, ratioOrDash(l, f))
-	}
-	fmt.Fprintf(&b, "\nmap element per port: firewall.AddPorts of one port, one netlink batch holding one map element;\n")
-	fmt.Fprintf(&b, "  this is what publishing changes in the kernel, and the series the target is for.\n")
-	fmt.Fprintf(&b, "rule per port: one 'tcp dport P dnat ip to A:80' rule appended per batch, as a back end with a\n")
-	fmt.Fprintf(&b, "  rule per published port does; the kernel rebuilds the chain's rule blob on every commit.\n")
-	fmt.Fprintf(&b, "Manager series: CreateSandbox with one published port on network pub, interleaved with a\n")
-	fmt.Fprintf(&b, "  CreateSandbox without a port on network base (the baseline: same state at every step). Both grow\n")
-	fmt.Fprintf(&b, "  with the number of sandboxes (veths, namespaces, records) on the host, ports or not; the\n")
-	fmt.Fprintf(&b, "  difference of the two is publishing's share (store keys, sysctl check, one nftables batch).\n")
+	fmt.Fprintf(&b, "\nmap element per port: firewall.AddPorts of one port, one netlink batch holding one map element of\n")
+	fmt.Fprintf(&b, "  table inet netmgr_ports (what publishing changes in the kernel). rule per port: one 'tcp dport P\n")
+	fmt.Fprintf(&b, "  dnat ip to A:80' rule appended per batch, as a rule-per-port back end does; the kernel rebuilds\n")
+	fmt.Fprintf(&b, "  the chain's rule blob on every commit. Manager: the same number of sandboxes in both phases, so\n")
+	fmt.Fprintf(&b, "  only the number of ports already published differs; a sandbox's create also grows with the number\n")
+	fmt.Fprintf(&b, "  of sandboxes on the host, ports or not (see bench/run.sh), which this keeps out.\n")
 	return b.String()
 }
 
