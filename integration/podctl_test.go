@@ -55,7 +55,22 @@ func TestConcurrentProcessesAndGoroutines(t *testing.T) {
 	}
 	sbs := h.sandboxes(t)
 	if len(sbs) != procs+gors {
-		t.Fatalf("%d sandboxes, want %d", len(sbs), procs+gors)
+		have := map[string]bool{}
+		for _, s := range sbs {
+			have[s.Name] = true
+		}
+		var missing []string
+		for i := 0; i < procs; i++ {
+			if n := fmt.Sprintf("p%02d", i); !have[n] {
+				missing = append(missing, n)
+			}
+		}
+		for i := 0; i < gors; i++ {
+			if n := fmt.Sprintf("g%02d", i); !have[n] {
+				missing = append(missing, n)
+			}
+		}
+		t.Fatalf("%d sandboxes, want %d; missing %v", len(sbs), procs+gors, missing)
 	}
 	seen := map[string]string{}
 	for _, s := range sbs {

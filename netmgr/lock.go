@@ -56,10 +56,30 @@ func (m *Manager) tryLock(name string) (*fileLock, error) {
 	return m.lockHow(name, unix.LOCK_EX|unix.LOCK_NB)
 }
 
+// tryLockExisting is tryLock for an object whose lock file must already exist: an operation creates it
+// before recording its intent and removes it only after clearing the intent, so a missing file means
+// the intent's owner has finished, and creating the file anew would only leave it behind.
+func (m *Manager) tryLockExisting(name string) (*fileLock, error) {
+	if _, err := os.Stat(filepath.Join(m.runDir, "locks", name+".lock")); err != nil {
+		return nil, ErrBusy
+	}
+	return m.lockHow(name, unix.LOCK_EX|unix.LOCK_NB|lockNoCreate)
+}
+
+// lockNoCreate, or-ed into lockHow's how, makes it fail with ErrBusy instead of creating the file.
+const lockNoCreate = 1 << 16
+
 func (m *Manager) lockHow(name string, how int) (*fileLock, error) {
 	path := filepath.Join(m.runDir, "locks", name+".lock")
+	flags := os.O_RDWR | os.O_CREATE
+	if how&lockNoCreate != 0 {
+		flags, how = os.O_RDWR, how&^lockNoCreate
+	}
 	for {
-		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		f, err := os.OpenFile(path, flags, 0o600)
+		if errors.Is(err, os.ErrNotExist) && flags&os.O_CREATE == 0 {
+			return nil, ErrBusy
+		}
 		if errors.Is(err, os.ErrNotExist) {
 			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 				return nil, fmt.Errorf("lock %s: %w", name, err)

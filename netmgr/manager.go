@@ -188,48 +188,45 @@ func (m *Manager) driver(name string) (drivers.Driver, error) {
 	return d, nil
 }
 
-const keyBootID = "meta/boot_id"
-
-// OpenRuntimeStore opens the runtime state file, unsynced. If it was written during another boot, whatever it
-// describes died with that boot (and an unsynced file may be torn by the crash that ended it), so it is
-// replaced by an empty one; Recover then removes the stale pins the run dir may still hold.
+// OpenRuntimeStore opens the runtime state file, unsynced. If it was written during another boot,
+// whatever it describes died with that boot (and an unsynced file may be torn by the crash that ended
+// it), so it is replaced by an empty one; Recover then removes the stale pins the run dir may still
+// hold. The boot it belongs to is kept in a small file beside it (PATH.boot), so that the decision
+// needs no read of a file that may be torn, and a file of this boot is never discarded for an error.
 func OpenRuntimeStore(ctx context.Context, path string) (*store.Bolt, error) {
 	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return nil, fmt.Errorf("read boot id: %w", err)
 	}
-	// One process at a time decides, so that two first starts after a reboot cannot both replace it.
-	lf, err := os.OpenFile(path+".init", os.O_RDWR|os.O_CREATE, 0o600)
+	if b, err := os.ReadFile(path + ".boot"); err != nil || string(b) != string(boot) {
+		// One process at a time decides, so that two first starts after a reboot cannot both
+		// replace the file, the second one after the first has started using it.
+		lf, err := os.OpenFile(path+".init", os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("open runtime state: %w", err)
+		}
+		defer lf.Close()
+		if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+			return nil, fmt.Errorf("lock runtime state: %w", err)
+		}
+		if b, err := os.ReadFile(path + ".boot"); err != nil || string(b) != string(boot) {
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("discard runtime state of another boot: %w", err)
+			}
+			tmp := path + ".boot.tmp"
+			if err := os.WriteFile(tmp, boot, 0o600); err != nil {
+				return nil, fmt.Errorf("record boot id: %w", err)
+			}
+			if err := os.Rename(tmp, path+".boot"); err != nil {
+				return nil, fmt.Errorf("record boot id: %w", err)
+			}
+		}
+	}
+	rt, err := store.OpenBolt(path, store.WithNoSync())
 	if err != nil {
 		return nil, fmt.Errorf("open runtime state: %w", err)
 	}
-	defer lf.Close()
-	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
-		return nil, fmt.Errorf("lock runtime state: %w", err)
-	}
-	for attempt := 0; attempt < 3; attempt++ {
-		rt, err := store.OpenBolt(path, store.WithNoSync())
-		if err == nil {
-			kv, gerr := rt.Get(ctx, keyBootID)
-			switch {
-			case gerr == nil && string(kv.Value) == string(boot):
-				return rt, nil
-			case errors.Is(gerr, store.ErrNotFound):
-				// New file, or one from before boot ids were recorded: claim it if still unclaimed.
-				if kvs, _, _ := rt.List(ctx, ""); len(kvs) == 0 {
-					if err := rt.Txn(ctx, []store.Cmp{store.Absent(keyBootID)}, []store.Op{store.Put(keyBootID, boot)}); err == nil || errors.Is(err, store.ErrConflict) {
-						continue // re-read: another process may have claimed it first
-					}
-				}
-			}
-			rt.Close()
-		}
-		// Another boot's (or an unreadable) file: move it aside atomically so that concurrent
-		// processes agree, then start afresh.
-		_ = os.Rename(path, path+".stale")
-		_ = os.Remove(path + ".stale")
-	}
-	return nil, fmt.Errorf("open runtime state %s: could not claim it for this boot", path)
+	return rt, nil
 }
 
 func newID() string {

@@ -49,9 +49,16 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 	}
 	for _, kv := range sbi {
 		name := strings.TrimPrefix(kv.Key, keyIntentSB)
-		l, err := m.tryLock("sandbox-" + name)
+		l, err := m.tryLockExisting("sandbox-" + name)
 		if err != nil {
-			continue // a live process is working on it
+			continue // a live process is working on it, or has just finished
+		}
+		// The intent was listed before the lock was ours: its owner may have finished since, and
+		// then the sandbox is whole and must be left alone. Only an intent still there now, under
+		// the lock, is one whose owner died.
+		if kv, err = m.rt.Get(ctx, kv.Key); err != nil {
+			l.unlock(false)
+			continue
 		}
 		if network, ok := isEndpointIntent(string(kv.Value)); ok {
 			err = m.dropEndpoint(ctx, name, network)
@@ -73,8 +80,12 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 	}
 	for _, kv := range ni {
 		name := strings.TrimPrefix(kv.Key, keyIntentNet)
-		l, err := m.tryLock("network-" + name)
+		l, err := m.tryLockExisting("network-" + name)
 		if err != nil {
+			continue
+		}
+		if kv, err = m.st.Get(ctx, kv.Key); err != nil { // see above: finished meanwhile
+			l.unlock(false)
 			continue
 		}
 		err = m.repairNetwork(ctx, name, string(kv.Value))
