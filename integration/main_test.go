@@ -28,6 +28,12 @@ func TestMain(m *testing.M) {
 	}
 	podctlBin = filepath.Join(dir, "podctl")
 	out, err := exec.Command("go", "build", "-o", podctlBin, "github.com/netmgr/netmgr/examples/podctl").CombinedOutput()
+	if err == nil {
+		// podctl hands `pod ...` to podctl-pod, found next to it.
+		var more []byte
+		more, err = exec.Command("go", "build", "-tags", "podctl_pod", "-o", filepath.Join(dir, "podctl-pod"), "github.com/netmgr/netmgr/examples/podctl").CombinedOutput()
+		out = append(out, more...)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build podctl: %v\n%s", err, out)
 		os.RemoveAll(dir)

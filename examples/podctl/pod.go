@@ -1,3 +1,5 @@
+//go:build podctl_pod
+
 package main
 
 import (
@@ -16,6 +18,9 @@ import (
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
 )
+
+// podArgs is set by run; the full build has no use for it.
+var podArgs []string
 
 // ctdNamespace is the pod commands' --containerd-namespace; it is not a global flag because only they
 // talk to containerd.

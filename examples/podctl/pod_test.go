@@ -1,3 +1,5 @@
+//go:build podctl_pod
+
 package main
 
 import (
