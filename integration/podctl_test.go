@@ -11,6 +11,7 @@ import (
 
 	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/firewall"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -131,6 +132,14 @@ func TestConcurrentProcessesAndGoroutines(t *testing.T) {
 	h.must(t, "network", "rm", "shared")
 	if testutil.HasLink(t, h.ns, "nm-shared") {
 		t.Error("bridge left after network rm")
+	}
+	fw, err := firewall.New(h.ns.Fd(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	if nets, err := fw.Networks(ctx); err != nil || len(nets) != 0 {
+		t.Errorf("nftables rules left for %v (err %v)", nets, err)
 	}
 }
 
