@@ -420,10 +420,3 @@ func format(c config, rows []row, took time.Duration) string {
 	fmt.Fprintf(&b, "  of sandboxes on the host, ports or not (see bench/run.sh), which this keeps out.\n")
 	return b.String()
 }
-
-func ratioOrDash(a, b float64) string {
-	if b <= 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.2fx", a/b)
-}
