@@ -148,7 +148,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 	}()
 	for i, sn := range n.Subnets {
 		gw := netip.PrefixFrom(n.Gateways[i], sn.Bits())
-		addr := &netlink.Addr{IPNet: toIPNet(gw)}
+		addr := &netlink.Addr{IPNet: drivers.IPNet(gw)}
 		if gw.Addr().Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
@@ -287,31 +287,9 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 		return fmt.Errorf("attach %s: bring up %s: %w", ep.Sandbox, ep.HostName, err)
 	}
 
-	link, err := sh.LinkByName(ep.IfName)
+	link, err := drivers.ConfigureInterface(sh, ep)
 	if err != nil {
-		return fmt.Errorf("attach %s: find %s: %w", ep.Sandbox, ep.IfName, err)
-	}
-	for _, a := range ep.Addrs {
-		addr := &netlink.Addr{IPNet: toIPNet(a)}
-		if a.Addr().Is6() {
-			addr.Flags = unix.IFA_F_NODAD
-		}
-		if err := sh.AddrAdd(link, addr); err != nil {
-			return fmt.Errorf("attach %s: add address %s to %s: %w", ep.Sandbox, a, ep.IfName, err)
-		}
-	}
-	if err := sh.LinkSetUp(link); err != nil {
-		return fmt.Errorf("attach %s: bring up %s: %w", ep.Sandbox, ep.IfName, err)
-	}
-	for _, gw := range ep.Gateways {
-		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
-		if gw.Is6() {
-			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
-		}
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Gw: gw.AsSlice()}
-		if err := sh.RouteAdd(r); err != nil {
-			return fmt.Errorf("attach %s: default route via %s: %w", ep.Sandbox, gw, err)
-		}
+		return err
 	}
 	ep.MAC = link.Attrs().HardwareAddr.String()
 	return nil
@@ -354,10 +332,6 @@ func (d *Driver) Firewall(n *drivers.Network) (firewall.Network, bool) {
 		Internal:   n.Internal,
 		Masquerade: boolOpt(n, "masquerade", true) && !n.Internal,
 	}, true
-}
-
-func toIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 func isNotFound(err error) bool {

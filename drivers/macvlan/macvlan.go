@@ -344,7 +344,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 	for _, a := range addrs {
 		// A host route (/32, /128) only: a prefix route would compete with the parent's own route to
 		// the segment. Each pod gets a route through the shim when it attaches.
-		addr := &netlink.Addr{IPNet: toIPNet(netip.PrefixFrom(a, a.BitLen()))}
+		addr := &netlink.Addr{IPNet: drivers.IPNet(netip.PrefixFrom(a, a.BitLen()))}
 		if a.Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
@@ -443,30 +443,9 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 			d.delShimRoutes(n, ep)
 		}
 	}()
-	link, err := sh.LinkByName(ep.IfName)
+	link, err := drivers.ConfigureInterface(sh, ep)
 	if err != nil {
-		return fmt.Errorf("attach %s: find %s: %w", ep.Sandbox, ep.IfName, err)
-	}
-	for _, a := range ep.Addrs {
-		addr := &netlink.Addr{IPNet: toIPNet(a)}
-		if a.Addr().Is6() {
-			addr.Flags = unix.IFA_F_NODAD
-		}
-		if err := sh.AddrAdd(link, addr); err != nil {
-			return fmt.Errorf("attach %s: add address %s to %s: %w", ep.Sandbox, a, ep.IfName, err)
-		}
-	}
-	if err := sh.LinkSetUp(link); err != nil {
-		return fmt.Errorf("attach %s: bring up %s: %w", ep.Sandbox, ep.IfName, err)
-	}
-	for _, gw := range ep.Gateways {
-		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
-		if gw.Is6() {
-			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
-		}
-		if err := sh.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Gw: gw.AsSlice()}); err != nil {
-			return fmt.Errorf("attach %s: default route via %s: %w", ep.Sandbox, gw, err)
-		}
+		return err
 	}
 	if err := d.addShimRoutes(n, ep); err != nil {
 		return fmt.Errorf("attach %s: %w", ep.Sandbox, err)
@@ -507,7 +486,7 @@ func (d *Driver) shimRoutes(n *drivers.Network, ep *drivers.Endpoint) ([]*netlin
 			}
 			out = append(out, &netlink.Route{
 				LinkIndex: shim.Attrs().Index, Scope: netlink.SCOPE_LINK,
-				Dst: toIPNet(netip.PrefixFrom(a.Addr(), a.Addr().BitLen())), Src: s.AsSlice(),
+				Dst: drivers.IPNet(netip.PrefixFrom(a.Addr(), a.Addr().BitLen())), Src: s.AsSlice(),
 			})
 		}
 	}
@@ -579,10 +558,6 @@ func (d *Driver) Detach(ctx context.Context, n *drivers.Network, ep *drivers.End
 		return fmt.Errorf("detach %s: remove %s: %w", ep.Sandbox, ep.IfName, err)
 	}
 	return nil
-}
-
-func toIPNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
 func isNotFound(err error) bool {

@@ -1,0 +1,48 @@
+package drivers
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ConfigureInterface gives the interface ep.IfName, already inside the sandbox that h is bound to,
+// ep's addresses (IPv6 without duplicate address detection, whose wait made IPv6 pod setup take
+// seconds elsewhere), brings it up and adds a default route via each of ep's gateways. It returns the
+// link as it was found, for its index and MAC.
+func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
+	link, err := h.LinkByName(ep.IfName)
+	if err != nil {
+		return nil, fmt.Errorf("attach %s: find %s: %w", ep.Sandbox, ep.IfName, err)
+	}
+	for _, a := range ep.Addrs {
+		addr := &netlink.Addr{IPNet: IPNet(a)}
+		if a.Addr().Is6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(link, addr); err != nil {
+			return nil, fmt.Errorf("attach %s: add address %s to %s: %w", ep.Sandbox, a, ep.IfName, err)
+		}
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("attach %s: bring up %s: %w", ep.Sandbox, ep.IfName, err)
+	}
+	for _, gw := range ep.Gateways {
+		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+		if gw.Is6() {
+			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Gw: gw.AsSlice()}); err != nil {
+			return nil, fmt.Errorf("attach %s: default route via %s: %w", ep.Sandbox, gw, err)
+		}
+	}
+	return link, nil
+}
+
+// IPNet converts a prefix to the net.IPNet netlink wants.
+func IPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
