@@ -21,49 +21,21 @@ PODCTL=${PODCTL:-$ROOT/bin/podctl}
 CNI_PLUGIN_DIR=${CNI_PLUGIN_DIR:-/usr/lib/cni}
 OUT=bench/out/latest.txt
 
-die() { echo "bench: $*" >&2; exit 1; }
-
-[[ $(id -u) -eq 0 ]] || die "needs root: it creates network namespaces (nothing outside them is changed)"
-for tool in unshare nsenter mount umount; do
-	command -v "$tool" >/dev/null || die "missing $tool (util-linux)"
-done
+source bench/lib.sh
+export TMPDIR=${TMPDIR:-/dev/shm}
+bench_init bench
 [[ -x $CNI_PLUGIN_DIR/bridge && -x $CNI_PLUGIN_DIR/host-local ]] ||
 	die "no CNI bridge/host-local plugins in $CNI_PLUGIN_DIR (apt-get install containernetworking-plugins)"
 command -v iptables >/dev/null || die "the CNI bridge plugin's ipMasq needs iptables (apt-get install iptables)"
 
-export TMPDIR=${TMPDIR:-/dev/shm}
-WORK=$(mktemp -d -t netmgr-bench.XXXXXX)
 NS=$WORK/benchns
 BIN=$WORK/netmgr-bench
-PID=
-
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	if [[ -n $PID ]] && kill -0 "$PID" 2>/dev/null; then
-		kill -TERM "$PID" 2>/dev/null || true
-		wait "$PID" 2>/dev/null || true
-	fi
-	# Backstop: unmount whatever is still mounted under the scratch dir (namespace pins the program
-	# could not remove, and the bench namespace itself), deepest first, then delete the dir.
-	local m
-	awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
-		umount "$m" 2>/dev/null || umount -l "$m" || echo "bench: cleanup: could not unmount $m" >&2
-	done
-	rm -rf "$WORK"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 echo "bench: building the benchmark program" >&2
 "$GO" build -o "$BIN" ./bench/cmd/netmgr-bench
 
-touch "$NS"
-unshare --net="$NS" true
 # Loopback only; the bench namespace has no route off the machine.
-nsenter --net="$NS" ip link set lo up 2>/dev/null || true
+bench_netns "$NS"
 
 args=(
 	-netns "$NS"
@@ -83,10 +55,7 @@ if [[ ! -x $PODCTL ]]; then
 	echo "bench: $PODCTL not found: the podctl column is skipped (run 'make build' first)" >&2
 fi
 echo "bench: running in network namespace $NS (scratch dir $WORK)" >&2
-nsenter --net="$NS" "$BIN" "${args[@]}" &
-PID=$!
-wait "$PID"
-PID=
+bench_run nsenter --net="$NS" "$BIN" "${args[@]}"
 echo "bench: report written to $OUT" >&2
 CNI_PLUGIN_DIR=$CNI_PLUGIN_DIR bash "$ROOT/bench/cni/run.sh"  # netmgr-cni vs the bridge plugin through go-cni (bench/out/cni.txt)
 if [[ -x $ROOT/bin/containerd ]]; then "$GO" run ./bench/pod -out "$ROOT/bench/out/pod.txt"; else echo "bench: pod start benchmark (bench/pod) skipped: run make containerd first" >&2; fi

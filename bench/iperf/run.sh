@@ -26,10 +26,9 @@ OUT=$ROOT/bench/out/iperf.txt
 T=${BENCH_IPERF_TIME:-5}
 ROUNDS=${BENCH_IPERF_ROUNDS:-3}
 
-die() { echo "bench/iperf: $*" >&2; exit 1; }
-log() { echo "bench/iperf: $*" >&2; }
-[[ $(id -u) -eq 0 ]] || die "needs root: it creates network namespaces (nothing outside them is changed)"
-for tool in unshare nsenter mount umount ip awk; do
+source bench/lib.sh
+bench_init bench/iperf
+for tool in ip awk; do
 	command -v "$tool" >/dev/null || die "missing $tool"
 done
 if ! command -v iperf3 >/dev/null; then
@@ -37,23 +36,6 @@ if ! command -v iperf3 >/dev/null; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 >/dev/null || die "could not install iperf3"
 fi
 
-WORK=$(mktemp -d /tmp/netmgr-bench-iperf.XXXXXX)
-PIDS=()
-cleanup() {
-	local rc=$?
-	trap - EXIT INT TERM
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	# Unmount the namespaces and sandbox pins under the scratch dir, deepest first, then delete it.
-	awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
-		umount "$m" 2>/dev/null || umount -l "$m" || echo "bench/iperf: cleanup: could not unmount $m" >&2
-	done
-	rm -rf "$WORK"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 PODCTL=${PODCTL:-$ROOT/bin/podctl}
 if [[ ! -x $PODCTL ]]; then
@@ -63,11 +45,7 @@ if [[ ! -x $PODCTL ]]; then
 fi
 
 ns() { echo "$WORK/ns-$1"; }
-mkns() {
-	touch "$(ns "$1")"
-	unshare --net="$(ns "$1")" true
-	nsenter --net="$(ns "$1")" ip link set lo up
-}
+mkns() { bench_netns "$(ns "$1")"; }
 inns() { local n=$1; shift; nsenter --net="$(ns "$n")" "$@"; }
 podctl() { nsenter --net="$(ns hnm)" "$PODCTL" --state-dir "$WORK/state" --run-dir "$WORK/run" "$@"; }
 
@@ -117,7 +95,7 @@ measure() {
 	local server=$2 ip=$3 client=$4 spid out
 	inns "$server" iperf3 -s -1 -B "$ip" -p 5201 >/dev/null 2>&1 &
 	spid=$!
-	PIDS+=("$spid")
+	BENCH_PIDS+=("$spid")
 	for _ in $(seq 100); do
 		inns "$server" ss -Hltn "sport = :5201" | grep -q . && break
 		sleep 0.05
