@@ -168,6 +168,18 @@ func minArgs(name string) cobra.PositionalArgs {
 }
 
 // manager opens a Manager as the global flags say and returns a function that closes it.
+// withManager makes a command's RunE that opens the Manager, runs fn and closes the Manager.
+func (g *globals) withManager(fn func(ctx context.Context, m *netmgr.Manager, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		m, done, err := g.manager(cmd.Context())
+		if err != nil {
+			return err
+		}
+		defer done()
+		return fn(cmd.Context(), m, args)
+	}
+}
+
 func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) {
 	opts := []netmgr.Option{netmgr.WithStateDir(g.stateDir), netmgr.WithRunDir(g.runDir)}
 	if g.debug {
@@ -247,19 +259,14 @@ func newGCCmd(g *globals) *cobra.Command {
 		Use:   "gc",
 		Short: "Repair interrupted operations and remove leaked namespaces, addresses and interfaces",
 		Args:  nameArgs(),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, done, err := g.manager(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer done()
-			rep, rerr := m.Recover(cmd.Context())
+		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
+			rep, rerr := m.Recover(ctx)
 			if rep != nil {
 				if err := printReport(g, rep); err != nil {
 					return errors.Join(rerr, err)
 				}
 			}
 			return rerr
-		},
+		}),
 	}
 }

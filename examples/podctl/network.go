@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -121,18 +122,13 @@ func newNetworkLsCmd(g *globals) *cobra.Command {
 		Aliases: []string{"list"},
 		Short:   "List networks",
 		Args:    nameArgs(),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, done, err := g.manager(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer done()
-			nets, err := m.Networks(cmd.Context())
+		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
+			nets, err := m.Networks(ctx)
 			if err != nil {
 				return err
 			}
 			return printNetworks(g, nets)
-		},
+		}),
 	}
 }
 
@@ -141,18 +137,13 @@ func newNetworkInspectCmd(g *globals) *cobra.Command {
 		Use:   "inspect NAME",
 		Short: "Show a network",
 		Args:  nameArgs("NAME"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, done, err := g.manager(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer done()
-			n, err := m.Network(cmd.Context(), args[0])
+		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
+			n, err := m.Network(ctx, args[0])
 			if err != nil {
 				return err
 			}
 			return printNetwork(g, n)
-		},
+		}),
 	}
 }
 
@@ -162,17 +153,12 @@ func newNetworkRmCmd(g *globals) *cobra.Command {
 		Aliases: []string{"remove"},
 		Short:   "Remove networks that no sandbox is attached to",
 		Args:    minArgs("NAME"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, done, err := g.manager(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
 			var errs []error
 			for _, name := range args {
-				errs = append(errs, m.DeleteNetwork(cmd.Context(), name))
+				errs = append(errs, m.DeleteNetwork(ctx, name))
 			}
 			return errors.Join(errs...)
-		},
+		}),
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -147,18 +148,13 @@ func newSandboxLsCmd(g *globals) *cobra.Command {
 		Aliases: []string{"list"},
 		Short:   "List sandboxes",
 		Args:    nameArgs(),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, done, err := g.manager(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer done()
-			sbs, err := m.Sandboxes(cmd.Context())
+		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
+			sbs, err := m.Sandboxes(ctx)
 			if err != nil {
 				return err
 			}
 			return printSandboxes(g, sbs)
-		},
+		}),
 	}
 }
 
@@ -167,18 +163,13 @@ func newSandboxInspectCmd(g *globals) *cobra.Command {
 		Use:   "inspect NAME",
 		Short: "Show a sandbox",
 		Args:  nameArgs("NAME"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, done, err := g.manager(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer done()
-			s, err := m.Sandbox(cmd.Context(), args[0])
+		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
+			s, err := m.Sandbox(ctx, args[0])
 			if err != nil {
 				return err
 			}
 			return printSandbox(g, s)
-		},
+		}),
 	}
 }
 
@@ -188,18 +179,13 @@ func newSandboxRmCmd(g *globals) *cobra.Command {
 		Aliases: []string{"remove"},
 		Short:   "Remove sandboxes (a missing one is not an error)",
 		Args:    minArgs("NAME"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			m, done, err := g.manager(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
 			var errs []error
 			for _, name := range args {
-				errs = append(errs, m.DeleteSandbox(cmd.Context(), name))
+				errs = append(errs, m.DeleteSandbox(ctx, name))
 			}
 			return errors.Join(errs...)
-		},
+		}),
 	}
 }
 
