@@ -43,7 +43,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	root := newRootCmd(stdout, stderr)
 	root.SetArgs(args)
-	podArgs = args
+	rememberArgs(args)
 	err := root.ExecuteContext(ctx)
 	var st exitStatus
 	switch {

@@ -19,8 +19,8 @@ import (
 	"github.com/netmgr/netmgr/netmgr/pod"
 )
 
-// podArgs is set by run; the full build has no use for it.
-var podArgs []string
+// rememberArgs is needed by the lean build only, which hands its arguments on to this one.
+func rememberArgs([]string) {}
 
 // ctdNamespace is the pod commands' --containerd-namespace; it is not a global flag because only they
 // talk to containerd.

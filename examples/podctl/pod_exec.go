@@ -14,6 +14,8 @@ import (
 // podArgs are the arguments podctl was run with, handed on unchanged to podctl-pod.
 var podArgs []string
 
+func rememberArgs(args []string) { podArgs = args }
+
 // PodBinary is the sibling binary that serves `podctl pod ...`: this same CLI built with
 // -tags podctl_pod, which links the containerd client. podctl itself does not, because the client's
 // package initialisation (protobuf descriptors, image-reference patterns) would add about ten
