@@ -18,8 +18,8 @@ import (
 // Containerd is a private containerd daemon for tests and benchmarks: its own socket, root and state
 // under a temporary directory, a minimal configuration (no CRI, no unused snapshotters), and Debian's
 // runc. It runs in the caller's network namespace (containers join their sandboxes' namespaces by
-// path) and must see the real cgroup mounts, so start it from the root namespace, never under
-// `ip netns exec`.
+// path), or in ContainerdOptions.NetNS, and must see the real cgroup mounts, so start it from the
+// root mount namespace, never under `ip netns exec`.
 type Containerd struct {
 	Dir        string // everything of this daemon lives here
 	Address    string // the gRPC socket
@@ -83,9 +83,25 @@ disabled_plugins = [
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "containerd.sock"), filepath.Join(dir, "containerd.sock.ttrpc"))
 }
 
+// ContainerdOptions changes how StartContainerdWith starts the daemon; the zero value is StartContainerd.
+type ContainerdOptions struct {
+	// NetNS is the path of a network namespace to run the daemon in, entered with `nsenter --net`
+	// (only the network namespace: the daemon and runc keep the root mount namespace and its cgroup
+	// mounts). Empty: the caller's. Shims and whatever the daemon runs (CNI plugins) inherit it.
+	NetNS string
+	// Config returns the configuration given the daemon's directory. Nil: ContainerdConfig. Keep
+	// root, state, sockets and anything else the daemon writes under that directory, so Stop removes it.
+	Config func(dir string) string
+}
+
 // StartContainerd starts a private containerd under a new temporary directory and waits until it
 // answers. Stop it with Stop, also on failure paths.
 func StartContainerd(ctx context.Context) (*Containerd, error) {
+	return StartContainerdWith(ctx, ContainerdOptions{})
+}
+
+// StartContainerdWith is StartContainerd with options.
+func StartContainerdWith(ctx context.Context, opts ContainerdOptions) (*Containerd, error) {
 	daemon, shim, err := ContainerdBinaries()
 	if err != nil {
 		return nil, err
@@ -98,11 +114,19 @@ func StartContainerd(ctx context.Context) (*Containerd, error) {
 	_, err = os.Stat("/run/containerd")
 	d.hadRunDir = err == nil
 	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(ContainerdConfig(dir)), 0o600); err != nil {
+	config := ContainerdConfig
+	if opts.Config != nil {
+		config = opts.Config
+	}
+	if err := os.WriteFile(cfg, []byte(config(dir)), 0o600); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
 	d.cmd = exec.Command(daemon, "--config", cfg)
+	if opts.NetNS != "" {
+		// nsenter execs the daemon in place, so the process Stop signals is containerd itself.
+		d.cmd = exec.Command("nsenter", "--net="+opts.NetNS, daemon, "--config", cfg)
+	}
 	// The daemon finds the shim, and the shim runc, on PATH.
 	d.cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(shim)+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
