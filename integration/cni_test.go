@@ -42,12 +42,6 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
 }
 
-// TestCNIContainerdCRI would run pods through containerd's CRI plugin configured with netmgr-cni. It
-// needs the containerd daemon set up by issue 3.
-func TestCNIContainerdCRI(t *testing.T) {
-	t.Skip("needs a containerd daemon with its CRI plugin (issue 3); go-cni, which that plugin uses, is covered by TestCNIPlugin")
-}
-
 func eth0IP(t *testing.T, res *gocni.Result) netip.Addr {
 	t.Helper()
 	cfg, ok := res.Interfaces["eth0"]
