@@ -144,7 +144,7 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 		return nil, fmt.Errorf("%w: choose one of a host namespace, joining another sandbox, or an existing namespace", ErrInvalid)
 	case (spec.Host || spec.Join != "") && len(spec.Networks) > 0:
 		return nil, fmt.Errorf("%w: a sandbox that uses the host's or another sandbox's namespace takes no --network", ErrInvalid)
-	case spec.Pause && rec0mode(spec) != ModeNetNS:
+	case spec.Pause && requestedMode(spec) != ModeNetNS:
 		return nil, fmt.Errorf("%w: a pause process needs a namespace of the sandbox's own (not --host, --join or an existing namespace)", ErrInvalid)
 	case spec.Hostname != "" && !spec.Pause:
 		return nil, fmt.Errorf("%w: a hostname needs a pause process (its UTS namespace holds it)", ErrInvalid)
@@ -185,12 +185,10 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
 	}
 	// No compare needed: the sandbox lock keeps everyone else off this record.
-	{
-		err = m.rt.Txn(ctx, nil, append([]store.Op{
-			store.Put(keySandboxes+rec.Name, mustJSON(rec)),
-			store.Del(keyIntentSB + rec.Name),
-		}, providedAllocations(rec.Name, rec.Endpoints, nets)...))
-	}
+	err = m.rt.Txn(ctx, nil, append([]store.Op{
+		store.Put(keySandboxes+rec.Name, mustJSON(rec)),
+		store.Del(keyIntentSB + rec.Name),
+	}, providedAllocations(rec.Name, rec.Endpoints, nets)...))
 	if err != nil {
 		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
 	}
@@ -345,8 +343,8 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 	return rec, nets, cmps, ops, release, nil
 }
 
-// rec0mode is the mode a spec asks for.
-func rec0mode(spec SandboxSpec) string {
+// requestedMode is the mode a spec asks for.
+func requestedMode(spec SandboxSpec) string {
 	switch {
 	case spec.Host:
 		return ModeHost
