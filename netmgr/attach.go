@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/netmgr/netmgr/drivers"
 	"github.com/netmgr/netmgr/netmgr/store"
@@ -48,6 +50,10 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		}
 		if !rec.hasInterfaces() {
 			return nil, fmt.Errorf("%w: a %s sandbox has no interfaces of its own to attach", ErrInvalid, rec.Mode)
+		}
+		if m.sandboxIntent(ctx, name) {
+			// We hold the sandbox lock, so no live process owns it: a crashed one left it.
+			return nil, fmt.Errorf("%w: an interrupted operation on the sandbox awaits repair (podctl gc)", ErrBusy)
 		}
 		for _, e := range rec.Endpoints {
 			if e.Network == spec.Network {
@@ -110,15 +116,20 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		if !errors.Is(err, store.ErrConflict) || attempt >= 50 {
 			return nil, err
 		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(rand.IntN(2000)+200) * time.Microsecond):
+		}
 	}
 	sb, err := sandbox.Open(rec.NetNS)
 	if err != nil {
-		return nil, errors.Join(err, m.dropEndpoint(ctx, name, spec.Network))
+		return nil, errors.Join(err, m.dropEndpoint(context.WithoutCancel(ctx), name, spec.Network))
 	}
 	defer sb.Close()
 	de := ep.driverEndpoint(name, "")
 	if err := ns.drv.Attach(ctx, ns.rec.driverNetwork(), de, sb); err != nil {
-		return nil, errors.Join(err, m.dropEndpoint(ctx, name, spec.Network))
+		return nil, errors.Join(err, m.dropEndpoint(context.WithoutCancel(ctx), name, spec.Network))
 	}
 	last := len(rec.Endpoints) - 1
 	adoptAttached(rec.Endpoints[last:], de, ns)
@@ -128,7 +139,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 			providedAllocations(name, rec.Endpoints[last:], []*netState{ns})...))
 	}
 	if err != nil {
-		return nil, errors.Join(err, m.dropEndpoint(ctx, name, spec.Network))
+		return nil, errors.Join(err, m.dropEndpoint(context.WithoutCancel(ctx), name, spec.Network))
 	}
 	pub := rec.public()
 	return &pub.Attachments[len(pub.Attachments)-1], nil

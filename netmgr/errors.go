@@ -62,6 +62,10 @@ func classify(err error) error {
 		if !errors.Is(err, ErrFull) {
 			return fmt.Errorf("%w: %w", ErrFull, err)
 		}
+	case errors.Is(err, store.ErrConflict):
+		if !errors.Is(err, ErrBusy) {
+			return fmt.Errorf("%w: %w", ErrBusy, err)
+		}
 	case errors.Is(err, store.ErrNotFound):
 		if !errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("%w: %w", ErrNotFound, err)

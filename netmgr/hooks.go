@@ -24,6 +24,9 @@ const (
 )
 
 func (m *Manager) step(name string) {
+	if m.testStep != nil {
+		m.testStep(name)
+	}
 	if m.pauseAt != name {
 		return
 	}

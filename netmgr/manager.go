@@ -41,6 +41,7 @@ type Manager struct {
 	ownStore bool
 	log      *slog.Logger
 	pauseAt  string
+	testStep func(step string) // set by tests only (export_test.go)
 	pauseBin string
 
 	host *sandbox.NetNS

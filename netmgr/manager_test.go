@@ -22,11 +22,12 @@ import (
 )
 
 type env struct {
-	m      *netmgr.Manager
-	host   *sandbox.NetNS
-	st     *store.Bolt // networks (state dir)
-	rt     *store.Bolt // runtime state (run dir)
-	runDir string
+	m        *netmgr.Manager
+	stateDir string
+	host     *sandbox.NetNS
+	st       *store.Bolt // networks (state dir)
+	rt       *store.Bolt // runtime state (run dir)
+	runDir   string
 }
 
 func newEnv(t *testing.T) *env {
@@ -63,7 +64,7 @@ func newEnv(t *testing.T) *env {
 			_ = sandbox.Remove(p)
 		}
 	})
-	return &env{m: m, host: host, st: st, rt: rt, runDir: runDir}
+	return &env{m: m, stateDir: stateDir, host: host, st: st, rt: rt, runDir: runDir}
 }
 
 func (e *env) network(t *testing.T, name, subnet string, mod ...func(*netmgr.NetworkSpec)) *netmgr.Network {
@@ -530,4 +531,32 @@ func TestExternalNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertEmpty(t, e)
+}
+
+// TestCancelledCreateRollsBack cancels a create's context after the kernel work, so that its final
+// store write fails: the rollback must still run to the end (it does not use the cancelled context),
+// leaving nothing, and the name and address must be usable at once.
+func TestCancelledCreateRollsBack(t *testing.T) {
+	e := newEnv(t)
+	e.network(t, "cc", "10.22.0.0/24")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hooked, err := netmgr.New(context.Background(), netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir),
+		netmgr.WithHostNetNS(e.host.Path()), netmgr.WithStepHook(func(step string) {
+			if step == netmgr.StepSandboxAttached {
+				cancel()
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hooked.Close()
+	spec := netmgr.SandboxSpec{Name: "c", Networks: []netmgr.AttachSpec{{Network: "cc", IPs: []netip.Addr{netip.MustParseAddr("10.22.0.9")}}}}
+	if _, err := hooked.CreateSandbox(ctx, spec); !errors.Is(err, context.Canceled) {
+		t.Fatalf("create with a context cancelled midway: %v, want context.Canceled", err)
+	}
+	assertEmpty(t, e)
+	if _, err := e.m.CreateSandbox(context.Background(), spec); err != nil {
+		t.Fatalf("name and address not reusable after the rollback: %v", err)
+	}
 }

@@ -77,7 +77,10 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	if err != nil {
 		return nil, err
 	}
-	defer func() { l.unlock(err != nil) }() // a failed create leaves no lock file behind
+	// A create that failed before recording, or whose rollback finished, leaves no lock file behind;
+	// otherwise it stays, so that Recover repairs the intent.
+	clean := true
+	defer func() { l.unlock(err != nil && clean && !m.networkKnown(context.WithoutCancel(ctx), spec.Name)) }()
 
 	all, _, err := m.st.List(ctx, keyNetworks)
 	if err != nil {
@@ -135,14 +138,14 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	}
 	m.step(StepNetworkReserved)
 	if err := drv.CreateNetwork(ctx, dn); err != nil {
-		return nil, errors.Join(err, m.undoNetwork(ctx, rec))
+		return nil, m.rollbackNetwork(ctx, rec, err, &clean)
 	}
 	m.step(StepNetworkCreated)
 	if err := m.syncFirewall(ctx); err != nil {
-		return nil, errors.Join(err, m.undoNetwork(ctx, rec))
+		return nil, m.rollbackNetwork(ctx, rec, err, &clean)
 	}
 	if err := m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + spec.Name)}); err != nil {
-		return nil, errors.Join(err, m.undoNetwork(ctx, rec))
+		return nil, m.rollbackNetwork(ctx, rec, err, &clean)
 	}
 	m.log.Info("network created", "network", rec.Name, "driver", rec.Driver, "subnets", rec.Subnets)
 	return rec.public(nil), nil
@@ -229,6 +232,26 @@ func freeSubnet(taken []netip.Prefix) (netip.Prefix, error) {
 	return netip.Prefix{}, fmt.Errorf("%w: no free /24 left in %s; give --subnet", ErrFull, defaultPool)
 }
 
+// networkKnown reports whether the store has a record or an intent for the name (or cannot tell).
+func (m *Manager) networkKnown(ctx context.Context, name string) bool {
+	for _, k := range []string{keyNetworks + name, keyIntentNet + name} {
+		if _, err := m.st.Get(ctx, k); !errors.Is(err, store.ErrNotFound) {
+			return true
+		}
+	}
+	return false
+}
+
+// rollbackNetwork undoes a failed create even if ctx is what failed, and clears *clean when the undo
+// itself failed, so that the lock file stays for Recover.
+func (m *Manager) rollbackNetwork(ctx context.Context, rec *networkRecord, cause error, clean *bool) error {
+	if err := m.undoNetwork(context.WithoutCancel(ctx), rec); err != nil {
+		*clean = false
+		return errors.Join(cause, err)
+	}
+	return cause
+}
+
 // undoNetwork rolls back a network whose create failed or was interrupted.
 func (m *Manager) undoNetwork(ctx context.Context, rec *networkRecord) error {
 	var errs []error
@@ -255,7 +278,7 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 	defer func() { l.unlock(removed) }()
 	kv, err := m.st.Get(ctx, keyNetworks+name)
 	if errors.Is(err, store.ErrNotFound) {
-		removed = true
+		removed = !m.networkKnown(ctx, name) // keep the lock file a crashed create's intent needs
 		return fmt.Errorf("%w: no network named %q", ErrNotFound, name)
 	}
 	if err != nil {

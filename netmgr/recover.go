@@ -142,6 +142,22 @@ func (m *Manager) repairNetwork(ctx context.Context, name, intent string) error 
 	return m.finishNetworkDelete(ctx, &rec)
 }
 
+// namespaceGone reports whether the namespace a sandbox uses has vanished (after a reboot, or because a
+// runtime removed an external one, or the target of a link sandbox is gone).
+func (m *Manager) namespaceGone(s *sandboxRecord, live map[string]*sandboxRecord) bool {
+	if s.Mode == ModeLink {
+		t, ok := live[s.Join]
+		return !ok || (t.owned() && !sandbox.IsPinned(t.NetNS))
+	}
+	return s.hasInterfaces() && !sandbox.IsPinned(s.NetNS)
+}
+
+// sandboxIntent reports whether an operation's intent is recorded for the sandbox (or cannot tell).
+func (m *Manager) sandboxIntent(ctx context.Context, name string) bool {
+	_, err := m.rt.Get(ctx, keyIntentSB+name)
+	return !errors.Is(err, store.ErrNotFound)
+}
+
 // Recover reconciles the records with the kernel: it repairs interrupted operations, re-creates network
 // plumbing that vanished (after a reboot), drops sandboxes whose namespace vanished, frees addresses that
 // no sandbox holds, and removes namespace pins and host interfaces that no record names. It is what
@@ -218,19 +234,21 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 		if busy[s.Name] {
 			continue
 		}
-		gone := s.hasInterfaces() && !sandbox.IsPinned(s.NetNS)
-		if s.Mode == ModeLink {
-			t, ok := live[s.Join]
-			gone = !ok || (t.owned() && !sandbox.IsPinned(t.NetNS))
-		}
-		if !gone {
+		if !m.namespaceGone(s, live) {
 			continue
 		}
 		l, err := m.tryLock("sandbox-" + s.Name)
 		if err != nil {
 			continue
 		}
-		err = m.teardownSandbox(ctx, s)
+		// Read again under the lock: the sandbox may have been deleted and made anew since the list
+		// (CNI names repeat), and only the record read now may be torn down.
+		cur, _, err := m.readSandbox(ctx, s.Name)
+		if err != nil || cur.ID != s.ID || m.sandboxIntent(ctx, s.Name) || !m.namespaceGone(cur, live) {
+			l.unlock(false)
+			continue
+		}
+		err = m.teardownSandbox(ctx, cur)
 		l.unlock(err == nil)
 		if err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("drop stale sandbox %s: %v", s.Name, err))

@@ -162,7 +162,14 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	if err != nil {
 		return nil, err
 	}
-	defer func() { l.unlock(err != nil) }() // a failed create leaves no lock file behind
+	// A create that failed before reserving, or whose rollback finished, leaves no lock file behind.
+	// Otherwise the file stays: Recover repairs only intents whose lock file exists.
+	clean := true
+	defer func() {
+		// Before reserving, the file may belong to an existing sandbox of this name, or to a
+		// crashed operation's intent: it goes only if neither is there.
+		l.unlock(err != nil && clean && !m.sandboxKnown(context.WithoutCancel(ctx), spec.Name))
+	}()
 	var netNames []string
 	for _, a := range spec.Networks {
 		netNames = append(netNames, a.Network)
@@ -177,12 +184,20 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	if err != nil {
 		return nil, err
 	}
+	// From here a failure rolls back; the rollback must run even if ctx is what failed.
+	rollback := func(cause error) error {
+		if rerr := m.teardownSandbox(context.WithoutCancel(ctx), rec); rerr != nil {
+			clean = false
+			return errors.Join(cause, rerr)
+		}
+		return cause
+	}
 	m.step(StepSandboxReserved)
 	if err := m.plumbSandbox(ctx, rec, nets, spec.Pause, spec.Hostname); err != nil {
-		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
+		return nil, rollback(err)
 	}
 	if err := m.publishPorts(ctx, rec, nets); err != nil {
-		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
+		return nil, rollback(err)
 	}
 	// No compare needed: the sandbox lock keeps everyone else off this record.
 	err = m.rt.Txn(ctx, nil, append([]store.Op{
@@ -190,7 +205,7 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 		store.Del(keyIntentSB + rec.Name),
 	}, providedAllocations(rec.Name, rec.Endpoints, nets)...))
 	if err != nil {
-		return nil, errors.Join(err, m.teardownSandbox(ctx, rec))
+		return nil, rollback(err)
 	}
 	m.log.Info("sandbox created", "sandbox", rec.Name, "netns", rec.NetNS)
 	return rec.public(), nil
@@ -341,6 +356,16 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		store.Put(keySandboxes+spec.Name, mustJSON(rec)),
 		store.Put(keyIntentSB+spec.Name, []byte(intentCreate)))
 	return rec, nets, cmps, ops, release, nil
+}
+
+// sandboxKnown reports whether the store has a record or an intent for the name (or cannot tell).
+func (m *Manager) sandboxKnown(ctx context.Context, name string) bool {
+	for _, k := range []string{keySandboxes + name, keyIntentSB + name} {
+		if _, err := m.rt.Get(ctx, k); !errors.Is(err, store.ErrNotFound) {
+			return true
+		}
+	}
+	return false
 }
 
 // requestedMode is the mode a spec asks for.
@@ -567,7 +592,9 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string, opts []DeleteO
 	defer func() { l.unlock(removed) }()
 	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
-		removed = true // do not leave a lock file for a sandbox that never existed
+		// Do not leave a lock file for a sandbox that never existed, but keep the one a crashed
+		// operation's intent needs for its repair.
+		removed = !m.sandboxKnown(ctx, name)
 		return nil
 	}
 	if err != nil {
