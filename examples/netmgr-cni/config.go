@@ -19,11 +19,12 @@ import (
 	"github.com/netmgr/netmgr/netmgr"
 )
 
-// Defaults for the state and run directories, separate from podctl's so that CNI networks and podctl
-// networks do not see each other unless a configuration points both at the same directories.
+// Defaults for the state and run directories: netmgr's own, shared with podctl and any library user.
+// One host namespace has one netmgr state: its firewall tables, host-side interfaces and gc cover
+// every netmgr network there, so two states side by side would remove each other's rules and links.
 const (
-	DefaultStateDir = "/var/lib/netmgr-cni"
-	DefaultRunDir   = "/run/netmgr-cni"
+	DefaultStateDir = netmgr.DefaultStateDir
+	DefaultRunDir   = netmgr.DefaultRunDir
 )
 
 // Labels netmgr-cni puts on each sandbox: the CNI identity of the attachment, which GC matches
@@ -41,7 +42,7 @@ const validAttachmentsKey = "cni.dev/valid-attachments"
 // NetConf is netmgr-cni's plugin configuration: the standard keys plus the network it stands for.
 //
 //	{"type": "netmgr-cni", "driver": "bridge", "subnets": ["10.250.0.0/24"], "options": {...},
-//	 "stateDir": "/var/lib/netmgr-cni", "runDir": "/run/netmgr-cni"}
+//	 "stateDir": "/var/lib/netmgr", "runDir": "/run/netmgr"}
 type NetConf struct {
 	types.PluginConf
 	Driver   string            `json:"driver"`

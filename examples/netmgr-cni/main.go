@@ -10,7 +10,7 @@
 //
 // The network (here "pods") is created on the first ADD from driver, subnets, gateways, options,
 // internal and mtu, and every later command checks the recorded network against the configuration.
-// State lives in stateDir (default /var/lib/netmgr-cni) and runDir (default /run/netmgr-cni). Each
+// State lives in stateDir (default /var/lib/netmgr, podctl's too) and runDir (default /run/netmgr). Each
 // attachment is one netmgr sandbox named after (network, container ID, interface) and labelled with
 // them, in the namespace the runtime passes (netmgr never removes that namespace).
 //
