@@ -560,3 +560,44 @@ func TestCancelledCreateRollsBack(t *testing.T) {
 		t.Fatalf("name and address not reusable after the rollback: %v", err)
 	}
 }
+
+// TestUserBridgeIsLeftInPlace: a network on a bridge the user made (--opt bridge=NAME) adds its gateway
+// to it and, when removed, takes back only the gateway: the bridge stays.
+func TestUserBridgeIsLeftInPlace(t *testing.T) {
+	e := newEnv(t)
+	h, err := e.host.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "userbr0"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.network(t, "onuser", "10.23.0.0/24", func(s *netmgr.NetworkSpec) { s.Options = map[string]string{"bridge": "userbr0"} })
+	_, ns := e.sandbox(t, "u", "onuser")
+	if err := testutil.Ping(ns, "10.23.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.DeleteSandbox(context.Background(), "u"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.DeleteNetwork(context.Background(), "onuser"); err != nil {
+		t.Fatal(err)
+	}
+	br, err := h.LinkByName("userbr0")
+	if err != nil {
+		t.Fatalf("deleting the network removed the user's bridge: %v", err)
+	}
+	addrs, _ := h.AddrList(br, netlink.FAMILY_V4)
+	if len(addrs) != 0 {
+		t.Errorf("gateway left on the user's bridge: %v", addrs)
+	}
+	// A bridge netmgr made goes with its network.
+	e.network(t, "own", "10.24.0.0/24")
+	if err := e.m.DeleteNetwork(context.Background(), "own"); err != nil {
+		t.Fatal(err)
+	}
+	if testutil.HasLink(t, e.host, "nm-own") {
+		t.Error("netmgr's own bridge left after network delete")
+	}
+}

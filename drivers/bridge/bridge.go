@@ -136,6 +136,12 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 			_ = h.LinkDel(br)
 			return fmt.Errorf("create bridge %s: %w", name, err)
 		}
+		// The alias marks the bridge as made by netmgr for this network: DeleteNetwork removes only
+		// bridges so marked, and leaves a bridge the user made (--opt bridge=br0) in place.
+		if err := h.LinkSetAlias(link, ownerAlias(n)); err != nil {
+			_ = h.LinkDel(br)
+			return fmt.Errorf("create bridge %s: mark it: %w", name, err)
+		}
 	default:
 		return fmt.Errorf("create bridge %s: %w", name, err)
 	}
@@ -201,11 +207,25 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 	if link.Type() != "bridge" {
 		return nil // not ours any more
 	}
+	if link.Attrs().Alias != ownerAlias(n) {
+		// Someone else's bridge that the network used: take back only the gateway addresses.
+		for i, sn := range n.Subnets {
+			gw := netip.PrefixFrom(n.Gateways[i], sn.Bits())
+			if err := d.env.HostHandle.AddrDel(link, &netlink.Addr{IPNet: drivers.IPNet(gw)}); err != nil &&
+				!errors.Is(err, unix.EADDRNOTAVAIL) && !isNotFound(err) {
+				return fmt.Errorf("remove gateway %s from %s: %w", gw, name, err)
+			}
+		}
+		return nil
+	}
 	if err := d.env.HostHandle.LinkDel(link); err != nil && !isNotFound(err) {
 		return fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	return nil
 }
+
+// ownerAlias is the interface alias of a bridge netmgr made for n.
+func ownerAlias(n *drivers.Network) string { return "netmgr:" + n.ID }
 
 // HostIfName derives the host-side veth name of an endpoint from its ID.
 func HostIfName(endpointID string) string {
