@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -33,6 +35,51 @@ func TestCrashDuringSandboxCreate(t *testing.T) {
 				h.must(t, "sandbox", "rm", "again")
 				h.assertClean(t, "crash")
 			})
+		}
+	}
+}
+
+// TestCrashWithPauseAndPorts kills podctl at each step of creating a sandbox with a pause process and
+// a published port, and of deleting it: afterwards no pause process, nftables element or port key is
+// left, and the port and address can be taken again at once.
+func TestCrashWithPauseAndPorts(t *testing.T) {
+	h := newHost(t)
+	h.must(t, "network", "create", "crashp", "--driver", "bridge", "--subnet", "10.44.0.0/24")
+	create := []string{"sandbox", "create", "victim", "--pause", "--network", "crashp,ip=10.44.0.50", "--publish", "18080:80"}
+	for _, step := range []string{netmgr.StepSandboxAttached, netmgr.StepSandboxComplete} {
+		t.Run("create/"+step, func(t *testing.T) {
+			h.killAt(t, step, create...)
+			h.must(t, "gc")
+			h.assertClean(t, "crashp")
+			h.assertNoPause(t)
+			h.must(t, "sandbox", "create", "again", "--network", "crashp,ip=10.44.0.50", "--publish", "18080:80")
+			h.must(t, "sandbox", "rm", "again")
+		})
+	}
+	for _, step := range []string{netmgr.StepSandboxDeleting, netmgr.StepSandboxDetached, netmgr.StepSandboxUnpinned} {
+		t.Run("delete/"+step, func(t *testing.T) {
+			h.must(t, create...)
+			h.killAt(t, step, "sandbox", "rm", "victim")
+			h.must(t, "sandbox", "ls") // the next start repairs
+			h.assertClean(t, "crashp")
+			h.assertNoPause(t)
+			h.must(t, "sandbox", "create", "again", "--network", "crashp,ip=10.44.0.50", "--publish", "18080:80")
+			h.must(t, "sandbox", "rm", "again")
+		})
+	}
+}
+
+// assertNoPause checks that no pause process started from the test's binary is left.
+func (h *host) assertNoPause(t *testing.T) {
+	t.Helper()
+	pause := filepath.Join(filepath.Dir(podctlBin), "pause")
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, p := range procs {
+		if exe, err := os.Readlink(p); err == nil && exe == pause {
+			st, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "stat"))
+			if !strings.Contains(string(st), ") Z ") { // a zombie waits for its reaper, it holds nothing
+				t.Errorf("pause process left: %s", filepath.Dir(p))
+			}
 		}
 	}
 }

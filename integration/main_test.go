@@ -34,6 +34,12 @@ func TestMain(m *testing.M) {
 		more, err = exec.Command("go", "build", "-tags", "podctl_pod", "-o", filepath.Join(dir, "podctl-pod"), "github.com/netmgr/netmgr/examples/podctl").CombinedOutput()
 		out = append(out, more...)
 	}
+	if err == nil {
+		// podctl finds the pause binary next to itself.
+		var more []byte
+		more, err = exec.Command("go", "build", "-o", filepath.Join(dir, "pause"), "github.com/netmgr/netmgr/examples/pause").CombinedOutput()
+		out = append(out, more...)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build podctl: %v\n%s", err, out)
 		os.RemoveAll(dir)

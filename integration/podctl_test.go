@@ -166,4 +166,12 @@ func (h *host) assertClean(t *testing.T, networks ...string) {
 		t.Errorf("mounts left under %s", h.runDir)
 	}
 	testutil.WaitNoLinks(t, h.ns, "nmv")
+	fw, err := firewall.New(h.ns.Fd(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	if ports, err := fw.Ports(context.Background()); err != nil || len(ports) > 0 {
+		t.Errorf("published ports left in nftables: %v (err %v)", ports, err)
+	}
 }

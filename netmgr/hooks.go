@@ -14,6 +14,7 @@ const (
 	StepSandboxReserved = "sandbox-create:reserved" // records and IPs written, kernel untouched
 	StepSandboxNetNS    = "sandbox-create:netns"    // namespace pinned
 	StepSandboxAttached = "sandbox-create:attached" // first endpoint plumbed
+	StepSandboxComplete = "sandbox-create:complete" // pause running, ports published, records not final
 	StepSandboxDeleting = "sandbox-delete:marked"   // delete intent recorded
 	StepSandboxDetached = "sandbox-delete:detached" // endpoints detached
 	StepSandboxUnpinned = "sandbox-delete:unpinned" // namespace removed, records not yet

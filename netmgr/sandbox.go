@@ -199,6 +199,7 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	if err := m.publishPorts(ctx, rec, nets); err != nil {
 		return nil, rollback(err)
 	}
+	m.step(StepSandboxComplete)
 	// No compare needed: the sandbox lock keeps everyone else off this record.
 	err = m.rt.Txn(ctx, nil, append([]store.Op{
 		store.Put(keySandboxes+rec.Name, mustJSON(rec)),
