@@ -5,7 +5,7 @@ BIN     := $(CURDIR)/bin
 PKGS    := ./...
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build containerd test unit bench lint demo demo-sandbox clean
+.PHONY: all deps build containerd test unit bench lint demo demo-sandbox clean
 
 all: build
 
@@ -25,7 +25,11 @@ $(CONTAINERD) &: go.mod go.sum
 	$(GO) build -o $(BIN)/ github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 
 # Unit tests need no privileges; kernel tests need root and skip without it.
-test: build containerd
+# The Debian packages the tests, demo and benchmarks use (installed only if missing).
+deps:
+	@bash .ci/deps
+
+test: deps build containerd
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 	$(GO) test -count=1 -tags podctl_pod ./examples/podctl/
 
@@ -34,6 +38,7 @@ unit:
 	$(GO) test -count=1 -short -tags podctl_pod ./examples/podctl/
 
 bench: build
+	@DEPS_BENCH=1 bash .ci/deps
 	bash bench/run.sh
 
 lint:
