@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr"
@@ -82,6 +83,73 @@ func (h *host) assertNoPause(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestCrashDuringAttachAndDetach kills podctl at each step of attaching a sandbox to a second network
+// and of detaching it: afterwards the sandbox is on its first network only, with one host veth, and
+// the second network's address can be taken again.
+func TestCrashDuringAttachAndDetach(t *testing.T) {
+	h := newHost(t)
+	h.must(t, "network", "create", "first", "--driver", "bridge", "--subnet", "10.45.1.0/24")
+	h.must(t, "network", "create", "second", "--driver", "bridge", "--subnet", "10.45.2.0/24")
+	h.must(t, "sandbox", "create", "multi", "--network", "first")
+	onlyFirst := func(t *testing.T) {
+		t.Helper()
+		sbs := h.sandboxes(t)
+		if len(sbs) != 1 || len(sbs[0].Attachments) != 1 || sbs[0].Attachments[0].Network != "first" {
+			t.Fatalf("after repair: %+v, want multi on network first only", sbs)
+		}
+		if out := h.must(t, "-o", "json", "network", "inspect", "second"); !containsJSONEmptyList(out, "sandboxes") {
+			t.Fatalf("network second still lists a sandbox: %s", out)
+		}
+		waitLinkCount(t, h, "nmv", 1)
+	}
+	for _, step := range []string{netmgr.StepAttachReserved, netmgr.StepAttachPlumbed} {
+		for _, r := range repairers {
+			t.Run("attach/"+step+"/"+r.name, func(t *testing.T) {
+				h.killAt(t, step, "sandbox", "attach", "multi", "--network", "second,ip=10.45.2.50")
+				h.must(t, r.args...)
+				onlyFirst(t)
+			})
+		}
+	}
+	for _, r := range repairers {
+		t.Run("detach/"+netmgr.StepDetachMarked+"/"+r.name, func(t *testing.T) {
+			h.must(t, "sandbox", "attach", "multi", "--network", "second,ip=10.45.2.50")
+			h.killAt(t, netmgr.StepDetachMarked, "sandbox", "detach", "multi", "--network", "second")
+			h.must(t, r.args...)
+			onlyFirst(t)
+		})
+	}
+	// The address is free: attaching with it works, and a plain detach cleans up.
+	h.must(t, "sandbox", "attach", "multi", "--network", "second,ip=10.45.2.50")
+	h.must(t, "sandbox", "detach", "multi", "--network", "second")
+	onlyFirst(t)
+}
+
+// waitLinkCount polls until the host has exactly n links whose name starts with prefix.
+func waitLinkCount(t *testing.T, h *host, prefix string, n int) {
+	t.Helper()
+	hd, err := h.ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hd.Close()
+	var got []string
+	for i := 0; i < 200; i++ {
+		got = got[:0]
+		links, _ := hd.LinkList()
+		for _, l := range links {
+			if strings.HasPrefix(l.Attrs().Name, prefix) {
+				got = append(got, l.Attrs().Name)
+			}
+		}
+		if len(got) == n {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("links %s*: %v, want %d", prefix, got, n)
 }
 
 // TestCrashDuringSandboxDelete kills podctl at each step of a sandbox delete.

@@ -122,6 +122,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		case <-time.After(time.Duration(rand.IntN(2000)+200) * time.Microsecond):
 		}
 	}
+	m.step(StepAttachReserved)
 	sb, err := sandbox.Open(rec.NetNS)
 	if err != nil {
 		return nil, errors.Join(err, m.dropEndpoint(context.WithoutCancel(ctx), name, spec.Network))
@@ -131,6 +132,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 	if err := ns.drv.Attach(ctx, ns.rec.driverNetwork(), de, sb); err != nil {
 		return nil, errors.Join(err, m.dropEndpoint(context.WithoutCancel(ctx), name, spec.Network))
 	}
+	m.step(StepAttachPlumbed)
 	last := len(rec.Endpoints) - 1
 	adoptAttached(rec.Endpoints[last:], de, ns)
 	kv, err := m.rt.Get(ctx, keySandboxes+name)
@@ -190,6 +192,7 @@ func (m *Manager) detach(ctx context.Context, name, network string) error {
 		}
 		return err
 	}
+	m.step(StepDetachMarked)
 	return m.dropEndpoint(ctx, name, network)
 }
 

@@ -18,6 +18,9 @@ const (
 	StepSandboxDeleting = "sandbox-delete:marked"   // delete intent recorded
 	StepSandboxDetached = "sandbox-delete:detached" // endpoints detached
 	StepSandboxUnpinned = "sandbox-delete:unpinned" // namespace removed, records not yet
+	StepAttachReserved  = "attach:reserved"         // endpoint, addresses and intent written, kernel untouched
+	StepAttachPlumbed   = "attach:plumbed"          // interface in the sandbox, record not final
+	StepDetachMarked    = "detach:marked"           // detach intent recorded
 	StepNetworkReserved = "network-create:reserved"
 	StepNetworkCreated  = "network-create:created"
 	StepNetworkDeleting = "network-delete:marked"

@@ -21,7 +21,8 @@ import (
 func newSandboxCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "sandbox", Short: "Manage sandboxes (pinned network namespaces)"}
 	groupCmd(c)
-	c.AddCommand(newSandboxCreateCmd(g), newSandboxLsCmd(g), newSandboxInspectCmd(g), newSandboxRmCmd(g), newSandboxExecCmd(g))
+	c.AddCommand(newSandboxCreateCmd(g), newSandboxLsCmd(g), newSandboxInspectCmd(g), newSandboxRmCmd(g), newSandboxExecCmd(g),
+		newSandboxAttachCmd(g), newSandboxDetachCmd(g))
 	return c
 }
 
@@ -187,6 +188,57 @@ func newSandboxRmCmd(g *globals) *cobra.Command {
 			return errors.Join(errs...)
 		}),
 	}
+}
+
+// newSandboxAttachCmd adds a running sandbox to one more network (docker network connect).
+func newSandboxAttachCmd(g *globals) *cobra.Command {
+	var network string
+	c := &cobra.Command{
+		Use:   "attach NAME --network NET[,ip=IP][,mac=MAC][,ifname=IF]",
+		Short: "Attach a sandbox to one more network",
+		Args:  nameArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			// Bad input is refused before the Manager (and its state) is opened.
+			as, err := parseAttach(network)
+			if err != nil {
+				return err
+			}
+			return g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
+				return attachAndPrint(ctx, g, m, args[0], as)
+			})(cmd, args)
+		},
+	}
+	c.Flags().StringVar(&network, "network", "", "network to attach to, with optional ip=, mac=, ifname=")
+	_ = c.MarkFlagRequired("network")
+	return c
+}
+
+func attachAndPrint(ctx context.Context, g *globals, m *netmgr.Manager, name string, as netmgr.AttachSpec) error {
+	if _, err := m.Attach(ctx, name, as); err != nil {
+		return err
+	}
+	s, err := m.Sandbox(ctx, name)
+	if err != nil {
+		return err
+	}
+	return printSandbox(g, s)
+}
+
+// newSandboxDetachCmd removes a sandbox from one network (docker network disconnect); a sandbox not on
+// that network is not an error.
+func newSandboxDetachCmd(g *globals) *cobra.Command {
+	var network string
+	c := &cobra.Command{
+		Use:   "detach NAME --network NET",
+		Short: "Detach a sandbox from one network",
+		Args:  nameArgs("NAME"),
+		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
+			return m.Detach(ctx, args[0], network)
+		}),
+	}
+	c.Flags().StringVar(&network, "network", "", "network to detach from")
+	_ = c.MarkFlagRequired("network")
+	return c
 }
 
 func newSandboxExecCmd(g *globals) *cobra.Command {
