@@ -1,6 +1,7 @@
 package drivers
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -45,4 +46,14 @@ func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
 // IPNet converts a prefix to the net.IPNet netlink wants.
 func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// IsLinkNotFound reports whether err says that a link is absent: drivers treat that as "already gone"
+// in deletes and as "create it" in creates.
+func IsLinkNotFound(err error) bool {
+	if err == nil {
+		return false
+	}
+	var lnf netlink.LinkNotFoundError
+	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
 }

@@ -125,7 +125,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 		if link.Type() != "bridge" {
 			return fmt.Errorf("create bridge %s: %w: a %s link of that name exists", name, drivers.ErrExists, link.Type())
 		}
-	case isNotFound(err):
+	case drivers.IsLinkNotFound(err):
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtuOf(n), TxQLen: -1}}
 		if err := h.LinkAdd(br); err != nil {
 			return fmt.Errorf("create bridge %s: %w", name, err)
@@ -147,7 +147,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 	}
 	defer func() {
 		if err != nil && created {
-			if derr := h.LinkDel(link); derr != nil && !isNotFound(derr) {
+			if derr := h.LinkDel(link); derr != nil && !drivers.IsLinkNotFound(derr) {
 				d.log.Warn("rollback: delete bridge", "ifname", name, "error", derr)
 			}
 		}
@@ -198,7 +198,7 @@ func (d *Driver) enableForwarding(n *drivers.Network) error {
 func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 	name := n.Options["bridge"]
 	link, err := d.env.HostHandle.LinkByName(name)
-	if isNotFound(err) {
+	if drivers.IsLinkNotFound(err) {
 		return nil
 	}
 	if err != nil {
@@ -212,13 +212,13 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 		for i, sn := range n.Subnets {
 			gw := netip.PrefixFrom(n.Gateways[i], sn.Bits())
 			if err := d.env.HostHandle.AddrDel(link, &netlink.Addr{IPNet: drivers.IPNet(gw)}); err != nil &&
-				!errors.Is(err, unix.EADDRNOTAVAIL) && !isNotFound(err) {
+				!errors.Is(err, unix.EADDRNOTAVAIL) && !drivers.IsLinkNotFound(err) {
 				return fmt.Errorf("remove gateway %s from %s: %w", gw, name, err)
 			}
 		}
 		return nil
 	}
-	if err := d.env.HostHandle.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := d.env.HostHandle.LinkDel(link); err != nil && !drivers.IsLinkNotFound(err) {
 		return fmt.Errorf("delete bridge %s: %w", name, err)
 	}
 	return nil
@@ -325,19 +325,19 @@ func (d *Driver) Detach(ctx context.Context, n *drivers.Network, ep *drivers.End
 		return nil
 	}
 	link, err := d.env.HostHandle.LinkByName(ep.HostName)
-	if isNotFound(err) {
+	if drivers.IsLinkNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("detach %s: find %s: %w", ep.Sandbox, ep.HostName, err)
 	}
 	if opts.NamespaceGoing && sb != nil {
-		if err := d.env.HostHandle.LinkSetDown(link); err != nil && !isNotFound(err) {
+		if err := d.env.HostHandle.LinkSetDown(link); err != nil && !drivers.IsLinkNotFound(err) {
 			return fmt.Errorf("detach %s: set %s down: %w", ep.Sandbox, ep.HostName, err)
 		}
 		return nil
 	}
-	if err := d.env.HostHandle.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := d.env.HostHandle.LinkDel(link); err != nil && !drivers.IsLinkNotFound(err) {
 		return fmt.Errorf("detach %s: delete %s: %w", ep.Sandbox, ep.HostName, err)
 	}
 	return nil
@@ -352,12 +352,4 @@ func (d *Driver) Firewall(n *drivers.Network) (firewall.Network, bool) {
 		Internal:   n.Internal,
 		Masquerade: boolOpt(n, "masquerade", true) && !n.Internal,
 	}, true
-}
-
-func isNotFound(err error) bool {
-	if err == nil {
-		return false
-	}
-	var lnf netlink.LinkNotFoundError
-	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
 }

@@ -246,7 +246,7 @@ func (d *Driver) checkParent(n *drivers.Network) (netlink.Link, error) {
 	h := d.env.HostHandle
 	name, mode := n.Options[OptParent], n.Options[OptMode]
 	parent, err := h.LinkByName(name)
-	if isNotFound(err) {
+	if drivers.IsLinkNotFound(err) {
 		return nil, fmt.Errorf("%w: parent interface %s of macvlan network %q is not in the host namespace", drivers.ErrNotFound, name, n.Name)
 	}
 	if err != nil {
@@ -317,7 +317,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 		if mv, ok := link.(*netlink.Macvlan); !ok || mv.ParentIndex != parent.Attrs().Index {
 			return fmt.Errorf("create shim %s: %w: a %s link of that name exists", name, drivers.ErrExists, link.Type())
 		}
-	case isNotFound(err):
+	case drivers.IsLinkNotFound(err):
 		shim := &netlink.Macvlan{
 			LinkAttrs: netlink.LinkAttrs{Name: name, ParentIndex: parent.Attrs().Index, MTU: d.mtu(n, parent), TxQLen: -1},
 			Mode:      netlink.MACVLAN_MODE_BRIDGE,
@@ -336,7 +336,7 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 	}
 	defer func() {
 		if err != nil && created {
-			if derr := h.LinkDel(link); derr != nil && !isNotFound(derr) {
+			if derr := h.LinkDel(link); derr != nil && !drivers.IsLinkNotFound(derr) {
 				d.log.Warn("rollback: delete shim", "ifname", name, "error", derr)
 			}
 		}
@@ -365,7 +365,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 	}
 	name := n.Options[OptShimName]
 	link, err := d.env.HostHandle.LinkByName(name)
-	if isNotFound(err) {
+	if drivers.IsLinkNotFound(err) {
 		return nil
 	}
 	if err != nil {
@@ -374,7 +374,7 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 	if link.Type() != "macvlan" {
 		return nil // not ours any more
 	}
-	if err := d.env.HostHandle.LinkDel(link); err != nil && !isNotFound(err) {
+	if err := d.env.HostHandle.LinkDel(link); err != nil && !drivers.IsLinkNotFound(err) {
 		return fmt.Errorf("delete shim %s: %w", name, err)
 	}
 	return nil
@@ -458,7 +458,7 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 func (d *Driver) parent(n *drivers.Network) (netlink.Link, error) {
 	name := n.Options[OptParent]
 	l, err := d.env.HostHandle.LinkByName(name)
-	if isNotFound(err) {
+	if drivers.IsLinkNotFound(err) {
 		return nil, fmt.Errorf("%w: parent interface %s of macvlan network %q is not in the host namespace", drivers.ErrNotFound, name, n.Name)
 	}
 	if err != nil {
@@ -510,14 +510,14 @@ func (d *Driver) addShimRoutes(n *drivers.Network, ep *drivers.Endpoint) error {
 func (d *Driver) delShimRoutes(n *drivers.Network, ep *drivers.Endpoint) error {
 	routes, err := d.shimRoutes(n, ep)
 	if err != nil {
-		if isNotFound(err) {
+		if drivers.IsLinkNotFound(err) {
 			return nil
 		}
 		return err
 	}
 	var errs []error
 	for _, r := range routes {
-		if err := d.env.HostHandle.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) && !isNotFound(err) {
+		if err := d.env.HostHandle.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) && !drivers.IsLinkNotFound(err) {
 			errs = append(errs, fmt.Errorf("delete route %s through shim: %w", r.Dst, err))
 		}
 	}
@@ -540,7 +540,7 @@ func (d *Driver) Detach(ctx context.Context, n *drivers.Network, ep *drivers.End
 	}
 	defer sh.Close()
 	link, err := sh.LinkByName(ep.IfName)
-	if isNotFound(err) {
+	if drivers.IsLinkNotFound(err) {
 		return nil
 	}
 	if err != nil {
@@ -554,18 +554,10 @@ func (d *Driver) Detach(ctx context.Context, n *drivers.Network, ep *drivers.End
 	} else {
 		err = sh.LinkDel(link)
 	}
-	if err != nil && !isNotFound(err) {
+	if err != nil && !drivers.IsLinkNotFound(err) {
 		return fmt.Errorf("detach %s: remove %s: %w", ep.Sandbox, ep.IfName, err)
 	}
 	return nil
-}
-
-func isNotFound(err error) bool {
-	if err == nil {
-		return false
-	}
-	var lnf netlink.LinkNotFoundError
-	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
 }
 
 // topHost is the highest host address of p: below the broadcast address for IPv4, the last address
