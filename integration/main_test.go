@@ -27,11 +27,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	podctlBin = filepath.Join(dir, "podctl")
-	out, err := exec.Command("go", "build", "-o", podctlBin, "github.com/netmgr/netmgr/examples/podctl").CombinedOutput()
+	// netmgr_testhooks: killAt stops podctl at a named step through NETMGR_TEST_PAUSE_AT, which only
+	// such a build reads.
+	out, err := exec.Command("go", "build", "-tags", "netmgr_testhooks", "-o", podctlBin, "github.com/netmgr/netmgr/examples/podctl").CombinedOutput()
 	if err == nil {
 		// podctl hands `pod ...` to podctl-pod, found next to it.
 		var more []byte
-		more, err = exec.Command("go", "build", "-tags", "podctl_pod", "-o", filepath.Join(dir, "podctl-pod"), "github.com/netmgr/netmgr/examples/podctl").CombinedOutput()
+		more, err = exec.Command("go", "build", "-tags", "podctl_pod,netmgr_testhooks", "-o", filepath.Join(dir, "podctl-pod"), "github.com/netmgr/netmgr/examples/podctl").CombinedOutput()
 		out = append(out, more...)
 	}
 	if err == nil {

@@ -28,12 +28,16 @@ func (m *Manager) Attach(ctx context.Context, sandboxName string, spec AttachSpe
 }
 
 func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*Attachment, error) {
-	l, err := m.lock("sandbox-" + name)
+	if err := checkNames(name, spec.Network); err != nil {
+		return nil, err
+	}
+	l, err := m.lock(ctx, "sandbox-"+name)
 	if err != nil {
 		return nil, err
 	}
-	defer l.unlock(false)
-	unlockNet, err := m.lockNetworksShared(spec.Network)
+	var missing bool // no such sandbox: its lock file goes, unless a crashed operation needs it
+	defer func() { l.unlock(missing && !m.sandboxKnown(context.WithoutCancel(ctx), name)) }()
+	unlockNet, err := m.lockNetworksShared(ctx, spec.Network)
 	if err != nil {
 		return nil, err
 	}
@@ -46,6 +50,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		var err error
 		rec, kv, err = m.readSandbox(ctx, name)
 		if err != nil {
+			missing = errors.Is(err, ErrNotFound)
 			return nil, err
 		}
 		if !rec.hasInterfaces() {
@@ -166,13 +171,18 @@ func (m *Manager) Detach(ctx context.Context, sandboxName, network string) error
 }
 
 func (m *Manager) detach(ctx context.Context, name, network string) error {
-	l, err := m.lock("sandbox-" + name)
+	if err := checkNames(name, network); err != nil {
+		return err
+	}
+	l, err := m.lock(ctx, "sandbox-"+name)
 	if err != nil {
 		return err
 	}
-	defer l.unlock(false)
+	var missing bool
+	defer func() { l.unlock(missing && !m.sandboxKnown(context.WithoutCancel(ctx), name)) }()
 	rec, kv, err := m.readSandbox(ctx, name)
 	if err != nil {
+		missing = errors.Is(err, ErrNotFound)
 		return err
 	}
 	found := false

@@ -6,10 +6,15 @@ import (
 )
 
 // pauseEnv names a step at which every Manager of the process stops forever, so that crash tests can
-// SIGKILL it there. It is a test hook: unset, it costs one string comparison per step.
+// SIGKILL it there. Only binaries built with the netmgr_testhooks build tag read it (hooks_env.go): an
+// embedder's environment never stops a Manager.
 const pauseEnv = "NETMGR_TEST_PAUSE_AT"
 
-// Steps at which pauseEnv can stop a process.
+// envPauseAt is pauseEnv's value in binaries built with the netmgr_testhooks tag, else "".
+var envPauseAt string
+
+// Steps at which a test can stop a process (pauseEnv in a netmgr_testhooks build, or WithStepHook in
+// the package's own tests).
 const (
 	StepSandboxReserved = "sandbox-create:reserved" // records and IPs written, kernel untouched
 	StepSandboxNetNS    = "sandbox-create:netns"    // namespace pinned
@@ -31,7 +36,7 @@ func (m *Manager) step(name string) {
 	if m.testStep != nil {
 		m.testStep(name)
 	}
-	if m.pauseAt != name {
+	if m.pauseAt == "" || m.pauseAt != name {
 		return
 	}
 	fmt.Fprintf(os.Stderr, "netmgr: paused at %s\n", name)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -33,16 +34,17 @@ const (
 
 // Manager is the entry point: networks, sandboxes and their attachments.
 type Manager struct {
-	stateDir string
-	runDir   string
-	hostPath string
-	st       store.Store // networks: durable
-	rt       store.Store // sandboxes, addresses, joins, sandbox intents: runtime state of this boot
-	ownStore bool
-	log      *slog.Logger
-	pauseAt  string
-	testStep func(step string) // set by tests only (export_test.go)
-	pauseBin string
+	stateDir    string
+	runDir      string
+	hostPath    string
+	st          store.Store // networks: durable
+	rt          store.Store // sandboxes, addresses, joins, sandbox intents: runtime state of this boot
+	ownStore    bool
+	log         *slog.Logger
+	pauseAt     string
+	testStep    func(step string) // set by tests only (export_test.go)
+	pauseBin    string
+	lockTimeout time.Duration
 
 	host *sandbox.NetNS
 	hh   *netlink.Handle
@@ -59,11 +61,18 @@ type Manager struct {
 // Option configures a Manager.
 type Option func(*Manager)
 
-// WithStateDir sets the directory of persistent state (the bbolt file). Default /var/lib/netmgr.
+// WithStateDir sets the directory of persistent state (the bbolt file). Default /var/lib/netmgr. A
+// relative path is taken relative to the working directory at New.
 func WithStateDir(dir string) Option { return func(m *Manager) { m.stateDir = dir } }
 
-// WithRunDir sets the directory of runtime state: namespace pins and lock files. Default /run/netmgr.
+// WithRunDir sets the directory of runtime state: namespace pins and lock files. Default /run/netmgr. A
+// relative path is taken relative to the working directory at New (records hold absolute paths).
 func WithRunDir(dir string) Option { return func(m *Manager) { m.runDir = dir } }
+
+// WithLockTimeout bounds how long an operation waits for another operation on the same object (a
+// sandbox, a network) before it fails with ErrBusy naming the holder; the caller's context can end
+// the wait sooner. Default DefaultLockTimeout.
+func WithLockTimeout(d time.Duration) Option { return func(m *Manager) { m.lockTimeout = d } }
 
 // WithStore sets one backend for all state (a cluster's etcd, say); the Manager does not close a store
 // it was given. By default networks live in a bbolt file in the state dir, written with fsync, and the
@@ -97,13 +106,23 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 		drivers:  map[string]drivers.Driver{},
 		pending:  map[string]bool{},
 		cursor:   map[string]string{},
-		pauseAt:  os.Getenv(pauseEnv),
+		pauseAt:  envPauseAt,
 	}
 	for _, o := range opts {
 		o(m)
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
+	}
+	for _, d := range []*string{&m.stateDir, &m.runDir} {
+		if *d == "" {
+			return nil, fmt.Errorf("%w: empty state or run directory", ErrInvalid)
+		}
+		abs, err := filepath.Abs(*d)
+		if err != nil {
+			return nil, fmt.Errorf("%w: directory %q: %v", ErrInvalid, *d, err)
+		}
+		*d = abs
 	}
 	if err := os.MkdirAll(m.runDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create run dir: %w", err)

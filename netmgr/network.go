@@ -52,6 +52,14 @@ func checkName(kind, name string) error {
 	return nil
 }
 
+// checkNames validates a sandbox name and a network name, before any path is derived from them.
+func checkNames(sandbox, network string) error {
+	if err := checkName("sandbox", sandbox); err != nil {
+		return err
+	}
+	return checkName("network", network)
+}
+
 // defaultPool is where networks created without a subnet get one, a /24 at a time, as Podman does.
 var defaultPool = netip.MustParsePrefix("10.89.0.0/16")
 
@@ -73,7 +81,7 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	if err != nil {
 		return nil, err
 	}
-	l, err := m.lock("network-" + spec.Name)
+	l, err := m.lock(ctx, "network-"+spec.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -270,7 +278,10 @@ func (m *Manager) DeleteNetwork(ctx context.Context, name string) error {
 }
 
 func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
-	l, err := m.lock("network-" + name)
+	if err := checkName("network", name); err != nil {
+		return err
+	}
+	l, err := m.lock(ctx, "network-"+name)
 	if err != nil {
 		return err
 	}
@@ -346,6 +357,9 @@ func (m *Manager) finishNetworkDelete(ctx context.Context, rec *networkRecord) e
 
 // Network returns one network with the sandboxes attached to it.
 func (m *Manager) Network(ctx context.Context, name string) (*Network, error) {
+	if err := checkName("network", name); err != nil {
+		return nil, opErr("inspect", "network", name, err)
+	}
 	kv, err := m.st.Get(ctx, keyNetworks+name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, opErr("inspect", "network", name, fmt.Errorf("%w: no network named %q", ErrNotFound, name))
@@ -429,7 +443,7 @@ func sortedKeys(m map[string]bool) []string {
 // syncFirewall rebuilds the nftables ruleset from the recorded networks, under a host-wide lock so
 // that concurrent processes apply in turn and the last one applies the latest records.
 func (m *Manager) syncFirewall(ctx context.Context) error {
-	l, err := m.lock("firewall")
+	l, err := m.lock(ctx, "firewall")
 	if err != nil {
 		return err
 	}

@@ -151,14 +151,22 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	case spec.Join == spec.Name:
 		return nil, fmt.Errorf("%w: a sandbox cannot join itself", ErrInvalid)
 	}
+	if spec.Join != "" {
+		if err := checkName("sandbox", spec.Join); err != nil {
+			return nil, err
+		}
+	}
 	seenNet := map[string]bool{}
 	for _, a := range spec.Networks {
+		if err := checkName("network", a.Network); err != nil {
+			return nil, err
+		}
 		if seenNet[a.Network] {
 			return nil, fmt.Errorf("%w: network %q given twice", ErrInvalid, a.Network)
 		}
 		seenNet[a.Network] = true
 	}
-	l, err := m.lock("sandbox-" + spec.Name)
+	l, err := m.lock(ctx, "sandbox-"+spec.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +182,7 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	for _, a := range spec.Networks {
 		netNames = append(netNames, a.Network)
 	}
-	unlockNets, err := m.lockNetworksShared(netNames...)
+	unlockNets, err := m.lockNetworksShared(ctx, netNames...)
 	if err != nil {
 		return nil, err
 	}
@@ -585,7 +593,10 @@ func (m *Manager) DeleteSandbox(ctx context.Context, name string, opts ...Delete
 }
 
 func (m *Manager) deleteSandbox(ctx context.Context, name string, opts []DeleteOption) error {
-	l, err := m.lock("sandbox-" + name)
+	if err := checkName("sandbox", name); err != nil {
+		return err
+	}
+	l, err := m.lock(ctx, "sandbox-"+name)
 	if err != nil {
 		return err
 	}
@@ -641,6 +652,9 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string, opts []DeleteO
 
 // Sandbox returns one sandbox.
 func (m *Manager) Sandbox(ctx context.Context, name string) (*Sandbox, error) {
+	if err := checkName("sandbox", name); err != nil {
+		return nil, opErr("inspect", "sandbox", name, err)
+	}
 	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, opErr("inspect", "sandbox", name, fmt.Errorf("%w: no sandbox named %q", ErrNotFound, name))

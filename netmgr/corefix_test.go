@@ -1,0 +1,215 @@
+package netmgr_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/netmgr/netmgr/netmgr"
+)
+
+// Names reach lock-file paths: every entry point must refuse a name that could leave the run dir
+// before any path is derived from it (issue 15 item 1).
+func TestNamesCannotEscapeRunDir(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.network(t, "n1", "10.71.0.0/24")
+	victim := t.TempDir()
+	for _, f := range []string{"important.lock", "important2.lock"} {
+		if err := os.WriteFile(filepath.Join(victim, f), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rel, err := filepath.Rel(filepath.Join(e.runDir, "locks"), victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := "x/../" + rel
+	check := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, netmgr.ErrInvalid) {
+			t.Errorf("%s: got %v, want ErrInvalid", what, err)
+		}
+	}
+	check("delete sandbox", e.m.DeleteSandbox(ctx, evil+"/important"))
+	check("delete network", e.m.DeleteNetwork(ctx, evil+"/important2"))
+	_, err = e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s1", Networks: []netmgr.AttachSpec{{Network: evil + "/newdir/evil"}}})
+	check("create with network", err)
+	_, err = e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s2", Join: evil + "/j"})
+	check("create joining", err)
+	_, err = e.m.Attach(ctx, evil+"/a", netmgr.AttachSpec{Network: "n1"})
+	check("attach sandbox", err)
+	_, err = e.m.Attach(ctx, "s3", netmgr.AttachSpec{Network: evil + "/b"})
+	check("attach network", err)
+	check("detach sandbox", e.m.Detach(ctx, evil+"/c", "n1"))
+	check("detach network", e.m.Detach(ctx, "s3", evil+"/d"))
+	_, err = e.m.Sandbox(ctx, "../x")
+	check("inspect sandbox", err)
+	_, err = e.m.Network(ctx, "../x")
+	check("inspect network", err)
+	for _, f := range []string{"important.lock", "important2.lock"} {
+		if _, err := os.Stat(filepath.Join(victim, f)); err != nil {
+			t.Errorf("%s outside the run dir: %v", f, err)
+		}
+	}
+	ents, _ := os.ReadDir(victim)
+	if len(ents) != 2 {
+		t.Errorf("victim dir holds %d entries, want the 2 it had", len(ents))
+	}
+	locks, _ := filepath.Glob(filepath.Join(e.runDir, "locks", "*"))
+	for _, l := range locks {
+		if fi, err := os.Stat(l); err == nil && fi.IsDir() {
+			t.Errorf("a directory was made under locks: %s", l)
+		}
+	}
+}
+
+// A typo'd network name must not leave a lock file behind (issue 15 item 17).
+func TestMissingNetworkLeavesNoLockFile(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	for i := range 5 {
+		_, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s", Networks: []netmgr.AttachSpec{{Network: "missing" + strconv.Itoa(i)}}})
+		if !errors.Is(err, netmgr.ErrNotFound) {
+			t.Fatalf("create on a missing network: %v", err)
+		}
+		if _, err := e.m.Attach(ctx, "nosuch"+strconv.Itoa(i), netmgr.AttachSpec{Network: "missing"}); !errors.Is(err, netmgr.ErrNotFound) {
+			t.Fatalf("attach of a missing sandbox: %v", err)
+		}
+	}
+	locks, _ := filepath.Glob(filepath.Join(e.runDir, "locks", "*"))
+	if len(locks) != 0 {
+		t.Errorf("lock files left: %v", locks)
+	}
+}
+
+// A stuck holder of a sandbox's lock must not hang the others: the wait ends with the context, promptly,
+// and the error names what was waited for (issue 15 item 16).
+func TestLockWaitHonoursContext(t *testing.T) {
+	e := newEnv(t)
+	e.network(t, "n1", "10.72.0.0/24")
+	lockFile := filepath.Join(e.runDir, "locks", "sandbox-s.lock")
+	if err := os.MkdirAll(filepath.Dir(lockFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// Another process holds the lock, as a hung podctl would.
+	holder := exec.Command("flock", lockFile, "sleep", "30")
+	if err := holder.Start(); err != nil {
+		t.Skip("flock(1) not available:", err)
+	}
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		f, _ := os.Open(lockFile)
+		if f != nil {
+			busy := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil
+			f.Close()
+			if busy {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("flock holder never took the lock")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s", Networks: []netmgr.AttachSpec{{Network: "n1"}}})
+	late := time.Since(start) - 300*time.Millisecond
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want a deadline error", err)
+	}
+	if late > 100*time.Millisecond {
+		t.Errorf("returned %v after the deadline", late)
+	}
+	if want := "flock"; !contains(err.Error(), "sandbox-s") || !contains(err.Error(), want) {
+		t.Errorf("error %q does not name the lock and its holder", err)
+	}
+	// Bounded even without a deadline.
+	m2, err := netmgr.New(context.Background(), netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir),
+		netmgr.WithHostNetNS(e.host.Path()), netmgr.WithLockTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m2.Close()
+	if err := m2.DeleteSandbox(context.Background(), "s"); !errors.Is(err, netmgr.ErrBusy) {
+		t.Errorf("delete under a held lock with a 200ms bound: got %v, want ErrBusy", err)
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+// The crash-test hook is read from the environment only by binaries built for crash tests: an
+// embedder with NETMGR_TEST_PAUSE_AT set must not hang (issue 15 item 17).
+func TestPauseEnvIgnoredByDefault(t *testing.T) {
+	t.Setenv("NETMGR_TEST_PAUSE_AT", netmgr.StepNetworkReserved)
+	e := newEnv(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.m.CreateNetwork(context.Background(), netmgr.NetworkSpec{Name: "n1", Driver: "bridge"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("CreateNetwork stopped at the step NETMGR_TEST_PAUSE_AT names")
+	}
+}
+
+// Relative directories are made absolute: records hold paths that work from any directory (item 13).
+func TestRelativeDirsBecomeAbsolute(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	base := t.TempDir()
+	wd, _ := os.Getwd()
+	t.Cleanup(func() { _ = os.Chdir(wd) })
+	if err := os.Chdir(base); err != nil {
+		t.Fatal(err)
+	}
+	m, err := netmgr.New(ctx, netmgr.WithStateDir("st"), netmgr.WithRunDir("rn"), netmgr.WithHostNetNS(e.host.Path()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "r1", Subnets: prefixes("10.73.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s1", Networks: []netmgr.AttachSpec{{Network: "r1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.DeleteSandbox(ctx, "s1") //nolint:errcheck
+	if !filepath.IsAbs(sb.NetNS) || !filepath.IsAbs(m.RunDir()) {
+		t.Errorf("netns %q, run dir %q: want absolute paths", sb.NetNS, m.RunDir())
+	}
+	if err := os.Chdir(t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := m.Recover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Stale) > 0 {
+		t.Errorf("gc from another directory dropped live sandboxes: %v", rep.Stale)
+	}
+}
