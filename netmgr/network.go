@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"regexp"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/netmgr/netmgr/drivers"
 	"github.com/netmgr/netmgr/netmgr/firewall"
@@ -90,57 +93,7 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	clean := true
 	defer func() { l.unlock(err != nil && clean && !m.networkKnown(context.WithoutCancel(ctx), spec.Name)) }()
 
-	all, _, err := m.st.List(ctx, keyNetworks)
-	if err != nil {
-		return nil, err
-	}
-	rec := &networkRecord{
-		ID: newID(), Name: spec.Name, Driver: spec.Driver, Internal: spec.Internal, MTU: spec.MTU,
-		Options: map[string]string{}, Created: time.Now().UTC(),
-	}
-	for k, v := range spec.Options {
-		rec.Options[k] = v
-	}
-	var existing []*drivers.Network
-	var taken []netip.Prefix
-	for _, kv := range all {
-		var o networkRecord
-		if err := json.Unmarshal(kv.Value, &o); err != nil {
-			continue
-		}
-		if o.Name == spec.Name {
-			return nil, fmt.Errorf("%w: a network named %q exists", ErrExists, spec.Name)
-		}
-		if o.Driver == spec.Driver {
-			existing = append(existing, o.driverNetwork())
-		}
-		taken = append(taken, o.Subnets...)
-	}
-	if providesAddresses(drv, rec) && (len(spec.Subnets) > 0 || len(spec.Gateways) > 0) {
-		return nil, fmt.Errorf("%w: driver %s assigns addresses itself; give no subnet or gateway", ErrInvalid, spec.Driver)
-	}
-	if err := m.chooseSubnets(rec, spec, taken, drv); err != nil {
-		return nil, err
-	}
-	dn := rec.driverNetwork()
-	if err := drv.PrepareNetwork(dn, existing); err != nil {
-		return nil, err
-	}
-	rec.Options = dn.Options
-
-	// Record the network with a create intent; the compare on every other network's key, taken at the
-	// revision we read, makes a concurrent overlapping create fail instead of both succeeding.
-	cmps := []store.Cmp{store.Absent(keyNetworks + spec.Name), store.Absent(keyIntentNet + spec.Name)}
-	for _, kv := range all {
-		cmps = append(cmps, store.Cmp{Key: kv.Key, Rev: kv.Rev})
-	}
-	err = m.st.Txn(ctx, cmps, []store.Op{
-		store.Put(keyNetworks+spec.Name, mustJSON(rec)),
-		store.Put(keyIntentNet+spec.Name, []byte(intentCreate)),
-	})
-	if errors.Is(err, store.ErrConflict) {
-		return nil, fmt.Errorf("%w: networks changed concurrently; try again", ErrBusy)
-	}
+	rec, dn, err := m.reserveNetwork(ctx, spec, drv)
 	if err != nil {
 		return nil, err
 	}
@@ -157,6 +110,92 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	}
 	m.log.Info("network created", "network", rec.Name, "driver", rec.Driver, "subnets", rec.Subnets)
 	return rec.public(nil), nil
+}
+
+// keyNetGuard is rewritten by every network create, which compares it at the revision it read: of two
+// concurrent creates (of any names) that chose subnets and bridges from the same list, one commits
+// and the other reads again, so two networks never share a subnet or a bridge.
+const keyNetGuard = "guards/networks"
+
+// reserveNetwork validates spec against the other networks and records the network with a create
+// intent, reading again and retrying when a concurrent create committed first.
+func (m *Manager) reserveNetwork(ctx context.Context, spec NetworkSpec, drv drivers.Driver) (*networkRecord, *drivers.Network, error) {
+	for attempt := 0; ; attempt++ {
+		rec, dn, cmps, err := m.planNetwork(ctx, spec, drv)
+		if err != nil {
+			return nil, nil, err
+		}
+		err = m.st.Txn(ctx, cmps, []store.Op{
+			store.Put(keyNetworks+spec.Name, mustJSON(rec)),
+			store.Put(keyIntentNet+spec.Name, []byte(intentCreate)),
+			store.Put(keyNetGuard, []byte(spec.Name)),
+		})
+		if err == nil {
+			return rec, dn, nil
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt >= 20 {
+			if errors.Is(err, store.ErrConflict) {
+				return nil, nil, fmt.Errorf("%w: networks changed concurrently; try again", ErrBusy)
+			}
+			return nil, nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(time.Duration(rand.IntN(2000)+200) * time.Microsecond):
+		}
+	}
+}
+
+// planNetwork builds the record of a network to create from the networks recorded now, and the
+// compares that make its transaction fail if another create commits first.
+func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers.Driver) (*networkRecord, *drivers.Network, []store.Cmp, error) {
+	guard, err := m.st.Get(ctx, keyNetGuard)
+	guardCmp := store.Cmp{Key: keyNetGuard, Rev: guard.Rev}
+	if errors.Is(err, store.ErrNotFound) {
+		guardCmp = store.Absent(keyNetGuard)
+	} else if err != nil {
+		return nil, nil, nil, err
+	}
+	all, _, err := m.st.List(ctx, keyNetworks)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rec := &networkRecord{
+		ID: newID(), Name: spec.Name, Driver: spec.Driver, Internal: spec.Internal, MTU: spec.MTU,
+		Options: map[string]string{}, Created: time.Now().UTC(),
+	}
+	for k, v := range spec.Options {
+		rec.Options[k] = v
+	}
+	var existing []*drivers.Network
+	var taken []netip.Prefix
+	for _, kv := range all {
+		var o networkRecord
+		if err := json.Unmarshal(kv.Value, &o); err != nil {
+			continue
+		}
+		if o.Name == spec.Name {
+			return nil, nil, nil, fmt.Errorf("%w: a network named %q exists", ErrExists, spec.Name)
+		}
+		if o.Driver == spec.Driver {
+			existing = append(existing, o.driverNetwork())
+		}
+		taken = append(taken, o.Subnets...)
+	}
+	if providesAddresses(drv, rec) && (len(spec.Subnets) > 0 || len(spec.Gateways) > 0) {
+		return nil, nil, nil, fmt.Errorf("%w: driver %s assigns addresses itself; give no subnet or gateway", ErrInvalid, spec.Driver)
+	}
+	if err := m.chooseSubnets(rec, spec, taken, drv); err != nil {
+		return nil, nil, nil, err
+	}
+	dn := rec.driverNetwork()
+	if err := drv.PrepareNetwork(dn, existing); err != nil {
+		return nil, nil, nil, err
+	}
+	rec.Options = dn.Options
+	cmps := []store.Cmp{guardCmp, store.Absent(keyNetworks + spec.Name), store.Absent(keyIntentNet + spec.Name)}
+	return rec, dn, cmps, nil
 }
 
 // chooseSubnets validates the requested subnets and gateways, or picks a free default subnet for
@@ -183,7 +222,8 @@ func (m *Manager) chooseSubnets(rec *networkRecord, spec NetworkSpec, taken []ne
 	}
 	_, provider := drv.(drivers.NamespaceProvider)
 	if len(rec.Subnets) == 0 && !provider && rec.Driver == "bridge" {
-		sn, err := freeSubnet(taken)
+		// Like Docker, skip subnets the host already routes (a LAN in the default pool, a VPN).
+		sn, err := freeSubnet(append(taken, m.hostRoutes()...))
 		if err != nil {
 			return err
 		}
@@ -214,6 +254,35 @@ func (m *Manager) chooseSubnets(rec *networkRecord, spec NetworkSpec, taken []ne
 		rec.Gateways = append(rec.Gateways, pool.Gateway)
 	}
 	return nil
+}
+
+// hostRoutes lists the IPv4 destinations the host namespace routes (its main table), other than the
+// default route: a default subnet must not overlap them.
+func (m *Manager) hostRoutes() []netip.Prefix {
+	var routes []netlink.Route
+	var err error
+	for range 5 { // a dump interrupted by a concurrent change is retried
+		if routes, err = m.hh.RouteList(nil, netlink.FAMILY_V4); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		m.log.Warn("cannot list host routes; the default subnet may overlap one", "error", err)
+		return nil
+	}
+	var out []netip.Prefix
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		a, ok := netip.AddrFromSlice(r.Dst.IP)
+		if !ok || ones == 0 {
+			continue
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), ones).Masked())
+	}
+	return out
 }
 
 func freeSubnet(taken []netip.Prefix) (netip.Prefix, error) {
