@@ -71,7 +71,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		if _, ok := ns.drv.(drivers.NamespaceProvider); ok {
 			return nil, fmt.Errorf("%w: network %q (driver %s) cannot be attached", ErrInvalid, spec.Network, ns.rec.Driver)
 		}
-		ep = endpointRecord{ID: newID(), Network: spec.Network, IfName: spec.IfName, MAC: spec.MAC, MTU: ns.rec.MTU}
+		ep = endpointRecord{ID: newID(), Network: spec.Network, IfName: spec.IfName, MAC: spec.MAC, MTU: ns.rec.MTU, Net: ns.rec.snapshot()}
 		if ep.IfName == "" {
 			ep.IfName = freeIfName(rec.Endpoints)
 		}
@@ -225,16 +225,8 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 	}
 	ops := []store.Op{store.Del(keyIntentSB + name)}
 	if drop != nil {
-		nrec, err := m.readNetworkRecord(ctx, network)
-		if err != nil {
-			return err
-		}
-		drv, err := m.driver(nrec.Driver)
-		if err != nil {
-			return err
-		}
 		sb, _ := sandbox.Open(rec.NetNS)
-		err = drv.Detach(ctx, nrec.driverNetwork(), drop.driverEndpoint(name, ""), sb, drivers.DetachOptions{})
+		err = m.detachEndpoint(ctx, name, drop, sb, drivers.DetachOptions{})
 		if sb != nil {
 			sb.Close()
 		}
@@ -248,6 +240,51 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 		ops = append(ops, store.Put(kv.Key, mustJSON(rec)))
 	}
 	return m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, ops)
+}
+
+// detachEndpoint has the endpoint's driver undo it. The network is the recorded one if it is still the
+// network the endpoint was made on, else the endpoint's own snapshot of it: a sandbox can always be
+// torn down, also when its network's record is gone (a lost or torn state file). An endpoint recorded
+// before snapshots existed, on a network that is gone, loses only its host-side interface.
+func (m *Manager) detachEndpoint(ctx context.Context, sandboxName string, e *endpointRecord, sb *sandbox.NetNS, opts drivers.DetachOptions) error {
+	nrec, err := m.readNetworkRecord(ctx, e.Network)
+	switch {
+	case err == nil && (e.Net == nil || e.Net.ID == nrec.ID):
+	case err != nil && !errors.Is(err, ErrNotFound):
+		return fmt.Errorf("detach from %s: %w", e.Network, err)
+	case e.Net != nil:
+		m.log.Warn("network record gone; detaching with the endpoint's copy of it", "sandbox", sandboxName, "network", e.Network)
+		nrec = e.Net.record(e.Network)
+	default:
+		m.log.Warn("network record gone; removing only the endpoint's host interface", "sandbox", sandboxName, "network", e.Network, "host_interface", e.HostName)
+		return m.removeHostInterface(e.HostName)
+	}
+	drv, err := m.driver(nrec.Driver)
+	if err != nil {
+		return fmt.Errorf("detach from %s: %w", e.Network, err)
+	}
+	return drv.Detach(ctx, nrec.driverNetwork(), e.driverEndpoint(sandboxName, ""), sb, opts)
+}
+
+// removeHostInterface deletes a host-side veth by name; a missing one is not an error.
+func (m *Manager) removeHostInterface(name string) error {
+	if name == "" {
+		return nil
+	}
+	l, err := m.hh.LinkByName(name)
+	if drivers.IsLinkNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("find %s: %w", name, err)
+	}
+	if l.Type() != "veth" {
+		return nil // not one netmgr makes
+	}
+	if err := m.hh.LinkDel(l); err != nil && !drivers.IsLinkNotFound(err) {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
 }
 
 func (m *Manager) readSandbox(ctx context.Context, name string) (*sandboxRecord, store.KV, error) {

@@ -2,6 +2,7 @@ package netmgr_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
@@ -13,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/store"
+	"github.com/netmgr/netmgr/sandbox"
 )
 
 // Names reach lock-file paths: every entry point must refuse a name that could leave the run dir
@@ -211,5 +216,74 @@ func TestRelativeDirsBecomeAbsolute(t *testing.T) {
 	}
 	if len(rep.Stale) > 0 {
 		t.Errorf("gc from another directory dropped live sandboxes: %v", rep.Stale)
+	}
+}
+
+// A sandbox whose network record is gone (a torn or lost state file) can still be removed, by gc and
+// by delete, from what its own record holds (issue 15 item 7).
+func TestTeardownWithoutNetworkRecord(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		stripNet bool // a record written before endpoints carried their network
+		viaGC    bool
+	}{{"delete", false, false}, {"gc", false, true}, {"old-record", true, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			ctx := context.Background()
+			e.network(t, "t1", "10.74.0.0/24")
+			sb, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "a1", Networks: []netmgr.AttachSpec{{Network: "t1"}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hostIf := sb.Attachments[0].HostInterface
+			if err := e.st.Txn(ctx, nil, []store.Op{store.Del("networks/t1")}); err != nil {
+				t.Fatal(err)
+			}
+			if tc.stripNet {
+				kv, err := e.rt.Get(ctx, "sandboxes/a1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var rec map[string]any
+				if err := json.Unmarshal(kv.Value, &rec); err != nil {
+					t.Fatal(err)
+				}
+				for _, ep := range rec["endpoints"].([]any) {
+					delete(ep.(map[string]any), "net")
+				}
+				b, _ := json.Marshal(rec)
+				if err := e.rt.Txn(ctx, nil, []store.Op{store.Put("sandboxes/a1", b)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.viaGC {
+				// gc drops it only once its namespace is gone: as after a reboot.
+				if err := sandbox.Remove(sb.NetNS); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := e.m.Recover(ctx); err != nil {
+					t.Fatalf("gc: %v", err)
+				}
+			} else if err := e.m.DeleteSandbox(ctx, "a1"); err != nil {
+				t.Fatalf("delete: %v", err)
+			}
+			if _, err := e.m.Sandbox(ctx, "a1"); !errors.Is(err, netmgr.ErrNotFound) {
+				t.Errorf("sandbox still recorded: %v", err)
+			}
+			if sandbox.IsPinned(sb.NetNS) {
+				t.Error("namespace still pinned")
+			}
+			if ips, _, _ := e.rt.List(ctx, "ipam/"); len(ips) != 0 {
+				t.Errorf("addresses still held: %v", ips)
+			}
+			hh, err := e.host.NewHandle()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer hh.Close()
+			if l, err := hh.LinkByName(hostIf); err == nil && l.Attrs().OperState == netlink.OperUp {
+				t.Errorf("host interface %s still up", hostIf)
+			}
+		})
 	}
 }

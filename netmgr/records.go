@@ -68,6 +68,28 @@ type endpointRecord struct {
 	Gateways []netip.Addr   `json:"gateways,omitempty"`
 	MAC      string         `json:"mac,omitempty"`
 	MTU      int            `json:"mtu,omitempty"`
+	// Net is the network as it was when the endpoint was made (networks do not change), so that the
+	// endpoint can be torn down when the network's record is gone (a torn or lost state file).
+	Net *netSnapshot `json:"net,omitempty"`
+}
+
+// netSnapshot is what a driver needs of a network to detach an endpoint from it.
+type netSnapshot struct {
+	ID       string            `json:"id"`
+	Driver   string            `json:"driver"`
+	Subnets  []netip.Prefix    `json:"subnets,omitempty"`
+	Gateways []netip.Addr      `json:"gateways,omitempty"`
+	Options  map[string]string `json:"options,omitempty"`
+	Internal bool              `json:"internal,omitempty"`
+	MTU      int               `json:"mtu,omitempty"`
+}
+
+func (r *networkRecord) snapshot() *netSnapshot {
+	return &netSnapshot{ID: r.ID, Driver: r.Driver, Subnets: r.Subnets, Gateways: r.Gateways, Options: r.Options, Internal: r.Internal, MTU: r.MTU}
+}
+
+func (s *netSnapshot) record(name string) *networkRecord {
+	return &networkRecord{ID: s.ID, Name: name, Driver: s.Driver, Subnets: s.Subnets, Gateways: s.Gateways, Options: s.Options, Internal: s.Internal, MTU: s.MTU}
 }
 
 func (e *endpointRecord) driverEndpoint(sandbox, joinPath string) *drivers.Endpoint {

@@ -320,7 +320,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 			return nil, nil, nil, nil, release, fmt.Errorf("%w: network %q (driver %s) cannot be attached; use --host or --join", ErrInvalid, as.Network, ns.rec.Driver)
 		}
 		nets = append(nets, ns)
-		ep := endpointRecord{ID: newID(), Network: as.Network, IfName: as.IfName, MAC: as.MAC, MTU: ns.rec.MTU}
+		ep := endpointRecord{ID: newID(), Network: as.Network, IfName: as.IfName, MAC: as.MAC, MTU: ns.rec.MTU, Net: ns.rec.snapshot()}
 		if ep.IfName == "" {
 			ep.IfName = "eth" + strconv.Itoa(i)
 		}
@@ -530,22 +530,7 @@ func (m *Manager) teardownSandbox(ctx context.Context, rec *sandboxRecord) error
 	}
 	for i := range rec.Endpoints {
 		e := &rec.Endpoints[i]
-		nk, err := m.st.Get(ctx, keyNetworks+e.Network)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("detach from %s: %w", e.Network, err))
-			continue
-		}
-		var nrec networkRecord
-		if err := json.Unmarshal(nk.Value, &nrec); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		drv, err := m.driver(nrec.Driver)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := drv.Detach(ctx, nrec.driverNetwork(), e.driverEndpoint(rec.Name, ""), ns, drivers.DetachOptions{NamespaceGoing: rec.owned() || rec.going}); err != nil {
+		if err := m.detachEndpoint(ctx, rec.Name, e, ns, drivers.DetachOptions{NamespaceGoing: rec.owned() || rec.going}); err != nil {
 			errs = append(errs, err)
 		}
 	}
