@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -285,5 +286,44 @@ func TestTeardownWithoutNetworkRecord(t *testing.T) {
 				t.Errorf("host interface %s still up", hostIf)
 			}
 		})
+	}
+}
+
+// A sandbox must not attach to a network whose create died half way: its repair would then take
+// the network from under the sandbox (issue 15 item 6a).
+func TestAttachRefusesInterruptedNetworkCreate(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	m, err := netmgr.New(ctx, netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir), netmgr.WithHostNetNS(e.host.Path()),
+		netmgr.WithStepHook(func(step string) {
+			if step == netmgr.StepNetworkCreated {
+				runtime.Goexit() // the process dies here: its locks are released, its intent stays
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "half", Subnets: prefixes("10.75.0.0/24")})
+	}()
+	<-done
+	_, err = e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s1", Networks: []netmgr.AttachSpec{{Network: "half"}}})
+	if !errors.Is(err, netmgr.ErrBusy) {
+		t.Fatalf("create on a half-created network: %v, want ErrBusy", err)
+	}
+	if _, err := e.m.Sandbox(ctx, "s1"); !errors.Is(err, netmgr.ErrNotFound) {
+		t.Errorf("sandbox recorded: %v", err)
+	}
+	// After the repair the name is free again, or the network is whole: either way a create works.
+	if _, err := e.m.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Network(ctx, "half"); err == nil {
+		if _, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s1", Networks: []netmgr.AttachSpec{{Network: "half"}}}); err != nil {
+			t.Fatalf("after repair: %v", err)
+		}
 	}
 }

@@ -105,7 +105,8 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	if err := m.syncFirewall(ctx); err != nil {
 		return nil, m.rollbackNetwork(ctx, rec, err, &clean)
 	}
-	if err := m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + spec.Name)}); err != nil {
+	rec.Creating = false
+	if err := m.st.Txn(ctx, nil, []store.Op{store.Put(keyNetworks+spec.Name, mustJSON(rec)), store.Del(keyIntentNet + spec.Name)}); err != nil {
 		return nil, m.rollbackNetwork(ctx, rec, err, &clean)
 	}
 	m.log.Info("network created", "network", rec.Name, "driver", rec.Driver, "subnets", rec.Subnets)
@@ -163,7 +164,7 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 	}
 	rec := &networkRecord{
 		ID: newID(), Name: spec.Name, Driver: spec.Driver, Internal: spec.Internal, MTU: spec.MTU,
-		Options: map[string]string{}, Created: time.Now().UTC(),
+		Options: map[string]string{}, Created: time.Now().UTC(), Creating: true,
 	}
 	for k, v := range spec.Options {
 		rec.Options[k] = v

@@ -45,6 +45,11 @@ type networkRecord struct {
 	Internal bool              `json:"internal,omitempty"`
 	MTU      int               `json:"mtu,omitempty"`
 	Created  time.Time         `json:"created"`
+	// Creating is set while the network's create is in flight: recorded with the create intent,
+	// cleared with it. Seen by a caller that holds the network's shared lock, it means the create's
+	// process died before finishing (a live one holds the exclusive lock), and attaching must wait
+	// for the repair.
+	Creating bool `json:"creating,omitempty"`
 }
 
 func (r *networkRecord) driverNetwork() *drivers.Network {

@@ -126,8 +126,11 @@ func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, erro
 		return nil, fmt.Errorf("decode network %q: %w", name, err)
 	}
 	// A network create or delete in flight holds the network's exclusive lock, which callers wait for
-	// (lockNetworksShared), so its intent needs no check here; one a crash left is repaired by New, and
-	// until then an attach to it fails in the driver and rolls back.
+	// (lockNetworksShared). A create still marked once we hold the shared lock is one whose process
+	// died: attaching to it would hand its repair a network in use, so wait for the repair.
+	if rec.Creating {
+		return nil, fmt.Errorf("%w: network %q: an interrupted create awaits repair (podctl gc)", ErrBusy, name)
+	}
 	drv, err := m.driver(rec.Driver)
 	if err != nil {
 		return nil, err
