@@ -6,9 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
 	"github.com/netmgr/netmgr/netmgr/store"
@@ -227,6 +231,9 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 	if drop != nil {
 		sb, _ := sandbox.Open(rec.NetNS)
 		err = m.detachEndpoint(ctx, name, drop, sb, drivers.DetachOptions{})
+		if err == nil && sb != nil {
+			m.moveDefaultRoutes(ctx, name, drop, keep, sb)
+		}
 		if sb != nil {
 			sb.Close()
 		}
@@ -240,6 +247,70 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 		ops = append(ops, store.Put(kv.Key, mustJSON(rec)))
 	}
 	return m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, ops)
+}
+
+// moveDefaultRoutes gives the default route of each family that the dropped endpoint carried to the
+// first remaining endpoint whose network has a gateway of that family, as Docker does on a network
+// disconnect, so that the sandbox keeps its way out. keep's records are updated to match.
+func (m *Manager) moveDefaultRoutes(ctx context.Context, name string, drop *endpointRecord, keep []endpointRecord, sb *sandbox.NetNS) {
+	for _, old := range drop.Gateways {
+		if hasGatewayFamily(keep, old.Is4()) {
+			continue // another endpoint has that family's route already
+		}
+		for i := range keep {
+			e := &keep[i]
+			gw, ok := m.endpointGateway(ctx, e, old.Is4())
+			if !ok {
+				continue
+			}
+			h, err := sb.NewHandle()
+			if err != nil {
+				m.log.Warn("cannot move the default route", "sandbox", name, "error", err)
+				return
+			}
+			link, err := h.LinkByName(e.IfName)
+			if err == nil {
+				err = h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: drivers.IPNet(defaultRoute(old.Is4())), Gw: gw.AsSlice()})
+			}
+			h.Close()
+			if err != nil && !errors.Is(err, unix.EEXIST) {
+				m.log.Warn("cannot move the default route", "sandbox", name, "interface", e.IfName, "gateway", gw, "error", err)
+				continue
+			}
+			if err == nil {
+				e.Gateways = append(e.Gateways, gw)
+				m.log.Info("default route moved", "sandbox", name, "interface", e.IfName, "gateway", gw)
+			}
+			break
+		}
+	}
+}
+
+// endpointGateway is the gateway of the given family of the endpoint's network, if it routes out
+// (not internal).
+func (m *Manager) endpointGateway(ctx context.Context, e *endpointRecord, v4 bool) (netip.Addr, bool) {
+	var snap *netSnapshot
+	if nrec, err := m.readNetworkRecord(ctx, e.Network); err == nil {
+		snap = nrec.snapshot()
+	} else if e.Net != nil {
+		snap = e.Net
+	}
+	if snap == nil || snap.Internal {
+		return netip.Addr{}, false
+	}
+	for _, g := range snap.Gateways {
+		if g.Is4() == v4 && g.IsValid() {
+			return g, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func defaultRoute(v4 bool) netip.Prefix {
+	if v4 {
+		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 }
 
 // detachEndpoint has the endpoint's driver undo it. The network is the recorded one if it is still the

@@ -327,3 +327,49 @@ func TestAttachRefusesInterruptedNetworkCreate(t *testing.T) {
 		}
 	}
 }
+
+// Detaching the network that holds the default route moves it to another attachment with a gateway
+// of that family, as Docker does (issue 15 item 14).
+func TestDetachMovesDefaultRoute(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.network(t, "n1", "10.76.0.0/24")
+	e.network(t, "n2", "10.78.0.0/24")
+	sb, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s", Networks: []netmgr.AttachSpec{{Network: "n1"}, {Network: "n2"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.Detach(ctx, "s", "n1"); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := sandbox.Open(sb.NetNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gw string
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			gw = r.Gw.String()
+		}
+	}
+	if gw != "10.78.0.1" {
+		t.Fatalf("default route via %q after detaching n1, want 10.78.0.1 (routes %v)", gw, routes)
+	}
+	got, err := e.m.Sandbox(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Attachments) != 1 || len(got.Attachments[0].Gateways) != 1 || got.Attachments[0].Gateways[0].String() != "10.78.0.1" {
+		t.Errorf("record after detach: %+v", got.Attachments)
+	}
+}
