@@ -373,3 +373,70 @@ func TestDetachMovesDefaultRoute(t *testing.T) {
 		t.Errorf("record after detach: %+v", got.Attachments)
 	}
 }
+
+// A long-lived embedder with N pause processes must not hold N OS threads waiting for them (issue 15
+// item 17), and they are still reaped when they exit.
+func TestPauseProcessesHoldNoThreads(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	pause := filepath.Join(dir, "pause")
+	if out, err := exec.Command("go", "build", "-o", pause, "github.com/netmgr/netmgr/examples/pause").CombinedOutput(); err != nil {
+		t.Fatalf("build pause: %v\n%s", err, out)
+	}
+	m, err := netmgr.New(ctx, netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir), netmgr.WithHostNetNS(e.host.Path()), netmgr.WithPauseBinary(pause))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	const n = 24
+	before := threads(t)
+	var pids []int
+	for i := range n {
+		sb, err := m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "p" + strconv.Itoa(i), Pause: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, sb.PausePID)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if grown := threads(t) - before; grown >= n/2 {
+		t.Errorf("%d pause processes added %d OS threads", n, grown)
+	}
+	// One exits by itself: it must not stay a zombie.
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := os.ReadFile("/proc/" + strconv.Itoa(pids[0]) + "/stat")
+		if err != nil {
+			break // reaped
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pause process %d not reaped: %s", pids[0], st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for i := range n {
+		if err := m.DeleteSandbox(ctx, "p"+strconv.Itoa(i)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func threads(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	t.Fatal("no Threads line")
+	return 0
+}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -35,7 +37,10 @@ func (m *Manager) startPause(name, hostname string, ns *sandbox.NetNS) (*pauseRe
 		return nil, fmt.Errorf("start pause: %w", err)
 	}
 	pid := cmd.Process.Pid
-	go cmd.Wait() //nolint:errcheck // reaps it if it exits while this process lives
+	// Reaped by one SIGCHLD-driven goroutine for all pause processes, not a cmd.Wait each, which
+	// would hold an OS thread blocked in wait for the pause process's whole life.
+	reapLater(pid)
+	_ = cmd.Process.Release()
 	st, err := procStartTime(pid)
 	if err != nil {
 		_ = cmd.Process.Kill()
@@ -107,4 +112,45 @@ func procStartTime(pid int) (uint64, error) {
 		return 0, os.ErrNotExist
 	}
 	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// reaper reaps the pause processes this process started, when they exit while it lives.
+var reaper struct {
+	sync.Mutex
+	pids    map[int]bool
+	started bool
+}
+
+func reapLater(pid int) {
+	reaper.Lock()
+	defer reaper.Unlock()
+	if reaper.pids == nil {
+		reaper.pids = map[int]bool{}
+	}
+	reaper.pids[pid] = true
+	if reaper.started {
+		return
+	}
+	reaper.started = true
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGCHLD)
+	go func() {
+		for {
+			reapExited()
+			<-ch
+		}
+	}()
+}
+
+// reapExited collects the exit status of every pause process that has exited; only its own pids, so
+// an embedder's children stay the embedder's to wait for.
+func reapExited() {
+	reaper.Lock()
+	defer reaper.Unlock()
+	for pid := range reaper.pids {
+		var ws syscall.WaitStatus
+		if got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); got == pid || errors.Is(err, syscall.ECHILD) {
+			delete(reaper.pids, pid)
+		}
+	}
 }
