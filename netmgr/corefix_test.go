@@ -440,3 +440,47 @@ func threads(t *testing.T) int {
 	t.Fatal("no Threads line")
 	return 0
 }
+
+// Creating a sandbox under a taken name says so, also when it publishes the taken name's ports.
+func TestCreateExistingNameWithPorts(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.network(t, "b1", "10.79.0.0/24")
+	spec := netmgr.SandboxSpec{Name: "k4", Networks: []netmgr.AttachSpec{{Network: "b1"}},
+		Publish: []netmgr.PortMapping{{HostPort: 10004, ContainerPort: 80, Protocol: "tcp"}}}
+	if _, err := e.m.CreateSandbox(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.m.CreateSandbox(ctx, spec)
+	if !errors.Is(err, netmgr.ErrExists) || !strings.Contains(err.Error(), `a sandbox named "k4" exists`) {
+		t.Fatalf("second create: %v", err)
+	}
+}
+
+// A run dir kept across a reboot holds pin files of namespaces that died with the boot: their names
+// are free again at once, not only after a gc.
+func TestPinsOfAnotherBootDoNotBlockNames(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.m.Close()
+	if err := os.WriteFile(filepath.Join(e.runDir, "runtime.db.boot"), []byte("another-boot\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(e.runDir, "netns"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.runDir, "netns", "s1"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := netmgr.New(ctx, netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir), netmgr.WithHostNetNS(e.host.Path()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "s1"}); err != nil {
+		t.Fatalf("create after reboot: %v", err)
+	}
+	if err := m.DeleteSandbox(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -233,6 +233,14 @@ func OpenRuntimeStore(ctx context.Context, path string) (*store.Bolt, error) {
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return nil, fmt.Errorf("discard runtime state of another boot: %w", err)
 			}
+			// A run dir that outlived the boot (not on tmpfs) keeps the pin files of namespaces
+			// that died with it; their names would stay taken until a gc. Live pins are mounts.
+			pins, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "netns", "*"))
+			for _, p := range pins {
+				if !sandbox.IsPinned(p) {
+					_ = os.Remove(p)
+				}
+			}
 			tmp := path + ".boot.tmp"
 			if err := os.WriteFile(tmp, boot, 0o600); err != nil {
 				return nil, fmt.Errorf("record boot id: %w", err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -229,6 +230,10 @@ func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandbo
 	for attempt := 0; ; attempt++ {
 		rec, nets, cmps, ops, release, err := m.planSandbox(ctx, spec)
 		if err != nil {
+			if errors.Is(err, ErrExists) && m.sandboxExists(ctx, spec.Name) {
+				// "port taken by sandbox X" when X is the very name asked for: say what matters.
+				err = fmt.Errorf("%w: a sandbox named %q exists", ErrExists, spec.Name)
+			}
 			return nil, nil, err
 		}
 		err = m.rt.Txn(ctx, cmps, ops)
@@ -236,7 +241,7 @@ func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandbo
 		if err == nil {
 			return rec, nets, nil
 		}
-		if _, gerr := m.rt.Get(ctx, keySandboxes+spec.Name); gerr == nil {
+		if m.sandboxExists(ctx, spec.Name) {
 			return nil, nil, fmt.Errorf("%w: a sandbox named %q exists", ErrExists, spec.Name)
 		}
 		if !errors.Is(err, store.ErrConflict) || attempt >= 50 {
@@ -248,6 +253,11 @@ func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandbo
 		case <-time.After(time.Duration(rand.IntN(2000)+200) * time.Microsecond):
 		}
 	}
+}
+
+func (m *Manager) sandboxExists(ctx context.Context, name string) bool {
+	_, err := m.rt.Get(ctx, keySandboxes+name)
+	return err == nil
 }
 
 // planSandbox reads what a create depends on and builds its transaction. release forgets the
@@ -263,7 +273,12 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 	case spec.NetNS != "":
 		ns, err := sandbox.Open(spec.NetNS)
 		if err != nil {
-			return nil, nil, nil, nil, release, fmt.Errorf("%w: %v", ErrNotFound, err)
+			// Keep the cause (errors.Is finds os.ErrNotExist or sandbox.ErrNotNetNS).
+			kind := ErrNotFound
+			if !errors.Is(err, os.ErrNotExist) {
+				kind = ErrInvalid
+			}
+			return nil, nil, nil, nil, release, fmt.Errorf("%w: %w", kind, err)
 		}
 		ns.Close()
 		rec.Mode, rec.NetNS = ModeExternal, spec.NetNS
