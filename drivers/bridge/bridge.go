@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -115,6 +116,12 @@ func boolOpt(n *drivers.Network, k string, def bool) bool {
 }
 
 // CreateNetwork implements drivers.Driver: the bridge with its gateway addresses, up, and forwarding on.
+//
+// The bridge is made with its owner mark in the one RTM_NEWLINK that creates it: the kernel ignores
+// IFLA_IFALIAS on a create (it applies the alias only to an existing link), so the first message sets
+// a MAC derived from the network's ID (ownerMAC), and the alias follows at once. A process killed in
+// between leaves a bridge that DeleteNetwork still knows as its own, where an unmarked one would be
+// taken for the user's and left behind for ever (FAULTS §7).
 func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err error) {
 	h := d.env.HostHandle
 	name := n.Options["bridge"]
@@ -125,8 +132,23 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 		if link.Type() != "bridge" {
 			return fmt.Errorf("create bridge %s: %w: a %s link of that name exists", name, drivers.ErrExists, link.Type())
 		}
+		if link.Attrs().Alias == ownerAlias(n) {
+			break
+		}
+		mine, err := d.unmarkedOwn(link, n, true)
+		if err != nil {
+			return fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		if !mine {
+			break // the user's bridge: use it, never delete it
+		}
+		if err := h.LinkSetAlias(link, ownerAlias(n)); err != nil {
+			return fmt.Errorf("create bridge %s: mark it: %w", name, err)
+		}
+		created = true
+		d.log.Info("adopted an unmarked bridge left by an interrupted create", "network", n.Name, "ifname", name)
 	case drivers.IsLinkNotFound(err):
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtuOf(n), TxQLen: -1}}
+		br := newBridge(n)
 		if err := h.LinkAdd(br); err != nil {
 			return fmt.Errorf("create bridge %s: %w", name, err)
 		}
@@ -136,8 +158,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 			_ = h.LinkDel(br)
 			return fmt.Errorf("create bridge %s: %w", name, err)
 		}
-		// The alias marks the bridge as made by netmgr for this network: DeleteNetwork removes only
-		// bridges so marked, and leaves a bridge the user made (--opt bridge=br0) in place.
+		// The alias is the mark people and DeleteNetwork read: DeleteNetwork removes only bridges so
+		// marked (or still bearing ownerMAC alone), and leaves a bridge the user made
+		// (--opt bridge=br0) in place.
 		if err := h.LinkSetAlias(link, ownerAlias(n)); err != nil {
 			_ = h.LinkDel(br)
 			return fmt.Errorf("create bridge %s: mark it: %w", name, err)
@@ -169,6 +192,76 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 		return err
 	}
 	return nil
+}
+
+// newBridge is the link CreateNetwork asks the kernel for, in one RTM_NEWLINK: its MAC is the owner
+// mark. Alias is set too, for a kernel that one day honours it on a create.
+func newBridge(n *drivers.Network) *netlink.Bridge {
+	return &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{
+		Name: n.Options["bridge"], MTU: mtuOf(n), TxQLen: -1,
+		HardwareAddr: ownerMAC(n), Alias: ownerAlias(n),
+	}}
+}
+
+// ownerMAC is the MAC of a bridge netmgr made for n: locally administered, unicast, from a hash of
+// the network's ID, so it marks the bridge as n's from its first message. A bridge keeps a MAC set
+// this way when ports join (the kernel no longer takes the lowest port's).
+func ownerMAC(n *drivers.Network) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("netmgr bridge " + n.ID))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
+}
+
+// unmarkedOwn reports whether a bridge of n's name that lacks the owner alias is nonetheless n's: one
+// that still bears ownerMAC (its create was interrupted before the alias was set). With legacy (only
+// CreateNetwork, which runs under n's create intent, asks), it also takes a bridge that an older
+// netmgr leaked the same way before ownerMAC existed: no alias, the name netmgr derives from the
+// network name, no ports and no addresses but link-local ones and n's gateways. A bridge that has
+// ports or addresses of the user's, or whose name is not the derived one (--opt bridge=br0), is
+// never taken. (A bridge the user made with netmgr's own derived name, nm-<network>, and left empty
+// looks the same as a leaked one; the nm- prefix is netmgr's.)
+func (d *Driver) unmarkedOwn(link netlink.Link, n *drivers.Network, legacy bool) (bool, error) {
+	a := link.Attrs()
+	if a.Alias != "" || link.Type() != "bridge" {
+		return false, nil
+	}
+	if bytes.Equal(a.HardwareAddr, ownerMAC(n)) {
+		return true, nil
+	}
+	if !legacy || a.Name != DefaultBridgeName(n.Name) {
+		return false, nil
+	}
+	h := d.env.HostHandle
+	links, err := drivers.LinkList(h)
+	if err != nil {
+		return false, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().MasterIndex == a.Index {
+			return false, nil
+		}
+	}
+	addrs, err := drivers.AddrList(h, link, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("list addresses of %s: %w", a.Name, err)
+	}
+	gws := map[netip.Prefix]bool{}
+	for i, sn := range n.Subnets {
+		gws[netip.PrefixFrom(n.Gateways[i], sn.Bits())] = true
+	}
+	for _, ad := range addrs {
+		ip, ok := netip.AddrFromSlice(ad.IP)
+		if !ok {
+			return false, nil
+		}
+		ones, _ := ad.Mask.Size()
+		if ip.Unmap().IsLinkLocalUnicast() || gws[netip.PrefixFrom(ip.Unmap(), ones)] {
+			continue
+		}
+		return false, nil
+	}
+	return true, nil
 }
 
 // enableForwarding switches on IP forwarding in the host namespace for the families the network uses.
@@ -207,7 +300,13 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 	if link.Type() != "bridge" {
 		return nil // not ours any more
 	}
-	if link.Attrs().Alias != ownerAlias(n) {
+	mine := link.Attrs().Alias == ownerAlias(n)
+	if !mine {
+		if mine, err = d.unmarkedOwn(link, n, false); err != nil {
+			return fmt.Errorf("delete bridge %s: %w", name, err)
+		}
+	}
+	if !mine {
 		// Someone else's bridge that the network used: take back only the gateway addresses.
 		for i, sn := range n.Subnets {
 			gw := netip.PrefixFrom(n.Gateways[i], sn.Bits())

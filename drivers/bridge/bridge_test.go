@@ -1,12 +1,20 @@
 package bridge
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/testutil"
+	"github.com/netmgr/netmgr/sandbox"
 )
 
 func TestDefaultBridgeName(t *testing.T) {
@@ -62,5 +70,164 @@ func TestPrepareNetwork(t *testing.T) {
 				t.Errorf("default bridge %q", n.Options["bridge"])
 			}
 		})
+	}
+}
+
+// newTestDriver returns a bridge driver whose host namespace is a fresh test namespace.
+func newTestDriver(t *testing.T) (*Driver, *sandbox.NetNS, *netlink.Handle) {
+	t.Helper()
+	host := testutil.NewNS(t, "host")
+	hh, err := host.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hh.Close)
+	d, err := New(drivers.Env{Host: host, HostHandle: hh})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.(*Driver), host, hh
+}
+
+func testNetwork(t *testing.T, d *Driver, name string, subnets ...string) *drivers.Network {
+	t.Helper()
+	n := &drivers.Network{ID: "id-" + name, Name: name}
+	for _, s := range subnets {
+		p := netip.MustParsePrefix(s)
+		n.Subnets = append(n.Subnets, p)
+		n.Gateways = append(n.Gateways, p.Addr().Next())
+	}
+	if err := d.PrepareNetwork(n, nil); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestCreateBridgeMarkedInOneMessage: the bridge carries its owner mark from the RTM_NEWLINK that
+// creates it, so a process killed right after LinkAdd leaves no unmarked bridge that DeleteNetwork
+// and rollback would take for the user's (FAULTS §7). The kernel ignores IFLA_IFALIAS on a create
+// (checked here too: should that change, the alias alone would do), so the mark is the MAC.
+func TestCreateBridgeMarkedInOneMessage(t *testing.T) {
+	d, host, hh := newTestDriver(t)
+	n := testNetwork(t, d, "mark", "10.150.0.0/24")
+	ch := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	nsh := netns.NsHandle(host.Fd())
+	if err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{Namespace: &nsh}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateNetwork(context.Background(), n); err != nil {
+		t.Fatal(err)
+	}
+	var first *netlink.LinkUpdate
+	for first == nil {
+		select {
+		case u := <-ch:
+			if u.Header.Type == unix.RTM_NEWLINK && u.Attrs().Name == n.Options["bridge"] {
+				first = &u
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no RTM_NEWLINK for the bridge")
+		}
+	}
+	if got := first.Attrs().HardwareAddr; got.String() != ownerMAC(n).String() && first.Attrs().Alias != ownerAlias(n) {
+		t.Fatalf("first RTM_NEWLINK of %s is unmarked: MAC %s (want %s), alias %q", first.Attrs().Name, got, ownerMAC(n), first.Attrs().Alias)
+	}
+	l, err := hh.LinkByName(n.Options["bridge"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Attrs().Alias != ownerAlias(n) {
+		t.Fatalf("bridge alias %q after create, want %q", l.Attrs().Alias, ownerAlias(n))
+	}
+}
+
+// TestDeleteNetworkTakesInterruptedBridge: a bridge whose create was killed before the alias was set
+// (as newBridge makes it, nothing after) is removed by DeleteNetwork, which the create intent's repair
+// calls; a user's unmarked bridge is not.
+func TestDeleteNetworkTakesInterruptedBridge(t *testing.T) {
+	d, _, hh := newTestDriver(t)
+	n := testNetwork(t, d, "z1", "10.150.0.0/24")
+	if err := hh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.Options["bridge"], HardwareAddr: ownerMAC(n), TxQLen: -1}}); err != nil {
+		t.Fatal(err)
+	}
+	user := testNetwork(t, d, "u1", "10.151.0.0/24")
+	if err := hh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: user.Options["bridge"], TxQLen: -1}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []*drivers.Network{n, user} {
+		if err := d.DeleteNetwork(context.Background(), x); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := hh.LinkByName(n.Options["bridge"]); !drivers.IsLinkNotFound(err) {
+		t.Errorf("interrupted create's bridge %s is still there (err %v)", n.Options["bridge"], err)
+	}
+	if _, err := hh.LinkByName(user.Options["bridge"]); err != nil {
+		t.Errorf("user's bridge %s was deleted: %v", user.Options["bridge"], err)
+	}
+}
+
+// TestCreateNetworkAdoptsLeakedBridge: a bridge an older version leaked (derived name, no alias, no
+// ports, no addresses) is adopted by the next create of that network name and removed with it; one
+// with a port, one with a user's address, and one named by --opt bridge= are used but never removed.
+func TestCreateNetworkAdoptsLeakedBridge(t *testing.T) {
+	d, _, hh := newTestDriver(t)
+	ctx := context.Background()
+	mk := func(name string) netlink.Link {
+		t.Helper()
+		if err := hh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, TxQLen: -1}}); err != nil {
+			t.Fatal(err)
+		}
+		l, err := hh.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	leaked := testNetwork(t, d, "leak", "10.152.0.0/24")
+	mk(leaked.Options["bridge"])
+
+	withPort := testNetwork(t, d, "port", "10.153.0.0/24")
+	br := mk(withPort.Options["bridge"])
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tport0", MasterIndex: br.Attrs().Index}, PeerName: "tport1"}
+	if err := hh.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+
+	withAddr := testNetwork(t, d, "addr", "10.154.0.0/24")
+	ba := mk(withAddr.Options["bridge"])
+	if err := hh.AddrAdd(ba, &netlink.Addr{IPNet: drivers.IPNet(netip.MustParsePrefix("192.168.77.1/24"))}); err != nil {
+		t.Fatal(err)
+	}
+
+	named := &drivers.Network{ID: "id-named", Name: "named", Options: map[string]string{"bridge": "br-user"},
+		Subnets: []netip.Prefix{netip.MustParsePrefix("10.155.0.0/24")}, Gateways: []netip.Addr{netip.MustParseAddr("10.155.0.1")}}
+	if err := d.PrepareNetwork(named, nil); err != nil {
+		t.Fatal(err)
+	}
+	mk("br-user")
+
+	for _, n := range []*drivers.Network{leaked, withPort, withAddr, named} {
+		if err := d.CreateNetwork(ctx, n); err != nil {
+			t.Fatalf("create %s: %v", n.Name, err)
+		}
+		if err := d.DeleteNetwork(ctx, n); err != nil {
+			t.Fatalf("delete %s: %v", n.Name, err)
+		}
+	}
+	if _, err := hh.LinkByName(leaked.Options["bridge"]); !drivers.IsLinkNotFound(err) {
+		t.Errorf("leaked bridge %s not reclaimed (err %v)", leaked.Options["bridge"], err)
+	}
+	for _, name := range []string{withPort.Options["bridge"], withAddr.Options["bridge"], "br-user"} {
+		l, err := hh.LinkByName(name)
+		if err != nil {
+			t.Errorf("user's bridge %s was deleted: %v", name, err)
+			continue
+		}
+		if l.Attrs().Alias != "" {
+			t.Errorf("user's bridge %s was marked %q", name, l.Attrs().Alias)
+		}
 	}
 }

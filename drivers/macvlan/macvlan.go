@@ -263,8 +263,10 @@ func (d *Driver) checkParent(n *drivers.Network) (netlink.Link, error) {
 		}
 		lower = mv.ParentIndex
 	}
-	links, err := h.LinkList()
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	// A partial list could miss a macvlan of another mode, so an interrupted dump is retried, and one
+	// that stays interrupted is an error, not taken as complete.
+	links, err := drivers.LinkList(h)
+	if err != nil {
 		return nil, fmt.Errorf("list host links: %w", err)
 	}
 	shimName := ""
