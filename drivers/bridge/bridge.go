@@ -86,6 +86,9 @@ func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network)
 	if n.MTU < 0 || n.MTU > 65535 || (n.MTU > 0 && n.MTU < 68) {
 		return fmt.Errorf("%w: mtu %d is outside 68..65535", drivers.ErrInvalid, n.MTU)
 	}
+	if err := drivers.CheckIPv6MTU(n, n.MTU); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -338,8 +341,8 @@ func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error
 		return err
 	}
 	if ep.MAC != "" {
-		if _, err := net.ParseMAC(ep.MAC); err != nil {
-			return fmt.Errorf("%w: mac %q: %v", drivers.ErrInvalid, ep.MAC, err)
+		if _, err := drivers.ParseMAC(ep.MAC); err != nil {
+			return err
 		}
 	}
 	ep.HostName = HostIfName(ep.ID)

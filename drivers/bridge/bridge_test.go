@@ -58,6 +58,8 @@ func TestPrepareNetwork(t *testing.T) {
 		{"long bridge", drivers.Network{Name: "n", Subnets: sn, Options: map[string]string{"bridge": "sixteen-bytes-xx"}}, drivers.ErrInvalid},
 		{"bridge taken", drivers.Network{Name: "n", Subnets: sn, Options: map[string]string{"bridge": "br-taken"}}, drivers.ErrExists},
 		{"bad mtu", drivers.Network{Name: "n", Subnets: sn, MTU: 20}, drivers.ErrInvalid},
+		{"ipv6 mtu below 1280", drivers.Network{Name: "n", Subnets: append([]netip.Prefix{netip.MustParsePrefix("fd00:6::/64")}, sn...), MTU: 1279}, drivers.ErrInvalid},
+		{"ipv4 mtu below 1280", drivers.Network{Name: "n", Subnets: sn, MTU: 1279}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -229,5 +231,21 @@ func TestCreateNetworkAdoptsLeakedBridge(t *testing.T) {
 		if l.Attrs().Alias != "" {
 			t.Errorf("user's bridge %s was marked %q", name, l.Attrs().Alias)
 		}
+	}
+}
+
+// TestPrepareEndpointRefusesGroupMAC: a multicast, broadcast or all-zero MAC is refused before any
+// veth is made (FAULTS §15).
+func TestPrepareEndpointRefusesGroupMAC(t *testing.T) {
+	d := &Driver{}
+	n := &drivers.Network{Name: "n", Options: map[string]string{"bridge": "nm-n"}}
+	for _, mac := range []string{"ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "00:00:00:00:00:00"} {
+		ep := &drivers.Endpoint{ID: "e", IfName: "eth0", MAC: mac}
+		if err := d.PrepareEndpoint(n, ep); !errors.Is(err, drivers.ErrInvalid) {
+			t.Errorf("mac %s: %v, want ErrInvalid", mac, err)
+		}
+	}
+	if err := d.PrepareEndpoint(n, &drivers.Endpoint{ID: "e", IfName: "eth0", MAC: "02:42:ac:11:00:02"}); err != nil {
+		t.Errorf("unicast mac: %v", err)
 	}
 }
