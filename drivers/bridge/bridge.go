@@ -7,11 +7,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -268,26 +271,94 @@ func (d *Driver) unmarkedOwn(link netlink.Link, n *drivers.Network, legacy bool)
 }
 
 // enableForwarding switches on IP forwarding in the host namespace for the families the network uses.
+//
+// For IPv6 the switch is conf/all/forwarding, which also puts every interface into router mode: an
+// interface with accept_ra=1 then ignores router advertisements, and a host that took its default
+// route by SLAAC loses it when the route expires (REVIEW §1.10). Per-interface forwarding does not
+// help: it sets only the router/host behaviour, while the kernel forwards IPv6 only with
+// all/forwarding on (6.17's per-interface force_forwarding would have to be on the uplinks too). So,
+// as LXD and Incus do, before netmgr turns IPv6 forwarding on it raises accept_ra from 1 to 2
+// ("accept even when forwarding") on every interface of the host namespace but netmgr's own bridges,
+// bridge ports and loopback, and logs each. Interfaces made later take conf/default, which is left
+// alone so that netmgr's next bridges never accept advertisements from pods. Where IPv6 forwarding
+// is already on, someone else chose router mode, and nothing is changed.
 func (d *Driver) enableForwarding(n *drivers.Network) error {
-	var keys []string
+	v4, v6 := false, false
 	for _, sn := range n.Subnets {
 		if sn.Addr().Is4() {
-			keys = append(keys, "/proc/sys/net/ipv4/ip_forward")
+			v4 = true
 		} else {
-			keys = append(keys, "/proc/sys/net/ipv6/conf/all/forwarding")
+			v6 = true
+		}
+	}
+	var skip map[string]bool
+	if v6 {
+		links, err := drivers.LinkList(d.env.HostHandle)
+		if err != nil {
+			return fmt.Errorf("enable forwarding: list links: %w", err)
+		}
+		skip = map[string]bool{}
+		for _, l := range links {
+			if a := l.Attrs(); strings.HasPrefix(a.Alias, ownerAliasPrefix) || a.MasterIndex != 0 || a.Flags&net.FlagLoopback != 0 {
+				skip[a.Name] = true
+			}
 		}
 	}
 	return d.env.Host.Do(func() error {
-		for _, k := range keys {
-			if b, err := os.ReadFile(k); err == nil && len(b) > 0 && b[0] == '1' {
-				continue
-			}
-			if err := os.WriteFile(k, []byte("1"), 0o644); err != nil {
+		if v4 && !sysctlOn("/proc/sys/net/ipv4/ip_forward") {
+			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 				return fmt.Errorf("enable forwarding: %w", err)
 			}
 		}
+		const all6 = "/proc/sys/net/ipv6/conf/all/forwarding"
+		if !v6 || sysctlOn(all6) {
+			return nil
+		}
+		if err := d.keepAcceptingRA(skip); err != nil {
+			return err
+		}
+		if err := os.WriteFile(all6, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
+		}
 		return nil
 	})
+}
+
+func sysctlOn(path string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && len(b) > 0 && b[0] == '1'
+}
+
+// keepAcceptingRA sets accept_ra=2 on every interface of the current namespace that has accept_ra=1,
+// except those in skip; see enableForwarding. It runs inside Host.Do.
+func (d *Driver) keepAcceptingRA(skip map[string]bool) error {
+	const dir = "/proc/sys/net/ipv6/conf"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("enable forwarding: %w", err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if name == "all" || name == "default" || skip[name] {
+			continue
+		}
+		p := filepath.Join(dir, name, "accept_ra")
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the interface went away meanwhile
+		}
+		if strings.TrimSpace(string(b)) != "1" {
+			continue
+		}
+		if err := os.WriteFile(p, []byte("2"), 0o644); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return fmt.Errorf("enable forwarding: keep accepting router advertisements on %s: %w", name, err)
+		}
+		d.log.Info("set accept_ra=2 so that the interface keeps accepting IPv6 router advertisements once forwarding is on", "ifname", name)
+	}
+	return nil
 }
 
 // DeleteNetwork implements drivers.Driver.
@@ -326,8 +397,11 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 	return nil
 }
 
+// ownerAliasPrefix starts the alias of every bridge netmgr made.
+const ownerAliasPrefix = "netmgr:"
+
 // ownerAlias is the interface alias of a bridge netmgr made for n.
-func ownerAlias(n *drivers.Network) string { return "netmgr:" + n.ID }
+func ownerAlias(n *drivers.Network) string { return ownerAliasPrefix + n.ID }
 
 // HostIfName derives the host-side veth name of an endpoint from its ID.
 func HostIfName(endpointID string) string {

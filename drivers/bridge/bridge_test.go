@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -247,5 +248,56 @@ func TestPrepareEndpointRefusesGroupMAC(t *testing.T) {
 	}
 	if err := d.PrepareEndpoint(n, &drivers.Endpoint{ID: "e", IfName: "eth0", MAC: "02:42:ac:11:00:02"}); err != nil {
 		t.Errorf("unicast mac: %v", err)
+	}
+}
+
+// TestIPv6ForwardingKeepsAcceptingRA: turning on IPv6 forwarding made interfaces with accept_ra=1
+// ignore router advertisements, so a SLAAC host lost its default route (REVIEW §1.10). In the test
+// namespace only: conf/* sysctls are per namespace.
+func TestIPv6ForwardingKeepsAcceptingRA(t *testing.T) {
+	d, host, hh := newTestDriver(t)
+	for _, name := range []string{"up0", "off0"} {
+		if err := hh.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conf := func(ifname, key string) string { return "/proc/sys/net/ipv6/conf/" + ifname + "/" + key }
+	set := map[string]string{conf("all", "forwarding"): "0", conf("up0", "accept_ra"): "1", conf("off0", "accept_ra"): "0"}
+	read := func(p string) (v string) {
+		t.Helper()
+		if err := host.Do(func() error {
+			b, err := os.ReadFile(p)
+			v = strings.TrimSpace(string(b))
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if err := host.Do(func() error {
+		for p, v := range set {
+			if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	n := testNetwork(t, d, "v6", "10.150.0.0/24", "fd00:150::/64")
+	if err := d.CreateNetwork(context.Background(), n); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]string{
+		conf("all", "forwarding"): "1",
+		conf("up0", "accept_ra"):  "2",
+		conf("off0", "accept_ra"): "0",
+	} {
+		if got := read(p); got != want {
+			t.Errorf("%s = %s, want %s", p, got, want)
+		}
+	}
+	if got := read(conf(n.Options["bridge"], "accept_ra")); got == "2" {
+		t.Errorf("netmgr's bridge accepts router advertisements from pods (accept_ra=%s)", got)
 	}
 }
