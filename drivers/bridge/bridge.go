@@ -138,6 +138,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 		if link.Type() != "bridge" {
 			return fmt.Errorf("create bridge %s: %w: a %s link of that name exists", name, drivers.ErrExists, link.Type())
 		}
+		if err := drivers.CheckIPv6MTU(n, link.Attrs().MTU); err != nil {
+			return fmt.Errorf("create bridge %s: %w (the MTU of the existing bridge)", name, err)
+		}
 		if link.Attrs().Alias == ownerAlias(n) {
 			break
 		}

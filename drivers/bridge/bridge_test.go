@@ -301,3 +301,29 @@ func TestIPv6ForwardingKeepsAcceptingRA(t *testing.T) {
 		t.Errorf("netmgr's bridge accepts router advertisements from pods (accept_ra=%s)", got)
 	}
 }
+
+// TestCreateNetworkRefusesSmallMTUBridgeForIPv6: an existing bridge whose MTU is below 1280 cannot
+// carry IPv6; the create says so instead of failing on the gateway with a bare EINVAL, and leaves the
+// bridge as it was.
+func TestCreateNetworkRefusesSmallMTUBridgeForIPv6(t *testing.T) {
+	d, _, hh := newTestDriver(t)
+	if err := hh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-small", MTU: 1200, TxQLen: -1}}); err != nil {
+		t.Fatal(err)
+	}
+	n := &drivers.Network{ID: "id-s", Name: "s", Options: map[string]string{"bridge": "br-small"},
+		Subnets: []netip.Prefix{netip.MustParsePrefix("fd00:70::/64")}, Gateways: []netip.Addr{netip.MustParseAddr("fd00:70::1")}}
+	if err := d.PrepareNetwork(n, nil); err != nil {
+		t.Fatal(err)
+	}
+	err := d.CreateNetwork(context.Background(), n)
+	if !errors.Is(err, drivers.ErrInvalid) || !strings.Contains(err.Error(), "IPv6 needs an MTU of at least 1280") {
+		t.Fatalf("got %v, want ErrInvalid about the MTU", err)
+	}
+	l, err := hh.LinkByName("br-small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addrs, _ := hh.AddrList(l, netlink.FAMILY_V6); len(addrs) != 0 || l.Attrs().Alias != "" {
+		t.Errorf("bridge changed: addresses %v, alias %q", addrs, l.Attrs().Alias)
+	}
+}
