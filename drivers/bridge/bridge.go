@@ -224,7 +224,8 @@ func ownerMAC(n *drivers.Network) net.HardwareAddr {
 
 // unmarkedOwn reports whether a bridge of n's name that lacks the owner alias is nonetheless n's: one
 // that still bears ownerMAC (its create was interrupted before the alias was set). With legacy (only
-// CreateNetwork, which runs under n's create intent, asks), it also takes a bridge that an older
+// CreateNetwork asks: it runs when n is being created, or is re-run to restore it; DeleteNetwork
+// cannot tell a rollback from a user's delete), it also takes a bridge that an older
 // netmgr leaked the same way before ownerMAC existed: no alias, the name netmgr derives from the
 // network name, no ports and no addresses but link-local ones and n's gateways. A bridge that has
 // ports or addresses of the user's, or whose name is not the derived one (--opt bridge=br0), is
