@@ -361,3 +361,63 @@ func TestMacvlanBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestMacvlanAndBridgeRefusals: requests the kernel would refuse late with a bare errno, or accept and
+// then break (FAULTS §12, §15), are refused up front with ErrInvalid, and change nothing.
+func TestMacvlanAndBridgeRefusals(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	newLAN(t, e, "lan0", 1500, "10.57.0.1/24")
+	if _, err := e.m.CreateNetwork(ctx, macvlanNet("mv", "lan0", nil, "10.57.0.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	e.network(t, "b1", "10.58.0.0/24")
+	netCase := func(spec netmgr.NetworkSpec) func() error {
+		return func() error { _, err := e.m.CreateNetwork(ctx, spec); return err }
+	}
+	bridgeNet := func(name string, mtu int, subnets ...string) netmgr.NetworkSpec {
+		spec := netmgr.NetworkSpec{Name: name, Driver: "bridge", MTU: mtu}
+		for _, s := range subnets {
+			spec.Subnets = append(spec.Subnets, netip.MustParsePrefix(s))
+		}
+		return spec
+	}
+	mv6 := macvlanNet("x2", "lan0", nil, "10.60.0.0/24", "fd00:60::/64")
+	mv6.MTU = 1279
+	sbCase := func(network, mac string) func() error {
+		return func() error {
+			_, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "y", Networks: []netmgr.AttachSpec{{Network: network, MAC: mac}}})
+			return err
+		}
+	}
+	cases := []struct {
+		name string
+		do   func() error
+		msg  string
+	}{
+		{"macvlan on loopback", netCase(macvlanNet("x1", "lo", nil, "10.59.0.0/24")), "loopback"},
+		{"bridge, IPv6 with mtu 1279", netCase(bridgeNet("x3", 1279, "10.61.0.0/24", "fd00:61::/64")), "IPv6 needs an MTU of at least 1280"},
+		{"macvlan, IPv6 with mtu 1279", netCase(mv6), "IPv6 needs an MTU of at least 1280"},
+		{"loopback subnet", netCase(bridgeNet("x4", 0, "127.0.0.0/24")), "127.0.0.0/8"},
+		{"multicast subnet", netCase(bridgeNet("x5", 0, "224.0.0.0/24")), "224.0.0.0/4"},
+		{"link-local IPv6 subnet", netCase(bridgeNet("x6", 0, "fe80::/64")), "fe80::/10"},
+		{"broadcast mac on a bridge", sbCase("b1", "ff:ff:ff:ff:ff:ff"), "broadcast"},
+		{"multicast mac on a bridge", sbCase("b1", "01:00:5e:00:00:01"), "multicast"},
+		{"zero mac on a macvlan", sbCase("mv", "00:00:00:00:00:00"), "all zeros"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := e.snapshot(t)
+			err := tc.do()
+			if !errors.Is(err, netmgr.ErrInvalid) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("got %v, want ErrInvalid saying %q", err, tc.msg)
+			}
+			if msg := err.Error(); strings.Contains(msg, "\n") {
+				t.Errorf("error is not one line: %q", msg)
+			}
+			if after := e.snapshot(t); after != before {
+				t.Errorf("state changed:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+		})
+	}
+}

@@ -1,16 +1,20 @@
 package bridge
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -85,6 +89,9 @@ func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network)
 	if n.MTU < 0 || n.MTU > 65535 || (n.MTU > 0 && n.MTU < 68) {
 		return fmt.Errorf("%w: mtu %d is outside 68..65535", drivers.ErrInvalid, n.MTU)
 	}
+	if err := drivers.CheckIPv6MTU(n, n.MTU); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -115,6 +122,12 @@ func boolOpt(n *drivers.Network, k string, def bool) bool {
 }
 
 // CreateNetwork implements drivers.Driver: the bridge with its gateway addresses, up, and forwarding on.
+//
+// The bridge is made with its owner mark in the one RTM_NEWLINK that creates it: the kernel ignores
+// IFLA_IFALIAS on a create (it applies the alias only to an existing link), so the first message sets
+// a MAC derived from the network's ID (ownerMAC), and the alias follows at once. A process killed in
+// between leaves a bridge that DeleteNetwork still knows as its own, where an unmarked one would be
+// taken for the user's and left behind for ever (FAULTS §7).
 func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err error) {
 	h := d.env.HostHandle
 	name := n.Options["bridge"]
@@ -125,8 +138,26 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 		if link.Type() != "bridge" {
 			return fmt.Errorf("create bridge %s: %w: a %s link of that name exists", name, drivers.ErrExists, link.Type())
 		}
+		if err := drivers.CheckIPv6MTU(n, link.Attrs().MTU); err != nil {
+			return fmt.Errorf("create bridge %s: %w (the MTU of the existing bridge)", name, err)
+		}
+		if link.Attrs().Alias == ownerAlias(n) {
+			break
+		}
+		mine, err := d.unmarkedOwn(link, n, true)
+		if err != nil {
+			return fmt.Errorf("create bridge %s: %w", name, err)
+		}
+		if !mine {
+			break // the user's bridge: use it, never delete it
+		}
+		if err := h.LinkSetAlias(link, ownerAlias(n)); err != nil {
+			return fmt.Errorf("create bridge %s: mark it: %w", name, err)
+		}
+		created = true
+		d.log.Info("adopted an unmarked bridge left by an interrupted create", "network", n.Name, "ifname", name)
 	case drivers.IsLinkNotFound(err):
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name, MTU: mtuOf(n), TxQLen: -1}}
+		br := newBridge(n)
 		if err := h.LinkAdd(br); err != nil {
 			return fmt.Errorf("create bridge %s: %w", name, err)
 		}
@@ -136,8 +167,9 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 			_ = h.LinkDel(br)
 			return fmt.Errorf("create bridge %s: %w", name, err)
 		}
-		// The alias marks the bridge as made by netmgr for this network: DeleteNetwork removes only
-		// bridges so marked, and leaves a bridge the user made (--opt bridge=br0) in place.
+		// The alias is the mark people and DeleteNetwork read: DeleteNetwork removes only bridges so
+		// marked (or still bearing ownerMAC alone), and leaves a bridge the user made
+		// (--opt bridge=br0) in place.
 		if err := h.LinkSetAlias(link, ownerAlias(n)); err != nil {
 			_ = h.LinkDel(br)
 			return fmt.Errorf("create bridge %s: mark it: %w", name, err)
@@ -171,27 +203,166 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 	return nil
 }
 
+// newBridge is the link CreateNetwork asks the kernel for, in one RTM_NEWLINK: its MAC is the owner
+// mark. Alias is set too, for a kernel that one day honours it on a create.
+func newBridge(n *drivers.Network) *netlink.Bridge {
+	return &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{
+		Name: n.Options["bridge"], MTU: mtuOf(n), TxQLen: -1,
+		HardwareAddr: ownerMAC(n), Alias: ownerAlias(n),
+	}}
+}
+
+// ownerMAC is the MAC of a bridge netmgr made for n: locally administered, unicast, from a hash of
+// the network's ID, so it marks the bridge as n's from its first message. A bridge keeps a MAC set
+// this way when ports join (the kernel no longer takes the lowest port's).
+func ownerMAC(n *drivers.Network) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("netmgr bridge " + n.ID))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
+}
+
+// unmarkedOwn reports whether a bridge of n's name that lacks the owner alias is nonetheless n's: one
+// that still bears ownerMAC (its create was interrupted before the alias was set). With legacy (only
+// CreateNetwork asks: it runs when n is being created, or is re-run to restore it; DeleteNetwork
+// cannot tell a rollback from a user's delete), it also takes a bridge that an older
+// netmgr leaked the same way before ownerMAC existed: no alias, the name netmgr derives from the
+// network name, no ports and no addresses but link-local ones and n's gateways. A bridge that has
+// ports or addresses of the user's, or whose name is not the derived one (--opt bridge=br0), is
+// never taken. (A bridge the user made with netmgr's own derived name, nm-<network>, and left empty
+// looks the same as a leaked one; the nm- prefix is netmgr's.)
+func (d *Driver) unmarkedOwn(link netlink.Link, n *drivers.Network, legacy bool) (bool, error) {
+	a := link.Attrs()
+	if a.Alias != "" || link.Type() != "bridge" {
+		return false, nil
+	}
+	if bytes.Equal(a.HardwareAddr, ownerMAC(n)) {
+		return true, nil
+	}
+	if !legacy || a.Name != DefaultBridgeName(n.Name) {
+		return false, nil
+	}
+	h := d.env.HostHandle
+	links, err := drivers.LinkList(h)
+	if err != nil {
+		return false, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().MasterIndex == a.Index {
+			return false, nil
+		}
+	}
+	addrs, err := drivers.AddrList(h, link, netlink.FAMILY_ALL)
+	if err != nil {
+		return false, fmt.Errorf("list addresses of %s: %w", a.Name, err)
+	}
+	gws := map[netip.Prefix]bool{}
+	for i, sn := range n.Subnets {
+		gws[netip.PrefixFrom(n.Gateways[i], sn.Bits())] = true
+	}
+	for _, ad := range addrs {
+		ip, ok := netip.AddrFromSlice(ad.IP)
+		if !ok {
+			return false, nil
+		}
+		ones, _ := ad.Mask.Size()
+		if ip.Unmap().IsLinkLocalUnicast() || gws[netip.PrefixFrom(ip.Unmap(), ones)] {
+			continue
+		}
+		return false, nil
+	}
+	return true, nil
+}
+
 // enableForwarding switches on IP forwarding in the host namespace for the families the network uses.
+//
+// For IPv6 the switch is conf/all/forwarding, which also puts every interface into router mode: an
+// interface with accept_ra=1 then ignores router advertisements, and a host that took its default
+// route by SLAAC loses it when the route expires (REVIEW §1.10). Per-interface forwarding does not
+// help: it sets only the router/host behaviour, while the kernel forwards IPv6 only with
+// all/forwarding on (6.17's per-interface force_forwarding would have to be on the uplinks too). So,
+// as LXD and Incus do, before netmgr turns IPv6 forwarding on it raises accept_ra from 1 to 2
+// ("accept even when forwarding") on every interface of the host namespace but netmgr's own bridges,
+// bridge ports and loopback, and logs each. Interfaces made later take conf/default, which is left
+// alone so that netmgr's next bridges never accept advertisements from pods. Where IPv6 forwarding
+// is already on, someone else chose router mode, and nothing is changed.
 func (d *Driver) enableForwarding(n *drivers.Network) error {
-	var keys []string
+	v4, v6 := false, false
 	for _, sn := range n.Subnets {
 		if sn.Addr().Is4() {
-			keys = append(keys, "/proc/sys/net/ipv4/ip_forward")
+			v4 = true
 		} else {
-			keys = append(keys, "/proc/sys/net/ipv6/conf/all/forwarding")
+			v6 = true
+		}
+	}
+	var skip map[string]bool
+	if v6 {
+		links, err := drivers.LinkList(d.env.HostHandle)
+		if err != nil {
+			return fmt.Errorf("enable forwarding: list links: %w", err)
+		}
+		skip = map[string]bool{}
+		for _, l := range links {
+			if a := l.Attrs(); strings.HasPrefix(a.Alias, ownerAliasPrefix) || a.MasterIndex != 0 || a.Flags&net.FlagLoopback != 0 {
+				skip[a.Name] = true
+			}
 		}
 	}
 	return d.env.Host.Do(func() error {
-		for _, k := range keys {
-			if b, err := os.ReadFile(k); err == nil && len(b) > 0 && b[0] == '1' {
-				continue
-			}
-			if err := os.WriteFile(k, []byte("1"), 0o644); err != nil {
+		if v4 && !sysctlOn("/proc/sys/net/ipv4/ip_forward") {
+			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
 				return fmt.Errorf("enable forwarding: %w", err)
 			}
 		}
+		const all6 = "/proc/sys/net/ipv6/conf/all/forwarding"
+		if !v6 || sysctlOn(all6) {
+			return nil
+		}
+		if err := d.keepAcceptingRA(skip); err != nil {
+			return err
+		}
+		if err := os.WriteFile(all6, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
+		}
 		return nil
 	})
+}
+
+func sysctlOn(path string) bool {
+	b, err := os.ReadFile(path)
+	return err == nil && len(b) > 0 && b[0] == '1'
+}
+
+// keepAcceptingRA sets accept_ra=2 on every interface of the current namespace that has accept_ra=1,
+// except those in skip; see enableForwarding. It runs inside Host.Do.
+func (d *Driver) keepAcceptingRA(skip map[string]bool) error {
+	const dir = "/proc/sys/net/ipv6/conf"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("enable forwarding: %w", err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if name == "all" || name == "default" || skip[name] {
+			continue
+		}
+		p := filepath.Join(dir, name, "accept_ra")
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the interface went away meanwhile
+		}
+		if strings.TrimSpace(string(b)) != "1" {
+			continue
+		}
+		if err := os.WriteFile(p, []byte("2"), 0o644); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return fmt.Errorf("enable forwarding: keep accepting router advertisements on %s: %w", name, err)
+		}
+		d.log.Info("set accept_ra=2 so that the interface keeps accepting IPv6 router advertisements once forwarding is on", "ifname", name)
+	}
+	return nil
 }
 
 // DeleteNetwork implements drivers.Driver.
@@ -207,7 +378,13 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 	if link.Type() != "bridge" {
 		return nil // not ours any more
 	}
-	if link.Attrs().Alias != ownerAlias(n) {
+	mine := link.Attrs().Alias == ownerAlias(n)
+	if !mine {
+		if mine, err = d.unmarkedOwn(link, n, false); err != nil {
+			return fmt.Errorf("delete bridge %s: %w", name, err)
+		}
+	}
+	if !mine {
 		// Someone else's bridge that the network used: take back only the gateway addresses.
 		for i, sn := range n.Subnets {
 			gw := netip.PrefixFrom(n.Gateways[i], sn.Bits())
@@ -224,8 +401,11 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 	return nil
 }
 
+// ownerAliasPrefix starts the alias of every bridge netmgr made.
+const ownerAliasPrefix = "netmgr:"
+
 // ownerAlias is the interface alias of a bridge netmgr made for n.
-func ownerAlias(n *drivers.Network) string { return "netmgr:" + n.ID }
+func ownerAlias(n *drivers.Network) string { return ownerAliasPrefix + n.ID }
 
 // HostIfName derives the host-side veth name of an endpoint from its ID.
 func HostIfName(endpointID string) string {
@@ -239,8 +419,8 @@ func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error
 		return err
 	}
 	if ep.MAC != "" {
-		if _, err := net.ParseMAC(ep.MAC); err != nil {
-			return fmt.Errorf("%w: mac %q: %v", drivers.ErrInvalid, ep.MAC, err)
+		if _, err := drivers.ParseMAC(ep.MAC); err != nil {
+			return err
 		}
 	}
 	ep.HostName = HostIfName(ep.ID)

@@ -58,6 +58,9 @@ func modeName(m netlink.MacvlanMode) string {
 
 func init() { drivers.Register(Name, New) }
 
+// newHandle opens a netlink handle in a sandbox; tests replace it to make it fail.
+var newHandle = (*sandbox.NetNS).NewHandle
+
 // Driver implements drivers.Driver for macvlan networks.
 type Driver struct {
 	env drivers.Env
@@ -252,6 +255,15 @@ func (d *Driver) checkParent(n *drivers.Network) (netlink.Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find parent %s: %w", name, err)
 	}
+	// The kernel makes macvlans only on Ethernet devices other than loopback (macvlan_port_create),
+	// and says EINVAL at the first attach otherwise.
+	if parent.Attrs().Flags&net.FlagLoopback != 0 || parent.Attrs().EncapType != "ether" {
+		kind := parent.Type()
+		if parent.Attrs().Flags&net.FlagLoopback != 0 {
+			kind = "loopback"
+		}
+		return nil, fmt.Errorf("%w: parent interface %s is a %s device (link type %s); a macvlan needs an Ethernet parent", drivers.ErrInvalid, name, kind, parent.Attrs().EncapType)
+	}
 	if parent.Attrs().Flags&net.FlagUp == 0 {
 		return nil, fmt.Errorf("%w: parent interface %s is down; bring it up first", drivers.ErrInvalid, name)
 	}
@@ -263,8 +275,10 @@ func (d *Driver) checkParent(n *drivers.Network) (netlink.Link, error) {
 		}
 		lower = mv.ParentIndex
 	}
-	links, err := h.LinkList()
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	// A partial list could miss a macvlan of another mode, so an interrupted dump is retried, and one
+	// that stays interrupted is an error, not taken as complete.
+	links, err := drivers.LinkList(h)
+	if err != nil {
 		return nil, fmt.Errorf("list host links: %w", err)
 	}
 	shimName := ""
@@ -285,6 +299,12 @@ func (d *Driver) checkParent(n *drivers.Network) (netlink.Link, error) {
 	}
 	if n.MTU > parent.Attrs().MTU {
 		return nil, fmt.Errorf("%w: mtu %d is larger than parent %s's %d", drivers.ErrInvalid, n.MTU, name, parent.Attrs().MTU)
+	}
+	if err := drivers.CheckIPv6MTU(n, d.mtu(n, parent)); err != nil {
+		if n.MTU == 0 {
+			return nil, fmt.Errorf("%w (the MTU of parent %s)", err, name)
+		}
+		return nil, err
 	}
 	return parent, nil
 }
@@ -387,8 +407,8 @@ func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error
 		return err
 	}
 	if ep.MAC != "" {
-		if _, err := net.ParseMAC(ep.MAC); err != nil {
-			return fmt.Errorf("%w: mac %q: %v", drivers.ErrInvalid, ep.MAC, err)
+		if _, err := drivers.ParseMAC(ep.MAC); err != nil {
+			return err
 		}
 	}
 	if ep.MTU == 0 {
@@ -418,6 +438,12 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 	if ep.MAC != "" {
 		mv.HardwareAddr, _ = net.ParseMAC(ep.MAC)
 	}
+	// The handle first: once the macvlan exists, every failure must reach the rollback below.
+	sh, err := newHandle(sb)
+	if err != nil {
+		return fmt.Errorf("attach %s: %w", ep.Sandbox, err)
+	}
+	defer sh.Close()
 	if err := hh.LinkAdd(mv); err != nil {
 		switch {
 		case errors.Is(err, unix.EEXIST):
@@ -428,11 +454,6 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 		return fmt.Errorf("attach %s: create macvlan %s on %s: %w", ep.Sandbox, ep.IfName, parent.Attrs().Name, err)
 	}
 	d.log.Debug("macvlan created", "sandbox", ep.Sandbox, "ifname", ep.IfName, "parent", parent.Attrs().Name)
-	sh, err := sb.NewHandle()
-	if err != nil {
-		return fmt.Errorf("attach %s: %w", ep.Sandbox, err)
-	}
-	defer sh.Close()
 	defer func() {
 		if err != nil {
 			if l, lerr := sh.LinkByName(ep.IfName); lerr == nil {

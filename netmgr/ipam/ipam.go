@@ -39,7 +39,41 @@ func ParseSubnet(s string) (netip.Prefix, error) {
 	if p.Addr().BitLen()-p.Bits() < 2 {
 		return netip.Prefix{}, fmt.Errorf("%w: subnet %q is too small (need at least a /%d)", ErrInvalid, s, p.Addr().BitLen()-2)
 	}
+	if err := CheckSpecialPurpose(p); err != nil {
+		return netip.Prefix{}, err
+	}
 	return p, nil
+}
+
+// specialPurpose are the ranges no network's subnet may overlap (RFC 6890 and the IANA registries):
+// addresses in them are not unicast, or never leave the host or the link, so a bridge gateway or a pod
+// address there breaks routing instead of working.
+var specialPurpose = []struct {
+	p   netip.Prefix
+	why string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), `"this network" (RFC 791), for source addresses only`},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback: its addresses never leave the host"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local: not routed beyond one link"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast: not unicast addresses"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved (with the limited broadcast 255.255.255.255): not usable as unicast addresses"},
+	{netip.MustParsePrefix("::/128"), "the unspecified address"},
+	{netip.MustParsePrefix("::1/128"), "loopback: it never leaves the host"},
+	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped: stands for IPv4 addresses on IPv6 sockets"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local: every interface has its own route for it"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast: not unicast addresses"},
+}
+
+// CheckSpecialPurpose returns an ErrInvalid error naming the range and the reason when p overlaps a
+// special-purpose range: loopback, link-local, multicast, "this network", the reserved 240.0.0.0/4
+// (which holds the limited broadcast address), the IPv6 unspecified address or IPv4-mapped addresses.
+func CheckSpecialPurpose(p netip.Prefix) error {
+	for _, sp := range specialPurpose {
+		if p.Overlaps(sp.p) {
+			return fmt.Errorf("%w: subnet %s overlaps %s, which is %s", ErrInvalid, p, sp.p, sp.why)
+		}
+	}
+	return nil
 }
 
 // NewPool validates subnet and gateway; an invalid gateway defaults to the first host address.

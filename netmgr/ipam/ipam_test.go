@@ -3,6 +3,7 @@ package ipam
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -18,6 +19,8 @@ func TestParseSubnet(t *testing.T) {
 		{"banana", false},
 		{"10.0.0.0/31", false},
 		{"10.0.0.0/30", true},
+		{"192.0.2.0/24", true},
+		{"2001:db8::/64", true},
 	} {
 		_, err := ParseSubnet(tc.in)
 		if (err == nil) != tc.ok {
@@ -103,5 +106,41 @@ func TestIPv6Pool(t *testing.T) {
 	a, err := p.Next(netip.Addr{}, func(netip.Addr) bool { return false })
 	if err != nil || a.String() != "fd00:1::2" {
 		t.Fatalf("got %v %v", a, err)
+	}
+}
+
+// TestParseSubnetRefusesSpecialPurpose: subnets overlapping loopback, multicast, link-local,
+// "this network", reserved and limited-broadcast ranges were accepted (FAULTS §12).
+func TestParseSubnetRefusesSpecialPurpose(t *testing.T) {
+	for _, tc := range []struct{ in, names string }{
+		{"127.0.0.0/24", "127.0.0.0/8"},
+		{"224.0.0.0/24", "224.0.0.0/4"},
+		{"239.255.255.0/24", "224.0.0.0/4"},
+		{"255.255.255.0/24", "240.0.0.0/4"},
+		{"240.0.0.0/24", "240.0.0.0/4"},
+		{"169.254.0.0/24", "169.254.0.0/16"},
+		{"0.0.0.0/24", "0.0.0.0/8"},
+		{"0.0.0.0/0", "0.0.0.0/8"},
+		{"128.0.0.0/1", "169.254.0.0/16"},
+		{"fe80::/64", "fe80::/10"},
+		{"ff00::/64", "ff00::/8"},
+		{"ff02::/16", "ff00::/8"},
+		{"::/64", "::/128"},
+		{"::/0", "::/128"},
+		{"fc00::/6", "fe80::/10"},
+	} {
+		_, err := ParseSubnet(tc.in)
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseSubnet(%q) = %v, want ErrInvalid", tc.in, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.names) {
+			t.Errorf("ParseSubnet(%q): %q does not name %s", tc.in, err, tc.names)
+		}
+	}
+	for _, ok := range []string{"126.255.255.0/24", "128.0.0.0/24", "169.253.0.0/16", "223.255.255.0/24", "1.0.0.0/8", "fd00::/8", "fe00::/9", "2000::/3"} {
+		if _, err := ParseSubnet(ok); err != nil {
+			t.Errorf("ParseSubnet(%q) = %v, want ok", ok, err)
+		}
 	}
 }
