@@ -260,13 +260,7 @@ func (m *Manager) chooseSubnets(rec *networkRecord, spec NetworkSpec, taken []ne
 // hostRoutes lists the IPv4 destinations the host namespace routes (its main table), other than the
 // default route: a default subnet must not overlap them.
 func (m *Manager) hostRoutes() []netip.Prefix {
-	var routes []netlink.Route
-	var err error
-	for range 5 { // a dump interrupted by a concurrent change is retried
-		if routes, err = m.hh.RouteList(nil, netlink.FAMILY_V4); !errors.Is(err, netlink.ErrDumpInterrupted) {
-			break
-		}
-	}
+	routes, err := drivers.RetryDump(func() ([]netlink.Route, error) { return m.hh.RouteList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		m.log.Warn("cannot list host routes; the default subnet may overlap one", "error", err)
 		return nil
