@@ -40,6 +40,7 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("Macvlan", func(t *testing.T) { testCNIMacvlan(t, bin) })
 	t.Run("PortMappings", func(t *testing.T) { testCNIPortMappings(t, bin) })
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
+	t.Run("MultiNetwork", func(t *testing.T) { testCNIMultiNetwork(t, bin) })
 }
 
 func eth0IP(t *testing.T, res *gocni.Result) netip.Addr {
@@ -608,6 +609,104 @@ func testCNIDualStack(t *testing.T, bin string) {
 	for i, ns := range []*sandbox.NetNS{a, b} {
 		if err := h.remove(c, fmt.Sprint("ds", i), ns.Path()); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// A multi-network pod (Multus, nerdctl with two networks): one container gets eth0 and eth1 on network
+// A and eth2 on dual-stack network B, each its own ADD into the same namespace. Only the first
+// attachment of each family installs a default route, and each result says which one it has.
+func testCNIMultiNetwork(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	netA := loadList(t, h.conflist("1.1.0", "mna", `, "subnets": ["10.240.0.0/24"]`))
+	netB := loadList(t, h.conflist("1.1.0", "mnb", `, "subnets": ["10.239.0.0/24", "fd00:239::/64"]`))
+	pod := testutil.NewNS(t, "multi")
+	type att struct {
+		list   *libcni.NetworkConfigList
+		ifname string
+		routes string // the default routes the result must report
+	}
+	atts := []att{
+		{netA, "eth0", "0.0.0.0/0 via 10.240.0.1"},
+		{netA, "eth1", ""},                     // the same network again: a second address, no second route
+		{netB, "eth2", "::/0 via fd00:239::1"}, // IPv4 has its default route already, IPv6 not yet
+	}
+	for _, a := range atts {
+		res, err := h.addIf(c, a.list, rtConf("multi", pod.Path(), a.ifname, nil))
+		if err != nil {
+			t.Fatalf("ADD %s on %s: %v", a.ifname, a.list.Name, err)
+		}
+		var routes []string
+		for _, r := range res.Routes {
+			routes = append(routes, fmt.Sprintf("%s via %s", r.Dst.String(), r.GW))
+		}
+		if got := strings.Join(routes, ", "); got != a.routes {
+			t.Errorf("ADD %s: result routes %q, want %q", a.ifname, got, a.routes)
+		}
+		if len(res.IPs) == 0 {
+			t.Fatalf("ADD %s: no address in the result", a.ifname)
+		}
+		for _, ipc := range res.IPs {
+			if ipc.Interface == nil || res.Interfaces[*ipc.Interface].Name != a.ifname {
+				t.Errorf("ADD %s: address %v is not on %s", a.ifname, ipc, a.ifname)
+			}
+			// A gateway is reported only where the interface has its default route.
+			fam := "0.0.0.0/0"
+			if ipc.Address.IP.To4() == nil {
+				fam = "::/0"
+			}
+			if want := strings.Contains(a.routes, fam); (ipc.Gateway != nil) != want {
+				t.Errorf("ADD %s: address %s has gateway %v; want one: %v", a.ifname, ipc.Address.String(), ipc.Gateway, want)
+			}
+		}
+		if got := addrsOf(t, pod, a.ifname); len(got) != len(res.IPs) {
+			t.Errorf("%s has addresses %v, result %v", a.ifname, got, res.IPs)
+		}
+	}
+	if got := defaultRoutes(t, pod, netlink.FAMILY_V4); !slices.Equal(got, []string{"via 10.240.0.1 dev eth0"}) {
+		t.Errorf("IPv4 default routes %v, want the one via eth0", got)
+	}
+	if got := defaultRoutes(t, pod, netlink.FAMILY_V6); !slices.Equal(got, []string{"via fd00:239::1 dev eth2"}) {
+		t.Errorf("IPv6 default routes %v, want the one via eth2", got)
+	}
+	for _, a := range atts {
+		if err := h.checkIf(c, a.list, rtConf("multi", pod.Path(), a.ifname, nil)); err != nil {
+			t.Errorf("CHECK %s: %v", a.ifname, err)
+		}
+	}
+	if err := testutil.Ping(pod, "10.239.0.1"); err != nil {
+		t.Errorf("network B's gateway unreachable over eth2: %v", err)
+	}
+	// A real conflict: eth1 on network B, while eth1 is network A's. Code 101 naming the interface,
+	// and nothing changes.
+	before := linkNames(t, pod)
+	_, err := h.addIf(c, netB, rtConf("multi", pod.Path(), "eth1", nil))
+	if cniCode(err) != 101 || !strings.Contains(err.Error(), "eth1") {
+		t.Errorf("ADD eth1 on a second network: %v (code %d), want code 101 naming eth1", err, cniCode(err))
+	}
+	if got := linkNames(t, pod); !slices.Equal(got, before) {
+		t.Errorf("refused ADD changed the pod: %v, was %v", got, before)
+	}
+	if got := h.attached("mnb"); len(got) != 1 {
+		t.Errorf("network B holds %v after the refused ADD, want eth2's attachment only", got)
+	}
+	// DEL of the first attachment takes its default route along; the runtime owns routes from then
+	// on (netmgr-cni does not move it to eth1). Then the rest.
+	for _, a := range atts {
+		if err := h.delIf(c, a.list, rtConf("multi", pod.Path(), a.ifname, nil)); err != nil {
+			t.Fatalf("DEL %s: %v", a.ifname, err)
+		}
+		testutil.WaitNoLinks(t, pod, a.ifname)
+	}
+	testutil.WaitNoLinks(t, pod, "nmgone")
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+	if got := linkNames(t, pod); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("pod after every DEL: %v", got)
+	}
+	for _, n := range []string{"mna", "mnb"} {
+		if got := h.attached(n); len(got) != 0 {
+			t.Errorf("network %s still holds %v", n, got)
 		}
 	}
 }

@@ -17,8 +17,8 @@ import (
 )
 
 // buildResult describes the attachment the way the spec asks: the host end and the container
-// interface (with its sandbox path), each address with the index of its interface and the network's
-// gateway, the default routes, and the configuration's DNS. A prevResult (netmgr-cni placed after
+// interface (with its sandbox path), each address with the index of its interface and the gateway
+// its default route goes through, the default routes, and the configuration's DNS. A prevResult (netmgr-cni placed after
 // another interface-creating plugin) is kept and extended.
 func buildResult(c *config, n *netmgr.Network, sb *netmgr.Sandbox, args *skel.CmdArgs) (*types100.Result, error) {
 	r := &types100.Result{CNIVersion: types100.ImplementedSpecVersion}
@@ -49,8 +49,10 @@ func buildResult(c *config, n *netmgr.Network, sb *netmgr.Sandbox, args *skel.Cm
 	idx := len(r.Interfaces) - 1
 	for _, a := range at.Addrs {
 		ipc := &types100.IPConfig{Interface: types100.Int(idx), Address: ipNet(a)}
+		// The gateway is named only where this interface routes through it: a second attachment in a
+		// namespace that has its default route of the family already has none (see drivers.ConfigureInterface).
 		for i, sn := range n.Subnets {
-			if sn.Contains(a.Addr()) && i < len(n.Gateways) {
+			if sn.Contains(a.Addr()) && i < len(n.Gateways) && slices.Contains(at.Gateways, n.Gateways[i]) {
 				ipc.Gateway = n.Gateways[i].AsSlice()
 			}
 		}
