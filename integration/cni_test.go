@@ -41,6 +41,7 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("PortMappings", func(t *testing.T) { testCNIPortMappings(t, bin) })
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
 	t.Run("MultiNetwork", func(t *testing.T) { testCNIMultiNetwork(t, bin) })
+	t.Run("CheckTampering", func(t *testing.T) { testCNICheckTampering(t, bin) })
 }
 
 func eth0IP(t *testing.T, res *gocni.Result) netip.Addr {
@@ -709,4 +710,73 @@ func testCNIMultiNetwork(t *testing.T, bin string) {
 			t.Errorf("network %s still holds %v", n, got)
 		}
 	}
+}
+
+// CHECK notices a host end taken off its bridge (ip link set HOST nomaster) and a container MAC
+// changed behind netmgr's back, with the code of every other tampering CHECK finds (103).
+func testCNICheckTampering(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	list := loadList(t, h.conflist("1.1.0", "tamper", `, "subnets": ["10.236.0.0/24"]`))
+	pod := testutil.NewNS(t, "pod")
+	rt := rtConf("pod", pod.Path(), "eth0", nil)
+	if _, err := h.addIf(c, list, rt); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.checkIf(c, list, rt); err != nil {
+		t.Fatalf("CHECK of an intact attachment: %v", err)
+	}
+	m := h.manager()
+	sb, err := m.Sandbox(context.Background(), sandboxNameFor("tamper", "pod", "eth0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.Network(context.Background(), "tamper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hh, err := h.ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	host, err := hh.LinkByName(sb.Attachments[0].HostInterface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br, err := hh.LinkByName(n.Options["bridge"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hh.LinkSetNoMaster(host); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.checkIf(c, list, rt); cniCode(err) != 103 || !strings.Contains(err.Error(), "not a port of bridge "+n.Options["bridge"]) {
+		t.Errorf("CHECK with the host end off its bridge: %v, want code 103 naming the bridge", err)
+	}
+	if err := hh.LinkSetMaster(host, br); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.checkIf(c, list, rt); err != nil {
+		t.Fatalf("CHECK with the host end back on its bridge: %v", err)
+	}
+	ph, err := pod.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ph.Close()
+	eth0, err := ph.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ph.LinkSetHardwareAddr(eth0, net.HardwareAddr{2, 0, 0, 0, 0, 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.checkIf(c, list, rt); cniCode(err) != 103 || !strings.Contains(err.Error(), "MAC address 02:00:00:00:00:01") {
+		t.Errorf("CHECK with a changed MAC: %v, want code 103 naming it", err)
+	}
+	if err := h.delIf(c, list, rt); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
 }

@@ -304,7 +304,7 @@ func (p *plugin) cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("container %s has no interface %s on network %q", args.ContainerID, args.IfName, c.conf.Name), "")
 	}
-	return checkAttachment(c, sb, args)
+	return checkAttachment(c, n, sb, args)
 }
 
 func (p *plugin) cmdGC(args *skel.CmdArgs) error {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -76,9 +77,10 @@ func ipNet(p netip.Prefix) net.IPNet {
 }
 
 // checkAttachment compares the kernel with the record: the container interface exists in the netns
-// CHECK names, is up, and carries every recorded address and default route; the host end exists and
-// is up; and a prevResult, if any, reports the recorded addresses for the interface.
-func checkAttachment(c *config, sb *netmgr.Sandbox, args *skel.CmdArgs) error {
+// CHECK names, is up, has the recorded MAC address, and carries every recorded address and default
+// route; the host end exists, is up and is a port of the network's bridge; and a prevResult, if any,
+// reports the recorded addresses for the interface.
+func checkAttachment(c *config, n *netmgr.Network, sb *netmgr.Sandbox, args *skel.CmdArgs) error {
 	var at *netmgr.Attachment
 	for i := range sb.Attachments {
 		if sb.Attachments[i].Network == c.conf.Name {
@@ -107,6 +109,9 @@ func checkAttachment(c *config, sb *netmgr.Sandbox, args *skel.CmdArgs) error {
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		return checkFailed("interface %s in netns %s is down", at.Interface, args.Netns)
+	}
+	if mac := link.Attrs().HardwareAddr.String(); at.MAC != "" && !strings.EqualFold(mac, at.MAC) {
+		return checkFailed("interface %s in netns %s has MAC address %s, not its own %s", at.Interface, args.Netns, mac, at.MAC)
 	}
 	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
@@ -150,6 +155,15 @@ func checkAttachment(c *config, sb *netmgr.Sandbox, args *skel.CmdArgs) error {
 		}
 		if hl.Attrs().Flags&net.FlagUp == 0 {
 			return checkFailed("host interface %s of container %s is down", at.HostInterface, args.ContainerID)
+		}
+		if bridge := n.Options["bridge"]; bridge != "" {
+			br, err := netlink.LinkByName(bridge)
+			if err != nil {
+				return checkFailed("bridge %s of network %q is missing", bridge, n.Name)
+			}
+			if hl.Attrs().MasterIndex != br.Attrs().Index {
+				return checkFailed("host interface %s of container %s is not a port of bridge %s", at.HostInterface, args.ContainerID, bridge)
+			}
 		}
 	}
 	if c.conf.PrevResult != nil {
