@@ -42,6 +42,7 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
 	t.Run("MultiNetwork", func(t *testing.T) { testCNIMultiNetwork(t, bin) })
 	t.Run("CheckTampering", func(t *testing.T) { testCNICheckTampering(t, bin) })
+	t.Run("NotFoundCodes", func(t *testing.T) { testCNINotFoundCodes(t, bin) })
 }
 
 func eth0IP(t *testing.T, res *gocni.Result) netip.Addr {
@@ -779,4 +780,32 @@ func testCNICheckTampering(t *testing.T, bin string) {
 		t.Fatal(err)
 	}
 	testutil.WaitNoLinks(t, h.ns, "nmv")
+}
+
+// Error 8 ("invalid netns") is for the container's namespace only: a macvlan parent that is not there
+// is a configuration error (7) naming the parent.
+func testCNINotFoundCodes(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	pod := testutil.NewNS(t, "pod")
+	mv := loadList(t, strings.Replace(h.conflist("1.1.0", "mvgone", `, "subnets": ["10.235.0.0/24"], "options": {"parent": "nosuch0"}`),
+		`"driver": "bridge"`, `"driver": "macvlan"`, 1))
+	_, err := h.addIf(c, mv, rtConf("pod", pod.Path(), "eth0", nil))
+	if cniCode(err) != int(types.ErrInvalidNetworkConfig) || !strings.Contains(err.Error(), "nosuch0") {
+		t.Errorf("ADD on a macvlan network with a missing parent: %v (code %d), want code 7 naming the parent", err, cniCode(err))
+	}
+	notNS := filepath.Join(t.TempDir(), "netns")
+	if err := os.WriteFile(notNS, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	br := loadList(t, h.conflist("1.1.0", "nsgone", `, "subnets": ["10.234.0.0/24"]`))
+	for _, path := range []string{notNS, filepath.Join(t.TempDir(), "missing")} {
+		_, err = h.addIf(c, br, rtConf("pod", path, "eth0", nil))
+		if cniCode(err) != int(types.ErrInvalidNetNS) || !strings.Contains(err.Error(), path) {
+			t.Errorf("ADD into %s: %v (code %d), want code 8 naming it", path, err, cniCode(err))
+		}
+	}
+	if got := linkNames(t, pod); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("pod changed: %v", got)
+	}
 }

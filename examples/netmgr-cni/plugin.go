@@ -206,6 +206,9 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if err := checkNetNS(args.Netns); err != nil {
+		return cniError(err)
+	}
 	m, done, err := p.openManager(c)
 	if err != nil {
 		return err
@@ -236,6 +239,11 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) error {
 					args.ContainerID, args.IfName, c.conf.Name, old.NetNS, args.Netns), "")
 			}
 			sb, err = old, nil
+		}
+	}
+	if errors.Is(err, netmgr.ErrNotFound) {
+		if _, nerr := m.Network(p.ctx, c.spec.Name); errors.Is(nerr, netmgr.ErrNotFound) {
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("network %q was deleted while container %s was being added; try again", c.spec.Name, args.ContainerID), "")
 		}
 	}
 	if err != nil {

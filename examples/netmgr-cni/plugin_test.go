@@ -161,7 +161,10 @@ func TestCNIErrorCodes(t *testing.T) {
 		{fmt.Errorf("x: %w", netmgr.ErrInvalid), types.ErrInvalidNetworkConfig},
 		{fmt.Errorf("x: %w", netmgr.ErrFull), ErrNetworkFull},
 		{fmt.Errorf("x: %w", netmgr.ErrExists), ErrExists},
-		{fmt.Errorf("x: %w", netmgr.ErrNotFound), types.ErrInvalidNetNS},
+		// Only the container's netns is error 8; a missing macvlan parent is the configuration's.
+		{fmt.Errorf("create network: %w: parent interface eth9 is not in the host namespace", netmgr.ErrNotFound), types.ErrInvalidNetworkConfig},
+		{checkNetNS("/proc/self/no-such-netns"), types.ErrInvalidNetNS},
+		{checkNetNS("/proc/self/status"), types.ErrInvalidNetNS}, // a file, but no netns
 		{errors.New("disk on fire"), types.ErrInternal},
 		{types.NewError(42, "as is", ""), 42},
 	} {
