@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -312,4 +313,52 @@ func addrsOf(t *testing.T, ns *sandbox.NetNS, ifname string) []netip.Prefix {
 		out = append(out, netip.PrefixFrom(ip, ones))
 	}
 	return out
+}
+
+// pluginRun is what one netmgr-cni process printed and how it exited.
+type pluginRun struct {
+	stdout, stderr []byte
+	rc             int
+}
+
+// runPlugin runs netmgr-cni once, the way a runtime execs it (CNI_* environment, the plugin's
+// configuration on stdin), in the test host namespace.
+func (h *cniHost) runPlugin(command, id, netns, ifname, conf string) pluginRun {
+	h.t.Helper()
+	var r pluginRun
+	err := h.do(func() error {
+		cmd := exec.Command(filepath.Join(h.binDir, "netmgr-cni"))
+		cmd.Env = []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns,
+			"CNI_IFNAME=" + ifname, "CNI_PATH=" + h.binDir, "PATH=" + os.Getenv("PATH")}
+		cmd.Stdin = strings.NewReader(conf)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		r.stdout, r.stderr = []byte(out.String()), []byte(errb.String())
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			r.rc, err = ee.ExitCode(), nil
+		}
+		return err
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return r
+}
+
+// cniErrorOf parses a plugin's stdout as the CNI error the spec requires on failure.
+func cniErrorOf(t *testing.T, what string, r pluginRun) *types.Error {
+	t.Helper()
+	if r.rc == 0 {
+		t.Fatalf("%s: exit 0, want a failure; stdout %s", what, r.stdout)
+	}
+	var e types.Error
+	if err := json.Unmarshal(r.stdout, &e); err != nil || e.Code == 0 || e.Msg == "" {
+		t.Fatalf("%s: exit %d, stdout %q is not a CNI error (%v); stderr %q", what, r.rc, r.stdout, err, r.stderr)
+	}
+	if strings.Contains(e.Msg, "\n") {
+		t.Errorf("%s: message of several lines: %q", what, e.Msg)
+	}
+	return &e
 }

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"net"
 	"net/netip"
@@ -41,6 +42,8 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("PortMappings", func(t *testing.T) { testCNIPortMappings(t, bin) })
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
 	t.Run("MultiNetwork", func(t *testing.T) { testCNIMultiNetwork(t, bin) })
+	t.Run("CorruptState", func(t *testing.T) { testCNICorruptState(t, bin) })
+	t.Run("FailedDelKeepsInterfaces", func(t *testing.T) { testCNIFailedDelKeepsInterfaces(t, bin) })
 	t.Run("CheckTampering", func(t *testing.T) { testCNICheckTampering(t, bin) })
 	t.Run("NotFoundCodes", func(t *testing.T) { testCNINotFoundCodes(t, bin) })
 }
@@ -710,6 +713,122 @@ func testCNIMultiNetwork(t *testing.T, bin string) {
 		if got := h.attached(n); len(got) != 0 {
 			t.Errorf("network %s still holds %v", n, got)
 		}
+	}
+}
+
+// A corrupt runtime.db (every page but bbolt's two meta pages overwritten with random bytes): every
+// command still answers with CNI error JSON on stdout and a non-zero exit, never a Go trace; STATUS
+// says "plugin not available" (50). The container's interfaces survive the failed DEL.
+func testCNICorruptState(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	body := fmt.Sprintf(`{"type": "netmgr-cni", "driver": "bridge", "subnets": ["10.238.0.0/24"], "stateDir": %q, "runDir": %q}`, h.state, h.run)
+	list := loadList(t, fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "corrupt", "plugins": [%s]}`, body))
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "corrupt", %s`, body[1:])
+	pod := testutil.NewNS(t, "pod")
+	if _, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", nil)); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(h.run, "runtime.db")
+	f, err := os.OpenFile(db, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := int64(os.Getpagesize())
+	junk := make([]byte, max(st.Size()-2*page, 4*page)) // pages 2-5 at least, as dd seek=2 count=4 would
+	if _, err := rand.Read(junk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(junk, 2*page); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	pod2 := testutil.NewNS(t, "pod2")
+	for _, tc := range []struct {
+		cmd, id string
+		ns      *sandbox.NetNS
+		code    uint // 0: any
+	}{
+		{"ADD", "pod2", pod2, 0},
+		{"DEL", "pod", pod, 0},
+		{"CHECK", "pod", pod, 0},
+		{"STATUS", "", nil, types.ErrPluginNotAvailable},
+	} {
+		path := ""
+		if tc.ns != nil {
+			path = tc.ns.Path()
+		}
+		e := cniErrorOf(t, tc.cmd, h.runPlugin(tc.cmd, tc.id, path, "eth0", conf))
+		if tc.code != 0 && e.Code != tc.code {
+			t.Errorf("%s: code %d (%s), want %d", tc.cmd, e.Code, e.Msg, tc.code)
+		}
+		t.Logf("%s: code %d: %s", tc.cmd, e.Code, e.Msg)
+	}
+	if got := addrsOf(t, pod, "eth0"); len(got) != 1 {
+		t.Errorf("after the failed DEL the pod's eth0 has %v, want its address", got)
+	}
+	if got := linkNames(t, pod2); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("the failed ADD left %v", got)
+	}
+	// A truncated netmgr.db faults on the memory bbolt maps it to (SIGBUS): the same answers.
+	if err := os.Truncate(filepath.Join(h.state, "netmgr.db"), 10000); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"ADD", "STATUS"} {
+		e := cniErrorOf(t, "truncated "+cmd, h.runPlugin(cmd, "pod2", pod2.Path(), "eth0", conf))
+		if cmd == "STATUS" && e.Code != types.ErrPluginNotAvailable {
+			t.Errorf("STATUS: code %d (%s), want 50", e.Code, e.Msg)
+		}
+		t.Logf("truncated %s: code %d: %s", cmd, e.Code, e.Msg)
+	}
+}
+
+// A DEL that cannot update the record (here the sandbox's lock file cannot be opened) leaves the
+// container's interfaces as the record describes them, so that CHECK still passes and a retried DEL
+// finds them; before, the interfaces were renamed, set down and destroyed while the record stayed.
+func testCNIFailedDelKeepsInterfaces(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	list := loadList(t, h.conflist("1.1.0", "faildel", `, "subnets": ["10.237.0.0/24"]`))
+	pod := testutil.NewNS(t, "pod")
+	rt := rtConf("pod", pod.Path(), "eth0", nil)
+	if _, err := h.addIf(c, list, rt); err != nil {
+		t.Fatal(err)
+	}
+	lock := filepath.Join(h.run, "locks", "sandbox-"+sandboxNameFor("faildel", "pod", "eth0")+".lock")
+	if err := os.Remove(lock); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(lock, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.delIf(c, list, rt); err == nil {
+		t.Fatal("DEL succeeded though its lock file is a directory")
+	}
+	if got := addrsOf(t, pod, "eth0"); len(got) != 1 {
+		t.Fatalf("after the failed DEL eth0 has %v", got)
+	}
+	if err := h.checkIf(c, list, rt); err != nil {
+		t.Errorf("CHECK after the failed DEL: %v", err)
+	}
+	if got := defaultRoutes(t, pod, netlink.FAMILY_V4); len(got) != 1 {
+		t.Errorf("default routes after the failed DEL: %v", got)
+	}
+	if err := os.Remove(lock); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.delIf(c, list, rt); err != nil {
+		t.Fatalf("retried DEL: %v", err)
+	}
+	testutil.WaitNoLinks(t, pod, "eth0")
+	testutil.WaitNoLinks(t, pod, "nmgone")
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+	if got := h.attached("faildel"); len(got) != 0 {
+		t.Errorf("network still holds %v", got)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -43,6 +44,9 @@ func cniError(err error) error {
 	}
 	code := types.ErrInternal
 	switch {
+	case errors.Is(err, store.ErrCorrupt):
+		// Not "try again later" (11): nothing clears it but an operator moving the file aside.
+		code = types.ErrInternal
 	case errors.As(err, new(*netnsError)):
 		code = types.ErrInvalidNetNS
 	case errors.Is(err, netmgr.ErrBusy):

@@ -26,12 +26,15 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 )
 
@@ -53,10 +56,34 @@ func main() {
 	defer stop()
 	p := &plugin{ctx: ctx}
 	skel.PluginMainFuncs(skel.CNIFuncs{
-		Add:    p.cmdAdd,
-		Del:    p.cmdDel,
-		Check:  p.cmdCheck,
-		GC:     p.cmdGC,
-		Status: p.cmdStatus,
+		Add:    guard(types.ErrInternal, p.cmdAdd),
+		Del:    guard(types.ErrInternal, p.cmdDel),
+		Check:  guard(types.ErrInternal, p.cmdCheck),
+		GC:     guard(types.ErrInternal, p.cmdGC),
+		Status: guard(types.ErrPluginNotAvailable, p.cmdStatus),
 	}, supported, "CNI plugin netmgr-cni "+Version+" (netmgr drivers, IPAM and state)")
+}
+
+// guard runs a command so that whatever goes wrong ends as the spec wants it, CNI error JSON on
+// stdout and exit status 1, never a Go trace: a panic (bbolt asserts on a corrupt state file) or a
+// memory fault (a truncated state file is mapped into memory) becomes error code with a one-line
+// message. STATUS answers code 50, "plugin not available", as for every other failure of its own.
+func guard(code uint, cmd func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) (err error) {
+		defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+		defer func() {
+			if r := recover(); r != nil {
+				what := fmt.Sprint(r)
+				if f, ok := r.(interface{ Addr() uintptr }); ok && f.Addr() != 0 {
+					what = fmt.Sprintf("memory fault at %#x (a truncated state file?)", f.Addr())
+				}
+				msg := "netmgr-cni internal error: " + strings.Join(strings.Fields(what), " ")
+				if code == types.ErrPluginNotAvailable {
+					msg = "plugin not available: " + msg
+				}
+				err = types.NewError(code, msg, "")
+			}
+		}()
+		return cmd(args)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -36,7 +37,11 @@ func (p *plugin) openManager(c *config) (*netmgr.Manager, func(), error) {
 	m, err := netmgr.New(p.ctx, netmgr.WithStateDir(c.stateDir), netmgr.WithRunDir(c.runDir), netmgr.WithLogger(log))
 	if err != nil {
 		closeLog()
-		return nil, nil, types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("open netmgr state (stateDir %s, runDir %s): %v", c.stateDir, c.runDir, err), "")
+		code := types.ErrPluginNotAvailable
+		if errors.Is(err, store.ErrCorrupt) {
+			code = types.ErrInternal // as cniError maps it
+		}
+		return nil, nil, types.NewError(code, fmt.Sprintf("open netmgr state (stateDir %s, runDir %s): %v", c.stateDir, c.runDir, err), "")
 	}
 	return m, func() { m.Close(); closeLog() }, nil
 }
@@ -277,15 +282,19 @@ func (p *plugin) cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return cniError(err)
 	}
-	// See reap.go: cut off and rename now, destroy in the background.
-	ns, retired := retire(sb)
-	if ns != nil {
-		defer spawnReaper(ns, retired)
-	}
 	_, err = retryBusy(p.ctx, func() (struct{}, error) {
 		return struct{}{}, m.DeleteSandbox(p.ctx, name, netmgr.NamespaceGoing())
 	})
-	return cniError(err)
+	if err != nil {
+		// The record stays, and so do the interfaces it describes: a retried DEL finds them.
+		return cniError(err)
+	}
+	// See reap.go: netmgr has cut the container off and freed its address; free the interface names
+	// now and destroy the interfaces in the background.
+	if ns, retired := retire(sb); ns != nil {
+		spawnReaper(ns, retired)
+	}
+	return nil
 }
 
 func (p *plugin) cmdCheck(args *skel.CmdArgs) error {
@@ -302,15 +311,21 @@ func (p *plugin) cmdCheck(args *skel.CmdArgs) error {
 	}
 	defer done()
 	n, err := m.Network(p.ctx, c.spec.Name)
-	if err != nil {
+	if errors.Is(err, netmgr.ErrNotFound) {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("network %q is not in %s: container %s was never added", c.spec.Name, c.stateDir, args.ContainerID), "")
+	}
+	if err != nil {
+		return cniError(err)
 	}
 	if err := mismatch(n, c); err != nil {
 		return err
 	}
 	sb, err := m.Sandbox(p.ctx, sandboxName(c.conf.Name, args.ContainerID, args.IfName))
-	if err != nil {
+	if errors.Is(err, netmgr.ErrNotFound) {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("container %s has no interface %s on network %q", args.ContainerID, args.IfName, c.conf.Name), "")
+	}
+	if err != nil {
+		return cniError(err)
 	}
 	return checkAttachment(c, n, sb, args)
 }
@@ -389,10 +404,18 @@ func (p *plugin) cmdStatus(args *skel.CmdArgs) error {
 		return unavailable("%v", err)
 	}
 	defer done()
-	if n, err := m.Network(p.ctx, c.spec.Name); err == nil {
+	// Read both state files: a corrupt one is found here, not by the next ADD.
+	n, err := m.Network(p.ctx, c.spec.Name)
+	switch {
+	case err == nil:
 		if err := mismatch(n, c); err != nil {
 			return unavailable("%v", err)
 		}
+	case !errors.Is(err, netmgr.ErrNotFound):
+		return unavailable("read network %q from %s: %v", c.spec.Name, c.stateDir, err)
+	}
+	if _, err := m.Sandbox(p.ctx, sandboxName(c.conf.Name, "status", "probe")); err != nil && !errors.Is(err, netmgr.ErrNotFound) {
+		return unavailable("read attachments from %s: %v", c.runDir, err)
 	}
 	return nil
 }
