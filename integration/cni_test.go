@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -46,6 +47,7 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("FailedDelKeepsInterfaces", func(t *testing.T) { testCNIFailedDelKeepsInterfaces(t, bin) })
 	t.Run("CheckTampering", func(t *testing.T) { testCNICheckTampering(t, bin) })
 	t.Run("NotFoundCodes", func(t *testing.T) { testCNINotFoundCodes(t, bin) })
+	t.Run("RepeatedAdd", func(t *testing.T) { testCNIRepeatedAdd(t, bin) })
 }
 
 func eth0IP(t *testing.T, res *gocni.Result) netip.Addr {
@@ -927,4 +929,62 @@ func testCNINotFoundCodes(t *testing.T, bin string) {
 	if got := linkNames(t, pod); !slices.Equal(got, []string{"lo"}) {
 		t.Errorf("pod changed: %v", got)
 	}
+}
+
+// A repeated ADD (a runtime retrying) gets the same result; one that asks for other ports, another
+// address or MAC than the attachment has is refused with 102 naming the difference, and changes
+// nothing.
+func testCNIRepeatedAdd(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	list := loadList(t, h.conflist("1.1.0", "again", `, "subnets": ["10.233.0.0/24"], "capabilities": {"ips": true, "mac": true, "portMappings": true}`))
+	pod := testutil.NewNS(t, "pod")
+	ports := func(host int) []map[string]any {
+		return []map[string]any{{"hostPort": host, "containerPort": 80, "protocol": "tcp"}}
+	}
+	caps := map[string]any{"ips": []string{"10.233.0.10/24"}, "mac": "02:42:0a:e9:00:0a", "portMappings": ports(41001)}
+	first, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", caps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", caps))
+	if err != nil {
+		t.Fatalf("identical repeated ADD: %v", err)
+	}
+	if a, b := first.IPs[0].Address.String(), again.IPs[0].Address.String(); a != b {
+		t.Errorf("repeated ADD: address %s, first %s", b, a)
+	}
+	name := sandboxNameFor("again", "pod", "eth0")
+	for _, tc := range []struct {
+		what, key string
+		val       any
+		want      string
+	}{
+		{"port mappings", "portMappings", ports(41009), "port mappings [41001:80/tcp] (requested: [41009:80/tcp])"},
+		{"no port mappings", "portMappings", []map[string]any{}, "port mappings [41001:80/tcp] (requested: [])"},
+		{"address", "ips", []string{"10.233.0.11/24"}, "addresses [10.233.0.10] (requested: [10.233.0.11])"},
+		{"mac", "mac", "02:42:0a:e9:00:0b", "mac 02:42:0a:e9:00:0a (requested: 02:42:0a:e9:00:0b)"},
+	} {
+		changed := maps.Clone(caps)
+		changed[tc.key] = tc.val
+		_, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", changed))
+		if cniCode(err) != 102 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("repeated ADD with other %s: %v (code %d), want code 102 saying %q", tc.what, err, cniCode(err), tc.want)
+		}
+		sb, err := h.manager().Sandbox(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sb.Ports) != 1 || sb.Ports[0].HostPort != 41001 || sb.Attachments[0].IPv4.String() != "10.233.0.10/24" || sb.Attachments[0].MAC != "02:42:0a:e9:00:0a" {
+			t.Errorf("after the refused ADD (%s) the attachment is %+v, ports %v", tc.what, sb.Attachments, sb.Ports)
+		}
+	}
+	// Without static addresses or MAC, a repeat asks for nothing the attachment lacks.
+	if _, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", map[string]any{"portMappings": ports(41001)})); err != nil {
+		t.Errorf("repeated ADD without ips and mac: %v", err)
+	}
+	if err := h.delIf(c, list, rtConf("pod", pod.Path(), "eth0", caps)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
 }

@@ -18,7 +18,8 @@ const (
 	// ErrExists: the requested static address or host port is taken, or the interface already exists
 	// in the netns.
 	ErrExists uint = 101
-	// ErrAttachmentExists: ADD for a container ID and interface that are attached in another netns.
+	// ErrAttachmentExists: ADD for a container ID and interface that are attached already, but in
+	// another netns, or with other addresses, MAC or port mappings than this ADD asks for.
 	ErrAttachmentExists uint = 102
 	// ErrCheckFailed: CHECK found the attachment different from what ADD made.
 	ErrCheckFailed uint = 103

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -237,11 +238,16 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) error {
 	sb, err := retryBusy(p.ctx, func() (*netmgr.Sandbox, error) { return m.CreateSandbox(p.ctx, spec) })
 	if errors.Is(err, netmgr.ErrExists) {
 		// A repeated ADD (a runtime retrying after a timeout) gets the same answer; an ADD into another
-		// namespace for an attachment that was never deleted is the runtime's mistake to see.
+		// namespace, or asking for other addresses, MAC or ports, for an attachment that was never
+		// deleted is the runtime's mistake to see.
 		if old, gerr := m.Sandbox(p.ctx, name); gerr == nil {
 			if !sameNetNS(old.NetNS, args.Netns) {
 				return types.NewError(ErrAttachmentExists, fmt.Sprintf("container %s already has interface %s on network %q in netns %s; DEL it before adding it to %s",
 					args.ContainerID, args.IfName, c.conf.Name, old.NetNS, args.Netns), "")
+			}
+			if diffs := requestDiff(c, old); len(diffs) > 0 {
+				return types.NewError(ErrAttachmentExists, fmt.Sprintf("container %s already has interface %s on network %q, with %s; repeat the ADD unchanged, or DEL it first",
+					args.ContainerID, args.IfName, c.conf.Name, strings.Join(diffs, ", ")), "")
 			}
 			sb, err = old, nil
 		}
@@ -259,6 +265,50 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) error {
 		return cniError(err)
 	}
 	return types.PrintResult(r, c.conf.CNIVersion)
+}
+
+// requestDiff compares what an ADD asks for with the attachment that exists: the static addresses and
+// MAC it requests (if any) and its port mappings (exactly). It returns each difference as "what the
+// attachment has (requested: what the ADD asks)".
+func requestDiff(c *config, sb *netmgr.Sandbox) []string {
+	var diffs []string
+	var at *netmgr.Attachment
+	for i := range sb.Attachments {
+		if sb.Attachments[i].Network == c.conf.Name {
+			at = &sb.Attachments[i]
+		}
+	}
+	if at == nil {
+		return []string{fmt.Sprintf("no attachment to network %q in its record", c.conf.Name)}
+	}
+	var have []netip.Addr
+	for _, a := range at.Addrs {
+		have = append(have, a.Addr())
+	}
+	for _, ip := range c.ips {
+		if !slices.Contains(have, ip) {
+			diffs = append(diffs, fmt.Sprintf("addresses %v (requested: %v)", have, c.ips))
+			break
+		}
+	}
+	if c.mac != "" {
+		if want, err := net.ParseMAC(c.mac); err == nil && !strings.EqualFold(want.String(), at.MAC) {
+			diffs = append(diffs, fmt.Sprintf("mac %s (requested: %s)", at.MAC, want))
+		}
+	}
+	ports := func(pms []netmgr.PortMapping) []string {
+		out := []string{}
+		for _, pm := range pms {
+			pm.HostIP = pm.HostIP.Unmap() // as netmgr records it
+			out = append(out, pm.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if have, want := ports(sb.Ports), ports(c.publish); !slices.Equal(have, want) {
+		diffs = append(diffs, fmt.Sprintf("port mappings %v (requested: %v)", have, want))
+	}
+	return diffs
 }
 
 func (p *plugin) cmdDel(args *skel.CmdArgs) error {
