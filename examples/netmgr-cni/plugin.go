@@ -462,10 +462,10 @@ func (p *plugin) cmdStatus(args *skel.CmdArgs) error {
 			return unavailable("%v", err)
 		}
 	case !errors.Is(err, netmgr.ErrNotFound):
-		return unavailable("read network %q from %s: %v", c.spec.Name, c.stateDir, err)
+		return unavailable("read network %q: %v", c.spec.Name, err)
 	}
 	if _, err := m.Sandbox(p.ctx, sandboxName(c.conf.Name, "status", "probe")); err != nil && !errors.Is(err, netmgr.ErrNotFound) {
-		return unavailable("read attachments from %s: %v", c.runDir, err)
+		return unavailable("read attachments: %v", err)
 	}
 	return nil
 }
