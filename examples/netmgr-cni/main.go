@@ -14,6 +14,23 @@
 // attachment is one netmgr sandbox named after (network, container ID, interface) and labelled with
 // them, in the namespace the runtime passes (netmgr never removes that namespace).
 //
+// # Several interfaces in one container
+//
+// A container may be added several times with different interface names (eth0, eth1, ...), on one
+// network or several, as Multus and nerdctl do for multi-network pods. An attachment adds a default
+// route only for a family the namespace has none of, so the first attachment's route stays the
+// container's; the results of the others list no default route and name no gateway for that family.
+// DEL of the attachment that holds the default route takes it along, and netmgr-cni does not move it
+// to another interface: routes of the remaining interfaces are the runtime's to decide.
+//
+// # Errors
+//
+// Failures are CNI errors on stdout: 7 for the configuration (with the offending value), 8 for the
+// container's netns, 11 to try again, 100 for a full network, 101 for an address, host port or
+// interface another holds, 102 for an attachment that exists already in another netns or with other
+// addresses, MAC or port mappings than a repeated ADD asks for, 103 for CHECK finding the attachment
+// changed, 50 for STATUS, and 999 for anything else, a corrupt state file or a panic included.
+//
 // # Threading
 //
 // The plugin works in its own network namespace, the runtime's, for the host side; it enters the
