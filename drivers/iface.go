@@ -51,7 +51,9 @@ func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
 		}
 		if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Gw: gw.AsSlice()}); err != nil {
 			if errors.Is(err, unix.EEXIST) {
-				continue // another attachment into this namespace added one meanwhile
+				// Another attachment into this namespace added one meanwhile, or a default route of
+				// another type (unreachable, blackhole) holds this metric: the namespace has its own.
+				continue
 			}
 			return nil, fmt.Errorf("attach %s: default route via %s: %w", ep.Sandbox, gw, err)
 		}

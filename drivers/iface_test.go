@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
 	"github.com/netmgr/netmgr/internal/testutil"
@@ -73,5 +74,43 @@ func TestConfigureInterfaceKeepsTheFirstDefaultRoute(t *testing.T) {
 		if !slices.Equal(devs, []string{want}) {
 			t.Errorf("family %d: default routes on %v, want one on %s", fam, devs, want)
 		}
+	}
+}
+
+// A default route of another type counts only where it collides: an "unreachable default" with the
+// route's own metric makes the add fail with EEXIST, taken as "the namespace has its default route"
+// (the path two attachments racing into one namespace take); one with a high metric, as some setups
+// keep as a fallback, does not stop the interface's own default route.
+func TestConfigureInterfaceOtherDefaultRoutes(t *testing.T) {
+	pfx, addr := netip.MustParsePrefix, netip.MustParseAddr
+	for _, tc := range []struct {
+		name     string
+		priority int
+		want     []netip.Addr
+	}{
+		{"same metric", 0, nil},
+		{"high metric", 4278198272, []netip.Addr{addr("10.7.0.1")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testutil.NewNS(t, "iface")
+			h, err := ns.NewHandle()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			if err := h.RouteAdd(&netlink.Route{Dst: drivers.IPNet(pfx("0.0.0.0/0")), Type: unix.RTN_UNREACHABLE, Priority: tc.priority}); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0p"}); err != nil {
+				t.Fatal(err)
+			}
+			ep := &drivers.Endpoint{Sandbox: "s", IfName: "eth0", Addrs: []netip.Prefix{pfx("10.7.0.2/24")}, Gateways: []netip.Addr{addr("10.7.0.1")}}
+			if _, err := drivers.ConfigureInterface(h, ep); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(ep.Gateways, tc.want) {
+				t.Errorf("gateways %v, want %v", ep.Gateways, tc.want)
+			}
+		})
 	}
 }

@@ -48,6 +48,7 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("CheckTampering", func(t *testing.T) { testCNICheckTampering(t, bin) })
 	t.Run("NotFoundCodes", func(t *testing.T) { testCNINotFoundCodes(t, bin) })
 	t.Run("RepeatedAdd", func(t *testing.T) { testCNIRepeatedAdd(t, bin) })
+	t.Run("ConcurrentInterfaces", func(t *testing.T) { testCNIConcurrentInterfaces(t, bin) })
 }
 
 func eth0IP(t *testing.T, res *gocni.Result) netip.Addr {
@@ -987,4 +988,49 @@ func testCNIRepeatedAdd(t *testing.T, bin string) {
 		t.Fatal(err)
 	}
 	testutil.WaitNoLinks(t, h.ns, "nmv")
+}
+
+// Interfaces of one container added at the same time: both ADDs succeed, the namespace gets one
+// default route, and exactly the result of the interface that carries it lists it.
+func testCNIConcurrentInterfaces(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	list := loadList(t, h.conflist("1.1.0", "conc", `, "subnets": ["10.232.0.0/24"]`))
+	ifs := []string{"eth0", "eth1", "eth2", "eth3"}
+	for round := 0; round < 3; round++ {
+		pod := testutil.NewNS(t, fmt.Sprint("pod", round))
+		results := make([]*types100.Result, len(ifs))
+		errs := make([]error, len(ifs))
+		var wg sync.WaitGroup
+		for i, ifname := range ifs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i], errs[i] = h.addIf(c, list, rtConf(fmt.Sprint("c", round), pod.Path(), ifname, nil))
+			}()
+		}
+		wg.Wait()
+		var routed []string
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: concurrent ADD %s: %v", round, ifs[i], err)
+			}
+			if len(results[i].Routes) > 0 {
+				routed = append(routed, ifs[i])
+			}
+		}
+		got := defaultRoutes(t, pod, netlink.FAMILY_V4)
+		if len(got) != 1 || len(routed) != 1 || !strings.HasSuffix(got[0], " dev "+routed[0]) {
+			t.Errorf("round %d: default routes %v, results list one for %v: want one route, on the interface whose result lists it", round, got, routed)
+		}
+		for _, ifname := range ifs {
+			if err := h.delIf(c, list, rtConf(fmt.Sprint("c", round), pod.Path(), ifname, nil)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+	if got := h.attached("conc"); len(got) != 0 {
+		t.Errorf("network still holds %v", got)
+	}
 }
