@@ -14,6 +14,11 @@ import (
 // ep's addresses (IPv6 without duplicate address detection, whose wait made IPv6 pod setup take
 // seconds elsewhere), brings it up and adds a default route via each of ep's gateways. It returns the
 // link as it was found, for its index and MAC.
+//
+// A family whose default route the namespace has already gets none: each CNI attachment of a
+// multi-network pod (Multus, nerdctl with two networks) is its own sandbox in the same namespace, and
+// the first attachment's route stays the pod's. The gateways skipped are dropped from ep.Gateways, so
+// that ep names the routes this interface has, for the record and the CNI result.
 func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
 	link, err := h.LinkByName(ep.IfName)
 	if err != nil {
@@ -31,16 +36,52 @@ func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
 	if err := h.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("attach %s: bring up %s: %w", ep.Sandbox, ep.IfName, err)
 	}
+	var routed []netip.Addr // a new slice: ep.Gateways may share its array with the caller's record
 	for _, gw := range ep.Gateways {
-		dst := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+		family, dst := netlink.FAMILY_V4, &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
 		if gw.Is6() {
-			dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+			family, dst = netlink.FAMILY_V6, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		has, err := hasDefaultRoute(h, family)
+		if err != nil {
+			return nil, fmt.Errorf("attach %s: list routes: %w", ep.Sandbox, err)
+		}
+		if has {
+			continue
 		}
 		if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Gw: gw.AsSlice()}); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				// Another attachment into this namespace added one meanwhile, or a default route of
+				// another type (unreachable, blackhole) holds this metric: the namespace has its own.
+				continue
+			}
 			return nil, fmt.Errorf("attach %s: default route via %s: %w", ep.Sandbox, gw, err)
 		}
+		routed = append(routed, gw)
 	}
+	ep.Gateways = routed
 	return link, nil
+}
+
+// hasDefaultRoute reports whether the main routing table of h's namespace has a unicast default route
+// of family.
+func hasDefaultRoute(h *netlink.Handle, family int) (bool, error) {
+	routes, err := h.RouteList(nil, family)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range routes {
+		if r.Type != unix.RTN_UNICAST {
+			continue
+		}
+		if r.Dst == nil {
+			return true, nil
+		}
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // IPNet converts a prefix to the net.IPNet netlink wants.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,8 @@ import (
 	gocni "github.com/containerd/go-cni"
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/internal/testutil"
@@ -226,4 +230,135 @@ func cniCode(err error) int {
 func sandboxNameFor(network, containerID, ifname string) string {
 	sum := sha256.Sum256([]byte(network + "\x00" + containerID + "\x00" + ifname))
 	return "cni-" + hex.EncodeToString(sum[:16])
+}
+
+// rtConf is the runtime configuration of one attachment: container id, namespace, interface and
+// capability arguments.
+func rtConf(id, netns, ifname string, caps map[string]any) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: netns, IfName: ifname, CapabilityArgs: caps}
+}
+
+// addIf is ADD of interface ifname through libcni, with the result converted to the current version.
+func (h *cniHost) addIf(c *libcni.CNIConfig, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (*types100.Result, error) {
+	var res types.Result
+	if err := h.do(func() (err error) {
+		res, err = c.AddNetworkList(context.Background(), list, rt)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	return types100.NewResultFromResult(res)
+}
+
+func (h *cniHost) delIf(c *libcni.CNIConfig, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return h.do(func() error { return c.DelNetworkList(context.Background(), list, rt) })
+}
+
+func (h *cniHost) checkIf(c *libcni.CNIConfig, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return h.do(func() error { return c.CheckNetworkList(context.Background(), list, rt) })
+}
+
+// defaultRoutes lists the main table's default routes of family (netlink.FAMILY_V4 or V6) in ns, as
+// "via GW dev IF".
+func defaultRoutes(t *testing.T, ns *sandbox.NetNS, family int) []string {
+	t.Helper()
+	h, err := ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	routes, err := h.RouteList(nil, family)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range routes {
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		dev := fmt.Sprint(r.LinkIndex)
+		if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+			dev = l.Attrs().Name
+		}
+		out = append(out, fmt.Sprintf("via %s dev %s", r.Gw, dev))
+	}
+	return out
+}
+
+// addrsOf lists the global addresses of interface ifname in ns.
+func addrsOf(t *testing.T, ns *sandbox.NetNS, ifname string) []netip.Prefix {
+	t.Helper()
+	h, err := ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifname)
+	if err != nil {
+		t.Fatalf("%s: %v", ifname, err)
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		if ip = ip.Unmap(); ip.IsLinkLocalUnicast() {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip, ones))
+	}
+	return out
+}
+
+// pluginRun is what one netmgr-cni process printed and how it exited.
+type pluginRun struct {
+	stdout, stderr []byte
+	rc             int
+}
+
+// runPlugin runs netmgr-cni once, the way a runtime execs it (CNI_* environment, the plugin's
+// configuration on stdin), in the test host namespace.
+func (h *cniHost) runPlugin(command, id, netns, ifname, conf string) pluginRun {
+	h.t.Helper()
+	var r pluginRun
+	err := h.do(func() error {
+		cmd := exec.Command(filepath.Join(h.binDir, "netmgr-cni"))
+		cmd.Env = []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=" + id, "CNI_NETNS=" + netns,
+			"CNI_IFNAME=" + ifname, "CNI_PATH=" + h.binDir, "PATH=" + os.Getenv("PATH")}
+		cmd.Stdin = strings.NewReader(conf)
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		r.stdout, r.stderr = []byte(out.String()), []byte(errb.String())
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			r.rc, err = ee.ExitCode(), nil
+		}
+		return err
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return r
+}
+
+// cniErrorOf parses a plugin's stdout as the CNI error the spec requires on failure.
+func cniErrorOf(t *testing.T, what string, r pluginRun) *types.Error {
+	t.Helper()
+	if r.rc == 0 {
+		t.Fatalf("%s: exit 0, want a failure; stdout %s", what, r.stdout)
+	}
+	var e types.Error
+	if err := json.Unmarshal(r.stdout, &e); err != nil || e.Code == 0 || e.Msg == "" {
+		t.Fatalf("%s: exit %d, stdout %q is not a CNI error (%v); stderr %q", what, r.rc, r.stdout, err, r.stderr)
+	}
+	if strings.Contains(e.Msg, "\n") {
+		t.Errorf("%s: message of several lines: %q", what, e.Msg)
+	}
+	return &e
 }

@@ -2,7 +2,9 @@ package integration
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -40,6 +42,13 @@ func TestCNIPlugin(t *testing.T) {
 	t.Run("Macvlan", func(t *testing.T) { testCNIMacvlan(t, bin) })
 	t.Run("PortMappings", func(t *testing.T) { testCNIPortMappings(t, bin) })
 	t.Run("ChainPortmap", func(t *testing.T) { testCNIChainPortmap(t, bin) })
+	t.Run("MultiNetwork", func(t *testing.T) { testCNIMultiNetwork(t, bin) })
+	t.Run("CorruptState", func(t *testing.T) { testCNICorruptState(t, bin) })
+	t.Run("FailedDelKeepsInterfaces", func(t *testing.T) { testCNIFailedDelKeepsInterfaces(t, bin) })
+	t.Run("CheckTampering", func(t *testing.T) { testCNICheckTampering(t, bin) })
+	t.Run("NotFoundCodes", func(t *testing.T) { testCNINotFoundCodes(t, bin) })
+	t.Run("RepeatedAdd", func(t *testing.T) { testCNIRepeatedAdd(t, bin) })
+	t.Run("ConcurrentInterfaces", func(t *testing.T) { testCNIConcurrentInterfaces(t, bin) })
 }
 
 func eth0IP(t *testing.T, res *gocni.Result) netip.Addr {
@@ -609,5 +618,419 @@ func testCNIDualStack(t *testing.T, bin string) {
 		if err := h.remove(c, fmt.Sprint("ds", i), ns.Path()); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A multi-network pod (Multus, nerdctl with two networks): one container gets eth0 and eth1 on network
+// A and eth2 on dual-stack network B, each its own ADD into the same namespace. Only the first
+// attachment of each family installs a default route, and each result says which one it has.
+func testCNIMultiNetwork(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	netA := loadList(t, h.conflist("1.1.0", "mna", `, "subnets": ["10.240.0.0/24"]`))
+	netB := loadList(t, h.conflist("1.1.0", "mnb", `, "subnets": ["10.239.0.0/24", "fd00:239::/64"]`))
+	pod := testutil.NewNS(t, "multi")
+	type att struct {
+		list   *libcni.NetworkConfigList
+		ifname string
+		routes string // the default routes the result must report
+	}
+	atts := []att{
+		{netA, "eth0", "0.0.0.0/0 via 10.240.0.1"},
+		{netA, "eth1", ""},                     // the same network again: a second address, no second route
+		{netB, "eth2", "::/0 via fd00:239::1"}, // IPv4 has its default route already, IPv6 not yet
+	}
+	for _, a := range atts {
+		res, err := h.addIf(c, a.list, rtConf("multi", pod.Path(), a.ifname, nil))
+		if err != nil {
+			t.Fatalf("ADD %s on %s: %v", a.ifname, a.list.Name, err)
+		}
+		var routes []string
+		for _, r := range res.Routes {
+			routes = append(routes, fmt.Sprintf("%s via %s", r.Dst.String(), r.GW))
+		}
+		if got := strings.Join(routes, ", "); got != a.routes {
+			t.Errorf("ADD %s: result routes %q, want %q", a.ifname, got, a.routes)
+		}
+		if len(res.IPs) == 0 {
+			t.Fatalf("ADD %s: no address in the result", a.ifname)
+		}
+		for _, ipc := range res.IPs {
+			if ipc.Interface == nil || res.Interfaces[*ipc.Interface].Name != a.ifname {
+				t.Errorf("ADD %s: address %v is not on %s", a.ifname, ipc, a.ifname)
+			}
+			// A gateway is reported only where the interface has its default route.
+			fam := "0.0.0.0/0"
+			if ipc.Address.IP.To4() == nil {
+				fam = "::/0"
+			}
+			if want := strings.Contains(a.routes, fam); (ipc.Gateway != nil) != want {
+				t.Errorf("ADD %s: address %s has gateway %v; want one: %v", a.ifname, ipc.Address.String(), ipc.Gateway, want)
+			}
+		}
+		if got := addrsOf(t, pod, a.ifname); len(got) != len(res.IPs) {
+			t.Errorf("%s has addresses %v, result %v", a.ifname, got, res.IPs)
+		}
+	}
+	if got := defaultRoutes(t, pod, netlink.FAMILY_V4); !slices.Equal(got, []string{"via 10.240.0.1 dev eth0"}) {
+		t.Errorf("IPv4 default routes %v, want the one via eth0", got)
+	}
+	if got := defaultRoutes(t, pod, netlink.FAMILY_V6); !slices.Equal(got, []string{"via fd00:239::1 dev eth2"}) {
+		t.Errorf("IPv6 default routes %v, want the one via eth2", got)
+	}
+	for _, a := range atts {
+		if err := h.checkIf(c, a.list, rtConf("multi", pod.Path(), a.ifname, nil)); err != nil {
+			t.Errorf("CHECK %s: %v", a.ifname, err)
+		}
+	}
+	if err := testutil.Ping(pod, "10.239.0.1"); err != nil {
+		t.Errorf("network B's gateway unreachable over eth2: %v", err)
+	}
+	// A real conflict: eth1 on network B, while eth1 is network A's. Code 101 naming the interface,
+	// and nothing changes.
+	before := linkNames(t, pod)
+	_, err := h.addIf(c, netB, rtConf("multi", pod.Path(), "eth1", nil))
+	if cniCode(err) != 101 || !strings.Contains(err.Error(), "eth1") {
+		t.Errorf("ADD eth1 on a second network: %v (code %d), want code 101 naming eth1", err, cniCode(err))
+	}
+	if got := linkNames(t, pod); !slices.Equal(got, before) {
+		t.Errorf("refused ADD changed the pod: %v, was %v", got, before)
+	}
+	if got := h.attached("mnb"); len(got) != 1 {
+		t.Errorf("network B holds %v after the refused ADD, want eth2's attachment only", got)
+	}
+	// DEL of the first attachment takes its default route along; the runtime owns routes from then
+	// on (netmgr-cni does not move it to eth1). Then the rest.
+	for _, a := range atts {
+		if err := h.delIf(c, a.list, rtConf("multi", pod.Path(), a.ifname, nil)); err != nil {
+			t.Fatalf("DEL %s: %v", a.ifname, err)
+		}
+		testutil.WaitNoLinks(t, pod, a.ifname)
+	}
+	testutil.WaitNoLinks(t, pod, "nmgone")
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+	if got := linkNames(t, pod); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("pod after every DEL: %v", got)
+	}
+	for _, n := range []string{"mna", "mnb"} {
+		if got := h.attached(n); len(got) != 0 {
+			t.Errorf("network %s still holds %v", n, got)
+		}
+	}
+}
+
+// A corrupt runtime.db (every page but bbolt's two meta pages overwritten with random bytes): every
+// command still answers with CNI error JSON on stdout and a non-zero exit, never a Go trace; STATUS
+// says "plugin not available" (50). The container's interfaces survive the failed DEL.
+func testCNICorruptState(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	body := fmt.Sprintf(`{"type": "netmgr-cni", "driver": "bridge", "subnets": ["10.238.0.0/24"], "stateDir": %q, "runDir": %q}`, h.state, h.run)
+	list := loadList(t, fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "corrupt", "plugins": [%s]}`, body))
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "corrupt", %s`, body[1:])
+	pod := testutil.NewNS(t, "pod")
+	if _, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", nil)); err != nil {
+		t.Fatal(err)
+	}
+	db := filepath.Join(h.run, "runtime.db")
+	f, err := os.OpenFile(db, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := int64(os.Getpagesize())
+	junk := make([]byte, max(st.Size()-2*page, 4*page)) // pages 2-5 at least, as dd seek=2 count=4 would
+	if _, err := rand.Read(junk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(junk, 2*page); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	pod2 := testutil.NewNS(t, "pod2")
+	for _, tc := range []struct {
+		cmd, id string
+		ns      *sandbox.NetNS
+		code    uint // 0: any
+	}{
+		{"ADD", "pod2", pod2, 0},
+		{"DEL", "pod", pod, 0},
+		{"CHECK", "pod", pod, 0},
+		{"STATUS", "", nil, types.ErrPluginNotAvailable},
+	} {
+		path := ""
+		if tc.ns != nil {
+			path = tc.ns.Path()
+		}
+		e := cniErrorOf(t, tc.cmd, h.runPlugin(tc.cmd, tc.id, path, "eth0", conf))
+		if tc.code != 0 && e.Code != tc.code {
+			t.Errorf("%s: code %d (%s), want %d", tc.cmd, e.Code, e.Msg, tc.code)
+		}
+		t.Logf("%s: code %d: %s", tc.cmd, e.Code, e.Msg)
+	}
+	if got := addrsOf(t, pod, "eth0"); len(got) != 1 {
+		t.Errorf("after the failed DEL the pod's eth0 has %v, want its address", got)
+	}
+	if got := linkNames(t, pod2); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("the failed ADD left %v", got)
+	}
+	// A truncated netmgr.db faults on the memory bbolt maps it to (SIGBUS): the same answers.
+	if err := os.Truncate(filepath.Join(h.state, "netmgr.db"), 10000); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"ADD", "STATUS"} {
+		e := cniErrorOf(t, "truncated "+cmd, h.runPlugin(cmd, "pod2", pod2.Path(), "eth0", conf))
+		if cmd == "STATUS" && e.Code != types.ErrPluginNotAvailable {
+			t.Errorf("STATUS: code %d (%s), want 50", e.Code, e.Msg)
+		}
+		t.Logf("truncated %s: code %d: %s", cmd, e.Code, e.Msg)
+	}
+}
+
+// A DEL that cannot update the record (here the sandbox's lock file cannot be opened) leaves the
+// container's interfaces as the record describes them, so that CHECK still passes and a retried DEL
+// finds them; before, the interfaces were renamed, set down and destroyed while the record stayed.
+func testCNIFailedDelKeepsInterfaces(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	list := loadList(t, h.conflist("1.1.0", "faildel", `, "subnets": ["10.237.0.0/24"]`))
+	pod := testutil.NewNS(t, "pod")
+	rt := rtConf("pod", pod.Path(), "eth0", nil)
+	if _, err := h.addIf(c, list, rt); err != nil {
+		t.Fatal(err)
+	}
+	lock := filepath.Join(h.run, "locks", "sandbox-"+sandboxNameFor("faildel", "pod", "eth0")+".lock")
+	if err := os.Remove(lock); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(lock, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.delIf(c, list, rt); err == nil {
+		t.Fatal("DEL succeeded though its lock file is a directory")
+	}
+	if got := addrsOf(t, pod, "eth0"); len(got) != 1 {
+		t.Fatalf("after the failed DEL eth0 has %v", got)
+	}
+	if err := h.checkIf(c, list, rt); err != nil {
+		t.Errorf("CHECK after the failed DEL: %v", err)
+	}
+	if got := defaultRoutes(t, pod, netlink.FAMILY_V4); len(got) != 1 {
+		t.Errorf("default routes after the failed DEL: %v", got)
+	}
+	if err := os.Remove(lock); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.delIf(c, list, rt); err != nil {
+		t.Fatalf("retried DEL: %v", err)
+	}
+	testutil.WaitNoLinks(t, pod, "eth0")
+	testutil.WaitNoLinks(t, pod, "nmgone")
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+	if got := h.attached("faildel"); len(got) != 0 {
+		t.Errorf("network still holds %v", got)
+	}
+}
+
+// CHECK notices a host end taken off its bridge (ip link set HOST nomaster) and a container MAC
+// changed behind netmgr's back, with the code of every other tampering CHECK finds (103).
+func testCNICheckTampering(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	list := loadList(t, h.conflist("1.1.0", "tamper", `, "subnets": ["10.236.0.0/24"]`))
+	pod := testutil.NewNS(t, "pod")
+	rt := rtConf("pod", pod.Path(), "eth0", nil)
+	if _, err := h.addIf(c, list, rt); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.checkIf(c, list, rt); err != nil {
+		t.Fatalf("CHECK of an intact attachment: %v", err)
+	}
+	m := h.manager()
+	sb, err := m.Sandbox(context.Background(), sandboxNameFor("tamper", "pod", "eth0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := m.Network(context.Background(), "tamper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hh, err := h.ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	host, err := hh.LinkByName(sb.Attachments[0].HostInterface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br, err := hh.LinkByName(n.Options["bridge"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hh.LinkSetNoMaster(host); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.checkIf(c, list, rt); cniCode(err) != 103 || !strings.Contains(err.Error(), "not a port of bridge "+n.Options["bridge"]) {
+		t.Errorf("CHECK with the host end off its bridge: %v, want code 103 naming the bridge", err)
+	}
+	if err := hh.LinkSetMaster(host, br); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.checkIf(c, list, rt); err != nil {
+		t.Fatalf("CHECK with the host end back on its bridge: %v", err)
+	}
+	ph, err := pod.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ph.Close()
+	eth0, err := ph.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ph.LinkSetHardwareAddr(eth0, net.HardwareAddr{2, 0, 0, 0, 0, 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.checkIf(c, list, rt); cniCode(err) != 103 || !strings.Contains(err.Error(), "MAC address 02:00:00:00:00:01") {
+		t.Errorf("CHECK with a changed MAC: %v, want code 103 naming it", err)
+	}
+	if err := h.delIf(c, list, rt); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+}
+
+// Error 8 ("invalid netns") is for the container's namespace only: a macvlan parent that is not there
+// is a configuration error (7) naming the parent.
+func testCNINotFoundCodes(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	pod := testutil.NewNS(t, "pod")
+	mv := loadList(t, strings.Replace(h.conflist("1.1.0", "mvgone", `, "subnets": ["10.235.0.0/24"], "options": {"parent": "nosuch0"}`),
+		`"driver": "bridge"`, `"driver": "macvlan"`, 1))
+	_, err := h.addIf(c, mv, rtConf("pod", pod.Path(), "eth0", nil))
+	if cniCode(err) != int(types.ErrInvalidNetworkConfig) || !strings.Contains(err.Error(), "nosuch0") {
+		t.Errorf("ADD on a macvlan network with a missing parent: %v (code %d), want code 7 naming the parent", err, cniCode(err))
+	}
+	notNS := filepath.Join(t.TempDir(), "netns")
+	if err := os.WriteFile(notNS, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	br := loadList(t, h.conflist("1.1.0", "nsgone", `, "subnets": ["10.234.0.0/24"]`))
+	for _, path := range []string{notNS, filepath.Join(t.TempDir(), "missing")} {
+		_, err = h.addIf(c, br, rtConf("pod", path, "eth0", nil))
+		if cniCode(err) != int(types.ErrInvalidNetNS) || !strings.Contains(err.Error(), path) {
+			t.Errorf("ADD into %s: %v (code %d), want code 8 naming it", path, err, cniCode(err))
+		}
+	}
+	if got := linkNames(t, pod); !slices.Equal(got, []string{"lo"}) {
+		t.Errorf("pod changed: %v", got)
+	}
+}
+
+// A repeated ADD (a runtime retrying) gets the same result; one that asks for other ports, another
+// address or MAC than the attachment has is refused with 102 naming the difference, and changes
+// nothing.
+func testCNIRepeatedAdd(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	list := loadList(t, h.conflist("1.1.0", "again", `, "subnets": ["10.233.0.0/24"], "capabilities": {"ips": true, "mac": true, "portMappings": true}`))
+	pod := testutil.NewNS(t, "pod")
+	ports := func(host int) []map[string]any {
+		return []map[string]any{{"hostPort": host, "containerPort": 80, "protocol": "tcp"}}
+	}
+	caps := map[string]any{"ips": []string{"10.233.0.10/24"}, "mac": "02:42:0a:e9:00:0a", "portMappings": ports(41001)}
+	first, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", caps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", caps))
+	if err != nil {
+		t.Fatalf("identical repeated ADD: %v", err)
+	}
+	if a, b := first.IPs[0].Address.String(), again.IPs[0].Address.String(); a != b {
+		t.Errorf("repeated ADD: address %s, first %s", b, a)
+	}
+	name := sandboxNameFor("again", "pod", "eth0")
+	for _, tc := range []struct {
+		what, key string
+		val       any
+		want      string
+	}{
+		{"port mappings", "portMappings", ports(41009), "port mappings [41001:80/tcp] (requested: [41009:80/tcp])"},
+		{"no port mappings", "portMappings", []map[string]any{}, "port mappings [41001:80/tcp] (requested: [])"},
+		{"address", "ips", []string{"10.233.0.11/24"}, "addresses [10.233.0.10] (requested: [10.233.0.11])"},
+		{"mac", "mac", "02:42:0a:e9:00:0b", "mac 02:42:0a:e9:00:0a (requested: 02:42:0a:e9:00:0b)"},
+	} {
+		changed := maps.Clone(caps)
+		changed[tc.key] = tc.val
+		_, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", changed))
+		if cniCode(err) != 102 || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("repeated ADD with other %s: %v (code %d), want code 102 saying %q", tc.what, err, cniCode(err), tc.want)
+		}
+		sb, err := h.manager().Sandbox(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(sb.Ports) != 1 || sb.Ports[0].HostPort != 41001 || sb.Attachments[0].IPv4.String() != "10.233.0.10/24" || sb.Attachments[0].MAC != "02:42:0a:e9:00:0a" {
+			t.Errorf("after the refused ADD (%s) the attachment is %+v, ports %v", tc.what, sb.Attachments, sb.Ports)
+		}
+	}
+	// Without static addresses or MAC, a repeat asks for nothing the attachment lacks.
+	if _, err := h.addIf(c, list, rtConf("pod", pod.Path(), "eth0", map[string]any{"portMappings": ports(41001)})); err != nil {
+		t.Errorf("repeated ADD without ips and mac: %v", err)
+	}
+	if err := h.delIf(c, list, rtConf("pod", pod.Path(), "eth0", caps)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+}
+
+// Interfaces of one container added at the same time: both ADDs succeed, the namespace gets one
+// default route, and exactly the result of the interface that carries it lists it.
+func testCNIConcurrentInterfaces(t *testing.T, bin string) {
+	h := newCNIHost(t, bin)
+	c := h.libCNI(t.TempDir())
+	list := loadList(t, h.conflist("1.1.0", "conc", `, "subnets": ["10.232.0.0/24"]`))
+	ifs := []string{"eth0", "eth1", "eth2", "eth3"}
+	for round := 0; round < 3; round++ {
+		pod := testutil.NewNS(t, fmt.Sprint("pod", round))
+		results := make([]*types100.Result, len(ifs))
+		errs := make([]error, len(ifs))
+		var wg sync.WaitGroup
+		for i, ifname := range ifs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				results[i], errs[i] = h.addIf(c, list, rtConf(fmt.Sprint("c", round), pod.Path(), ifname, nil))
+			}()
+		}
+		wg.Wait()
+		var routed []string
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: concurrent ADD %s: %v", round, ifs[i], err)
+			}
+			if len(results[i].Routes) > 0 {
+				routed = append(routed, ifs[i])
+			}
+		}
+		got := defaultRoutes(t, pod, netlink.FAMILY_V4)
+		if len(got) != 1 || len(routed) != 1 || !strings.HasSuffix(got[0], " dev "+routed[0]) {
+			t.Errorf("round %d: default routes %v, results list one for %v: want one route, on the interface whose result lists it", round, got, routed)
+		}
+		for _, ifname := range ifs {
+			if err := h.delIf(c, list, rtConf(fmt.Sprint("c", round), pod.Path(), ifname, nil)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	testutil.WaitNoLinks(t, h.ns, "nmv")
+	if got := h.attached("conc"); len(got) != 0 {
+		t.Errorf("network still holds %v", got)
 	}
 }

@@ -17,17 +17,18 @@ func providesAddresses(drv drivers.Driver, n *networkRecord) bool {
 	return ok && ap.ProvidesAddresses(n.driverNetwork())
 }
 
-// adoptAttached copies into eps[0] what Attach decided: the MAC, and for a network whose driver
-// provides the addresses, the addresses, gateways and host interface it reported. eps[1:] are the
-// sandbox's endpoints still to attach: a default route the driver reported wins over theirs, which
-// netmgr planned before it could know.
+// adoptAttached copies into eps[0] what Attach decided: the MAC, the default routes it set (a driver
+// leaves out a family whose default route the namespace has already, see drivers.ConfigureInterface),
+// and for a network whose driver provides the addresses, the addresses and host interface it
+// reported. eps[1:] are the sandbox's endpoints still to attach: a default route the driver reported
+// wins over theirs, which netmgr planned before it could know.
 func adoptAttached(eps []endpointRecord, de *drivers.Endpoint, ns *netState) {
 	e := &eps[0]
-	e.MAC = de.MAC
+	e.MAC, e.Gateways = de.MAC, de.Gateways
 	if !providesAddresses(ns.drv, ns.rec) {
 		return
 	}
-	e.Addrs, e.Gateways, e.HostName = de.Addrs, de.Gateways, de.HostName
+	e.Addrs, e.HostName = de.Addrs, de.HostName
 	for i := 1; i < len(eps); i++ {
 		var keep []netip.Addr
 		for _, g := range eps[i].Gateways {

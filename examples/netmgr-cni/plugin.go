@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -36,7 +38,11 @@ func (p *plugin) openManager(c *config) (*netmgr.Manager, func(), error) {
 	m, err := netmgr.New(p.ctx, netmgr.WithStateDir(c.stateDir), netmgr.WithRunDir(c.runDir), netmgr.WithLogger(log))
 	if err != nil {
 		closeLog()
-		return nil, nil, types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("open netmgr state (stateDir %s, runDir %s): %v", c.stateDir, c.runDir, err), "")
+		code := types.ErrPluginNotAvailable
+		if errors.Is(err, store.ErrCorrupt) {
+			code = types.ErrInternal // as cniError maps it
+		}
+		return nil, nil, types.NewError(code, fmt.Sprintf("open netmgr state (stateDir %s, runDir %s): %v", c.stateDir, c.runDir, err), "")
 	}
 	return m, func() { m.Close(); closeLog() }, nil
 }
@@ -206,6 +212,9 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
+	if err := checkNetNS(args.Netns); err != nil {
+		return cniError(err)
+	}
 	m, done, err := p.openManager(c)
 	if err != nil {
 		return err
@@ -229,13 +238,23 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) error {
 	sb, err := retryBusy(p.ctx, func() (*netmgr.Sandbox, error) { return m.CreateSandbox(p.ctx, spec) })
 	if errors.Is(err, netmgr.ErrExists) {
 		// A repeated ADD (a runtime retrying after a timeout) gets the same answer; an ADD into another
-		// namespace for an attachment that was never deleted is the runtime's mistake to see.
+		// namespace, or asking for other addresses, MAC or ports, for an attachment that was never
+		// deleted is the runtime's mistake to see.
 		if old, gerr := m.Sandbox(p.ctx, name); gerr == nil {
 			if !sameNetNS(old.NetNS, args.Netns) {
 				return types.NewError(ErrAttachmentExists, fmt.Sprintf("container %s already has interface %s on network %q in netns %s; DEL it before adding it to %s",
 					args.ContainerID, args.IfName, c.conf.Name, old.NetNS, args.Netns), "")
 			}
+			if diffs := requestDiff(c, old); len(diffs) > 0 {
+				return types.NewError(ErrAttachmentExists, fmt.Sprintf("container %s already has interface %s on network %q, with %s; repeat the ADD unchanged, or DEL it first",
+					args.ContainerID, args.IfName, c.conf.Name, strings.Join(diffs, ", ")), "")
+			}
 			sb, err = old, nil
+		}
+	}
+	if errors.Is(err, netmgr.ErrNotFound) {
+		if _, nerr := m.Network(p.ctx, c.spec.Name); errors.Is(nerr, netmgr.ErrNotFound) {
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("network %q was deleted while container %s was being added; try again", c.spec.Name, args.ContainerID), "")
 		}
 	}
 	if err != nil {
@@ -246,6 +265,50 @@ func (p *plugin) cmdAdd(args *skel.CmdArgs) error {
 		return cniError(err)
 	}
 	return types.PrintResult(r, c.conf.CNIVersion)
+}
+
+// requestDiff compares what an ADD asks for with the attachment that exists: the static addresses and
+// MAC it requests (if any) and its port mappings (exactly). It returns each difference as "what the
+// attachment has (requested: what the ADD asks)".
+func requestDiff(c *config, sb *netmgr.Sandbox) []string {
+	var diffs []string
+	var at *netmgr.Attachment
+	for i := range sb.Attachments {
+		if sb.Attachments[i].Network == c.conf.Name {
+			at = &sb.Attachments[i]
+		}
+	}
+	if at == nil {
+		return []string{fmt.Sprintf("no attachment to network %q in its record", c.conf.Name)}
+	}
+	var have []netip.Addr
+	for _, a := range at.Addrs {
+		have = append(have, a.Addr())
+	}
+	for _, ip := range c.ips {
+		if !slices.Contains(have, ip) {
+			diffs = append(diffs, fmt.Sprintf("addresses %v (requested: %v)", have, c.ips))
+			break
+		}
+	}
+	if c.mac != "" {
+		if want, err := net.ParseMAC(c.mac); err == nil && !strings.EqualFold(want.String(), at.MAC) {
+			diffs = append(diffs, fmt.Sprintf("mac %s (requested: %s)", at.MAC, want))
+		}
+	}
+	ports := func(pms []netmgr.PortMapping) []string {
+		out := []string{}
+		for _, pm := range pms {
+			pm.HostIP = pm.HostIP.Unmap() // as netmgr records it
+			out = append(out, pm.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if have, want := ports(sb.Ports), ports(c.publish); !slices.Equal(have, want) {
+		diffs = append(diffs, fmt.Sprintf("port mappings %v (requested: %v)", have, want))
+	}
+	return diffs
 }
 
 func (p *plugin) cmdDel(args *skel.CmdArgs) error {
@@ -269,15 +332,19 @@ func (p *plugin) cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return cniError(err)
 	}
-	// See reap.go: cut off and rename now, destroy in the background.
-	ns, retired := retire(sb)
-	if ns != nil {
-		defer spawnReaper(ns, retired)
-	}
 	_, err = retryBusy(p.ctx, func() (struct{}, error) {
 		return struct{}{}, m.DeleteSandbox(p.ctx, name, netmgr.NamespaceGoing())
 	})
-	return cniError(err)
+	if err != nil {
+		// The record stays, and so do the interfaces it describes: a retried DEL finds them.
+		return cniError(err)
+	}
+	// See reap.go: netmgr has cut the container off and freed its address; free the interface names
+	// now and destroy the interfaces in the background.
+	if ns, retired := retire(sb); ns != nil {
+		spawnReaper(ns, retired)
+	}
+	return nil
 }
 
 func (p *plugin) cmdCheck(args *skel.CmdArgs) error {
@@ -294,17 +361,23 @@ func (p *plugin) cmdCheck(args *skel.CmdArgs) error {
 	}
 	defer done()
 	n, err := m.Network(p.ctx, c.spec.Name)
-	if err != nil {
+	if errors.Is(err, netmgr.ErrNotFound) {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("network %q is not in %s: container %s was never added", c.spec.Name, c.stateDir, args.ContainerID), "")
+	}
+	if err != nil {
+		return cniError(err)
 	}
 	if err := mismatch(n, c); err != nil {
 		return err
 	}
 	sb, err := m.Sandbox(p.ctx, sandboxName(c.conf.Name, args.ContainerID, args.IfName))
-	if err != nil {
+	if errors.Is(err, netmgr.ErrNotFound) {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("container %s has no interface %s on network %q", args.ContainerID, args.IfName, c.conf.Name), "")
 	}
-	return checkAttachment(c, sb, args)
+	if err != nil {
+		return cniError(err)
+	}
+	return checkAttachment(c, n, sb, args)
 }
 
 func (p *plugin) cmdGC(args *skel.CmdArgs) error {
@@ -381,10 +454,18 @@ func (p *plugin) cmdStatus(args *skel.CmdArgs) error {
 		return unavailable("%v", err)
 	}
 	defer done()
-	if n, err := m.Network(p.ctx, c.spec.Name); err == nil {
+	// Read both state files: a corrupt one is found here, not by the next ADD.
+	n, err := m.Network(p.ctx, c.spec.Name)
+	switch {
+	case err == nil:
 		if err := mismatch(n, c); err != nil {
 			return unavailable("%v", err)
 		}
+	case !errors.Is(err, netmgr.ErrNotFound):
+		return unavailable("read network %q: %v", c.spec.Name, err)
+	}
+	if _, err := m.Sandbox(p.ctx, sandboxName(c.conf.Name, "status", "probe")); err != nil && !errors.Is(err, netmgr.ErrNotFound) {
+		return unavailable("read attachments: %v", err)
 	}
 	return nil
 }

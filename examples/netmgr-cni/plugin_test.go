@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/store"
 )
 
 func conf(extra string) []byte {
@@ -161,7 +162,13 @@ func TestCNIErrorCodes(t *testing.T) {
 		{fmt.Errorf("x: %w", netmgr.ErrInvalid), types.ErrInvalidNetworkConfig},
 		{fmt.Errorf("x: %w", netmgr.ErrFull), ErrNetworkFull},
 		{fmt.Errorf("x: %w", netmgr.ErrExists), ErrExists},
-		{fmt.Errorf("x: %w", netmgr.ErrNotFound), types.ErrInvalidNetNS},
+		// Only the container's netns is error 8; a missing macvlan parent is the configuration's.
+		{fmt.Errorf("create network: %w: parent interface eth9 is not in the host namespace", netmgr.ErrNotFound), types.ErrInvalidNetworkConfig},
+		{checkNetNS("/proc/self/no-such-netns"), types.ErrInvalidNetNS},
+		{checkNetNS("/proc/self/status"), types.ErrInvalidNetNS}, // a file, but no netns
+		{fmt.Errorf("open store: %w", store.ErrCorrupt), types.ErrInternal},
+		// A corrupt file wins over what else the error says (a corrupt record is no "not found").
+		{fmt.Errorf("%w: %w", netmgr.ErrNotFound, store.ErrCorrupt), types.ErrInternal},
 		{errors.New("disk on fire"), types.ErrInternal},
 		{types.NewError(42, "as is", ""), 42},
 	} {
@@ -170,6 +177,39 @@ func TestCNIErrorCodes(t *testing.T) {
 			t.Errorf("%v: got %v, want code %d", tc.err, cniError(tc.err), tc.code)
 		}
 	}
+}
+
+// A panic in a command (bbolt asserting on a corrupt page) or a memory fault becomes a CNI error with a
+// one-line message: 999, and 50 for STATUS.
+func TestCNIGuard(t *testing.T) {
+	boom := func(*skel.CmdArgs) error {
+		panic("assertion failed: Page expected to be: 4,\nbut self identifies as 17")
+	}
+	for _, code := range []uint{types.ErrInternal, types.ErrPluginNotAvailable} {
+		err := guard(code, boom)(&skel.CmdArgs{})
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != code || strings.Contains(te.Msg, "\n") || !strings.Contains(te.Msg, "but self identifies as 17") {
+			t.Errorf("guarded panic: %#v, want code %d with the panic's message on one line", err, code)
+		}
+	}
+	fault := func(*skel.CmdArgs) error {
+		var p *int
+		return fmt.Errorf("%d", *p) // with SetPanicOnFault, a fault panics like a truncated mmap does
+	}
+	if err := guard(types.ErrInternal, fault)(&skel.CmdArgs{}); cniCodeOf(err) != types.ErrInternal {
+		t.Errorf("guarded fault: %v", err)
+	}
+	if err := guard(types.ErrInternal, func(*skel.CmdArgs) error { return nil })(&skel.CmdArgs{}); err != nil {
+		t.Errorf("guarded success: %v", err)
+	}
+}
+
+func cniCodeOf(err error) uint {
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te.Code
+	}
+	return 0
 }
 
 func TestCNIResult(t *testing.T) {

@@ -14,11 +14,13 @@ import (
 
 // DEL hands the destruction of the container's interfaces to a detached child, because deleting an
 // interface waits for an RCU grace period (15-20 ms here) while everything else a DEL does takes a few.
-// Before it returns, DEL has renamed the interfaces out of the way (so the runtime may ADD the same name
-// again at once) and set them down, and netmgr has set the host end down and freed the address: the
-// container is cut off and nothing it held can clash. The child then deletes the renamed interfaces (a
-// veth takes its host end along); if the runtime removes the namespace first, the kernel does it.
-// Whatever a killed child leaves is gone with the namespace, and its host ends are removed by GC.
+// First netmgr deletes the record: it sets the host end (or the macvlan) down, which cuts the container
+// off, and then frees the address. Only once that succeeded, DEL renames the interfaces out of the way
+// (so the runtime may ADD the same name again at once) and sets them down; a DEL that fails leaves them
+// as the record still describes them. Before DEL returns, nothing the container held can clash. The
+// child then deletes the renamed interfaces (a veth takes its host end along); if the runtime removes
+// the namespace first, the kernel does it. Whatever a killed child leaves is gone with the namespace,
+// and its host ends are removed by GC.
 
 // reapEnv makes netmgr-cni a reaper: it deletes the comma-separated interfaces in the network
 // namespace open as its fd 3, then exits.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -17,8 +18,8 @@ import (
 )
 
 // buildResult describes the attachment the way the spec asks: the host end and the container
-// interface (with its sandbox path), each address with the index of its interface and the network's
-// gateway, the default routes, and the configuration's DNS. A prevResult (netmgr-cni placed after
+// interface (with its sandbox path), each address with the index of its interface and the gateway
+// its default route goes through, the default routes, and the configuration's DNS. A prevResult (netmgr-cni placed after
 // another interface-creating plugin) is kept and extended.
 func buildResult(c *config, n *netmgr.Network, sb *netmgr.Sandbox, args *skel.CmdArgs) (*types100.Result, error) {
 	r := &types100.Result{CNIVersion: types100.ImplementedSpecVersion}
@@ -49,8 +50,10 @@ func buildResult(c *config, n *netmgr.Network, sb *netmgr.Sandbox, args *skel.Cm
 	idx := len(r.Interfaces) - 1
 	for _, a := range at.Addrs {
 		ipc := &types100.IPConfig{Interface: types100.Int(idx), Address: ipNet(a)}
+		// The gateway is named only where this interface routes through it: a second attachment in a
+		// namespace that has its default route of the family already has none (see drivers.ConfigureInterface).
 		for i, sn := range n.Subnets {
-			if sn.Contains(a.Addr()) && i < len(n.Gateways) {
+			if sn.Contains(a.Addr()) && i < len(n.Gateways) && slices.Contains(at.Gateways, n.Gateways[i]) {
 				ipc.Gateway = n.Gateways[i].AsSlice()
 			}
 		}
@@ -74,9 +77,10 @@ func ipNet(p netip.Prefix) net.IPNet {
 }
 
 // checkAttachment compares the kernel with the record: the container interface exists in the netns
-// CHECK names, is up, and carries every recorded address and default route; the host end exists and
-// is up; and a prevResult, if any, reports the recorded addresses for the interface.
-func checkAttachment(c *config, sb *netmgr.Sandbox, args *skel.CmdArgs) error {
+// CHECK names, is up, has the recorded MAC address, and carries every recorded address and default
+// route; the host end exists, is up and is a port of the network's bridge; and a prevResult, if any,
+// reports the recorded addresses for the interface.
+func checkAttachment(c *config, n *netmgr.Network, sb *netmgr.Sandbox, args *skel.CmdArgs) error {
 	var at *netmgr.Attachment
 	for i := range sb.Attachments {
 		if sb.Attachments[i].Network == c.conf.Name {
@@ -105,6 +109,9 @@ func checkAttachment(c *config, sb *netmgr.Sandbox, args *skel.CmdArgs) error {
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		return checkFailed("interface %s in netns %s is down", at.Interface, args.Netns)
+	}
+	if mac := link.Attrs().HardwareAddr.String(); at.MAC != "" && !strings.EqualFold(mac, at.MAC) {
+		return checkFailed("interface %s in netns %s has MAC address %s, not its own %s", at.Interface, args.Netns, mac, at.MAC)
 	}
 	addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
@@ -148,6 +155,15 @@ func checkAttachment(c *config, sb *netmgr.Sandbox, args *skel.CmdArgs) error {
 		}
 		if hl.Attrs().Flags&net.FlagUp == 0 {
 			return checkFailed("host interface %s of container %s is down", at.HostInterface, args.ContainerID)
+		}
+		if bridge := n.Options["bridge"]; bridge != "" {
+			br, err := netlink.LinkByName(bridge)
+			if err != nil {
+				return checkFailed("bridge %s of network %q is missing", bridge, n.Name)
+			}
+			if hl.Attrs().MasterIndex != br.Attrs().Index {
+				return checkFailed("host interface %s of container %s is not a port of bridge %s", at.HostInterface, args.ContainerID, bridge)
+			}
 		}
 	}
 	if c.conf.PrevResult != nil {
