@@ -18,7 +18,9 @@ import (
 // else's chain is final, whatever netmgr's own chain says. Docker (iptables -P FORWARD DROP), ufw
 // and the like set that policy in iptables' filter table, which iptables-nft keeps in nftables as
 // table ip filter and table ip6 filter. Where such a table has a FORWARD chain, netmgr adds, as
-// netavark and the CNI firewall plugin do, one jump at its top to a chain of its own there:
+// netavark and the CNI firewall plugin do, one jump at its top to a chain of its own there (and
+// where it has none yet, it makes the FORWARD chain as iptables-nft would, policy accept, so that
+// a firewall started later finds the jump in place):
 //
 //	table ip filter {                      # and ip6
 //		chain FORWARD { ...; jump NETMGR-FORWARD; <the owner's rules> }
@@ -31,9 +33,9 @@ import (
 // Accepting there only ends that chain: netmgr's own forward chain still isolates the bridges,
 // guards unpublished ports and internal networks. The accepts come before the owner's rules, so
 // rules the owner adds to FORWARD (Docker's DOCKER-USER, for one) do not see netmgr's traffic.
-// With no network left the jump and the chain go, and the table is as it was. A table or chain
-// that iptables creates after a network exists is picked up by the next Apply (network create or
-// remove, gc).
+// With no network left the jump and the chain go, and the table is as it was (a table netmgr made
+// goes too, if nobody has put anything in it). A firewall that flushes FORWARD (iptables -F) loses
+// the jump until the next Apply (network create or remove, gc).
 //
 // iptables-legacy keeps its rules outside nftables, where netlink cannot reach them: netmgr can
 // only detect its tables and warn (see Apply).
@@ -69,10 +71,12 @@ func syncForeignFamily(c *nftables.Conn, fam nftables.TableFamily, nets []Networ
 		return fmt.Errorf("list chains: %w", err)
 	}
 	var fwd, own *nftables.Chain
+	tableChains := 0
 	for _, ch := range chains {
 		if ch.Table.Name != foreignTable {
 			continue
 		}
+		tableChains++
 		switch {
 		case ch.Name == foreignForward && ch.Hooknum != nil && *ch.Hooknum == *nftables.ChainHookForward:
 			fwd = ch
@@ -80,11 +84,12 @@ func syncForeignFamily(c *nftables.Conn, fam nftables.TableFamily, nets []Networ
 			own = ch
 		}
 	}
-	if fwd == nil && own == nil {
+	if len(nets) == 0 && fwd == nil && own == nil {
 		return nil
 	}
 	t := &nftables.Table{Name: foreignTable, Family: fam}
 	var jumps []*nftables.Rule
+	others := 0 // the owner's rules in FORWARD
 	if fwd != nil {
 		rules, err := c.GetRules(t, fwd)
 		if err != nil {
@@ -93,10 +98,12 @@ func syncForeignFamily(c *nftables.Conn, fam nftables.TableFamily, nets []Networ
 		for _, r := range rules {
 			if jumpsToOwn(r) {
 				jumps = append(jumps, r)
+			} else {
+				others++
 			}
 		}
 	}
-	if len(nets) == 0 || fwd == nil {
+	if len(nets) == 0 {
 		for _, r := range jumps {
 			if err := c.DelRule(r); err != nil {
 				return err
@@ -106,7 +113,32 @@ func syncForeignFamily(c *nftables.Conn, fam nftables.TableFamily, nets []Networ
 			c.FlushChain(own)
 			c.DelChain(own)
 		}
+		// A table that holds nothing but an empty FORWARD chain that accepts is the one netmgr
+		// made (below), or one that changes nothing: it goes, and the namespace is as before.
+		// (Table.Use cannot tell: google/nftables v0.3.0 decodes it in the wrong byte order.)
+		ours := 1 // FORWARD
+		if own != nil {
+			ours++
+		}
+		if fwd != nil && others == 0 && fwd.Policy != nil && *fwd.Policy == nftables.ChainPolicyAccept && tableChains == ours {
+			sets, err := c.GetSets(t)
+			if err != nil {
+				return fmt.Errorf("list sets: %w", err)
+			}
+			if len(sets) == 0 {
+				c.DelTable(t)
+			}
+		}
 		return c.Flush()
+	}
+	if fwd == nil {
+		// No FORWARD chain yet: make the one iptables-nft makes (which it then takes as its own),
+		// so that the jump is already there when Docker or ufw, started later, set its policy
+		// to DROP. netavark and the CNI firewall plugin get the same from the iptables binary.
+		accept := nftables.ChainPolicyAccept
+		c.AddTable(t)
+		fwd = c.AddChain(&nftables.Chain{Name: foreignForward, Table: t, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	}
 	ch := c.AddChain(&nftables.Chain{Name: foreignChain, Table: t})
 	c.FlushChain(ch)

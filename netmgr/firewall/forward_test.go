@@ -263,15 +263,52 @@ func TestForeignLegacyWarning(t *testing.T) {
 	}
 }
 
-// TestForeignNoFilterTable: without iptables tables netmgr adds nothing outside its own tables.
+// TestForeignNoFilterTable: where iptables has no FORWARD chain yet, Apply makes the one iptables-nft
+// would, with the jump, and removes it again with the last network.
 func TestForeignNoFilterTable(t *testing.T) {
 	ns := newNetNS(t)
 	fw := newFirewall(t, ns)
 	if err := fw.Apply(t.Context(), []Network{netWeb}); err != nil {
 		t.Fatal(err)
 	}
-	out := mustInHost(t, ns, "nft", "list", "tables")
-	if strings.Contains(out, "table ip filter") || strings.Contains(out, "table ip6 filter") {
-		t.Errorf("Apply created a filter table:\n%s", out)
+	for _, fam := range []string{"ip", "ip6"} {
+		out := mustInHost(t, ns, "nft", "list", "chain", fam, "filter", "FORWARD")
+		if !strings.Contains(out, "type filter hook forward priority filter; policy accept;") || !strings.Contains(out, "jump "+foreignChain) {
+			t.Errorf("%s filter FORWARD:\n%s", fam, out)
+		}
+	}
+	if err := fw.Apply(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if out := mustInHost(t, ns, "nft", "list", "tables"); strings.Contains(out, "filter") {
+		t.Errorf("filter tables left after the last network:\n%s", out)
+	}
+}
+
+// TestForeignForwardDropLater: a firewall that sets FORWARD's policy to DROP after netmgr's networks
+// exist (Docker started after them) finds the jump in place; after the last network the table is
+// what the same iptables command makes in a namespace netmgr never touched.
+func TestForeignForwardDropLater(t *testing.T) {
+	web := webNet()
+	host, outside := topology(t, []*testNet{web})
+	echoServer(t, outside, outsideAddr)
+	fw := newFirewall(t, host)
+	if err := fw.Apply(t.Context(), []Network{web.Network}); err != nil {
+		t.Fatal(err)
+	}
+	mustInHost(t, host, "iptables-nft", "-P", "FORWARD", "DROP")
+	if _, ok := probe(t, web.ns, outsideAddr, passWait); !ok {
+		t.Error("FORWARD policy DROP set after Apply: pods have no egress")
+	}
+	if err := fw.Apply(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
+	fresh := newNetNS(t)
+	mustInHost(t, fresh, "iptables-nft", "-P", "FORWARD", "DROP")
+	if got, want := mustInHost(t, host, "nft", "list", "table", "ip", "filter"), mustInHost(t, fresh, "nft", "list", "table", "ip", "filter"); got != want {
+		t.Errorf("table ip filter after the last network:\n%s\nwant what iptables alone makes:\n%s", got, want)
+	}
+	if out := mustInHost(t, host, "nft", "list", "tables"); strings.Contains(out, "ip6 filter") {
+		t.Errorf("table ip6 filter (made by netmgr, untouched since) left behind:\n%s", out)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 // rangePorts publishes host ports lo..hi of proto to the same ports of target, owned by owner.
@@ -32,9 +33,11 @@ func TestPortsLarge(t *testing.T) {
 	}
 
 	all := rangePorts("tcp", 1, 65535, netip.MustParseAddr("10.2.0.2"), "a-sandbox-with-a-long-name")
+	start := time.Now()
 	if err := fw.AddPorts(ctx, all); err != nil {
 		t.Fatalf("AddPorts(1-65535): %v", err)
 	}
+	t.Logf("AddPorts of 65535 ports: %v (checked against a dump)", time.Since(start))
 	if n := count(); n != len(all) {
 		t.Fatalf("after AddPorts(1-65535): %d elements in the kernel, want %d", n, len(all))
 	}
@@ -53,9 +56,11 @@ func TestPortsLarge(t *testing.T) {
 	if err := fw.RemovePorts(ctx, all); err != nil {
 		t.Fatalf("RemovePorts(all, half missing): %v", err)
 	}
+	start = time.Now()
 	if err := fw.RemovePorts(ctx, dual); err != nil {
 		t.Fatalf("RemovePorts(dual): %v", err)
 	}
+	t.Logf("RemovePorts of 6000 ports: %v", time.Since(start))
 	if n := count(); n != 0 {
 		t.Fatalf("after RemovePorts: %d elements left", n)
 	}

@@ -187,6 +187,9 @@ func (f *Firewall) AddPorts(ctx context.Context, ports []Port) error {
 	batches := splitBatches(elems, 1)
 	for i, b := range batches {
 		if err := f.addBatch(ctx, b); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				err = fmt.Errorf("a host port among them is published to another target in the kernel: %w", err)
+			}
 			// The failed transaction changed nothing; the ones before it are undone.
 			if rerr := f.removeBatches(context.WithoutCancel(ctx), batches[:i]); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("undo: %w", rerr))
