@@ -284,8 +284,10 @@ func (f *Firewall) EnsurePorts(ctx context.Context) error {
 // RemovePorts unpublishes ports. It is idempotent: ports that are not published, or a missing table,
 // are not errors. Each element is added and then deleted in the same transaction, which the kernel
 // accepts whether or not it existed, so no dump of the maps is needed and the cost does not grow with
-// the number of ports published. Many ports are sent in bounded transactions; a failing one does not
-// stop the others, so that as much as possible is removed and a retry has less to do.
+// the number of ports published. A port whose host port is now published to another target is left
+// to that one (the kernel refuses the add; then, once, every element is read and only those present
+// as given are deleted). Many ports are sent in bounded transactions; a failing one does not stop the
+// others, so that as much as possible is removed and a retry has less to do.
 func (f *Firewall) RemovePorts(ctx context.Context, ports []Port) error {
 	elems, err := portElements(ports)
 	if err != nil {
@@ -296,8 +298,22 @@ func (f *Firewall) RemovePorts(ctx context.Context, ports []Port) error {
 
 func (f *Firewall) removeBatches(ctx context.Context, batches [][]elemPiece) error {
 	var errs []error
+	var present map[string]bool // read once, the first time a batch needs it
 	for _, b := range batches {
-		if err := f.removeBatch(ctx, b); err != nil {
+		err := f.removeBatch(ctx, b)
+		if errors.Is(err, unix.EEXIST) {
+			// A host port of the batch is published to another target now (a stray element,
+			// or another sandbox's after a crash): adding ours to delete it is refused, and
+			// deleting by key would take the other one. Delete only the elements that are
+			// there as given.
+			if present == nil {
+				present, err = f.presentElements(ctx)
+			}
+			if err == nil {
+				err = f.removePresent(ctx, b, present)
+			}
+		}
+		if err != nil {
 			errs = append(errs, err)
 			if ctx.Err() != nil {
 				break
@@ -307,6 +323,8 @@ func (f *Firewall) removeBatches(ctx context.Context, batches [][]elemPiece) err
 	return errors.Join(errs...)
 }
 
+// removeBatch removes one batch in one transaction: each element is added and then deleted, which
+// the kernel accepts whether or not it was there (but not if its key is there with another value).
 func (f *Firewall) removeBatch(ctx context.Context, b []elemPiece) error {
 	remove := func(c *nftables.Conn, t *nftables.Table) error {
 		for _, p := range b {
@@ -332,26 +350,25 @@ func (f *Firewall) removeBatch(ctx context.Context, b []elemPiece) error {
 			return remove(c, t)
 		})
 	}
-	if errors.Is(err, unix.EEXIST) {
-		// A host port of the batch is published to another target now (a stray element, or
-		// another sandbox's after a crash): adding ours to delete it is refused, and deleting by
-		// key would take the other one. Delete only the elements that are there as given.
-		err = f.removePresent(ctx, b)
-	}
 	return err
 }
 
-// removePresent deletes those elements of b that the kernel holds with the same key and value. It
-// reads every element, so it is only the fallback of removeBatch.
-func (f *Firewall) removePresent(ctx context.Context, b []elemPiece) error {
+// presentElements reads every element, by identity (map, key and value).
+func (f *Firewall) presentElements(ctx context.Context) (map[string]bool, error) {
 	have, err := f.Ports(ctx)
 	if err != nil {
-		return fmt.Errorf("remove ports: %w", err)
+		return nil, fmt.Errorf("remove ports: %w", err)
 	}
 	present := make(map[string]bool, len(have))
 	for _, p := range have {
 		present[portIdentity(p)] = true
 	}
+	return present, nil
+}
+
+// removePresent deletes those elements of b that present, read before, holds with the same key and
+// value. It is the fallback of removeBatch.
+func (f *Firewall) removePresent(ctx context.Context, b []elemPiece, present map[string]bool) error {
 	var del []elemPiece
 	for _, p := range b {
 		var els []nftables.SetElement
