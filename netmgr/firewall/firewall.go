@@ -136,7 +136,8 @@ func (f *Firewall) Apply(ctx context.Context, nets []Network) error {
 	return nil
 }
 
-// Remove deletes the netmgr table; it is not an error if the table is absent.
+// Remove deletes the netmgr table and netmgr's jumps and chains in iptables-nft's filter tables;
+// it is not an error if they are absent.
 func (f *Firewall) Remove(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -145,7 +146,10 @@ func (f *Firewall) Remove(ctx context.Context) error {
 	}
 	err := f.do(ctx, func(c *nftables.Conn) error {
 		queueDeleteTable(c)
-		return c.Flush()
+		if err := c.Flush(); err != nil {
+			return err
+		}
+		return syncForeign(c, nil)
 	})
 	if err != nil {
 		return fmt.Errorf("remove table: %w", err)
