@@ -2,8 +2,11 @@ package netmgr_test
 
 import (
 	"context"
+	"log/slog"
+	"net/netip"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/netmgr/netmgr/internal/testutil"
@@ -64,3 +67,48 @@ func TestForeignForwardDropPolicy(t *testing.T) {
 		t.Errorf("table ip6 filter after network rm:\n%s\nwant as before:\n%s", after, before6)
 	}
 }
+
+// TestForeignLegacyWarns: with iptables-legacy tables in the host namespace, which netmgr cannot
+// reach, network create logs a warning that says so (and what to do).
+func TestForeignLegacyWarns(t *testing.T) {
+	testutil.RequireRoot(t)
+	host := testutil.NewNS(t, "host")
+	if _, err := exec.LookPath("iptables-legacy"); err != nil {
+		t.Skip("iptables-legacy not installed")
+	}
+	if out, err := exec.Command("nsenter", "--net="+host.Path(), "iptables-legacy", "-P", "FORWARD", "DROP").CombinedOutput(); err != nil {
+		t.Skipf("iptables-legacy: %v %s", err, out)
+	}
+	var logs strings.Builder
+	var mu sync.Mutex
+	h := slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil)
+	m, err := netmgr.New(context.Background(), netmgr.WithStateDir(t.TempDir()), netmgr.WithRunDir(t.TempDir()),
+		netmgr.WithHostNetNS(host.Path()), netmgr.WithLogger(slog.New(h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	ctx := context.Background()
+	if _, err := m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "web", Driver: "bridge", Subnets: []netip.Prefix{netip.MustParsePrefix("10.51.0.0/24")}}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := m.DeleteNetwork(ctx, "web"); err != nil {
+			t.Error(err)
+		}
+	}()
+	mu.Lock()
+	out := logs.String()
+	mu.Unlock()
+	if !strings.Contains(out, "level=WARN") || !strings.Contains(out, "iptables-legacy filter") || !strings.Contains(out, "nm-web") {
+		t.Errorf("no warning naming the legacy filter table and the bridge:\n%s", out)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
