@@ -172,13 +172,13 @@ func splitBatches(elems map[string][]nftables.SetElement, perMsg int) [][]elemPi
 	return batches
 }
 
-// AddPorts publishes ports. Up to a few hundred ports go in one netlink transaction; more are sent in
-// bounded transactions one after the other and checked against the kernel afterwards. Either all of
-// them are published or, on error, none: what earlier transactions added is removed again (also an
-// identical element that was there before the call). It creates the ports table and its rules if they
-// are missing (idempotently, so concurrent callers in several processes are safe). Adding a port that
-// is already there with the same target is not an error; one whose host address and port are
-// published to another target is (EEXIST from the kernel).
+// AddPorts publishes ports. Up to about a thousand ports (fewer with long owner names) go in one
+// netlink transaction; more are sent in bounded transactions one after the other and then checked
+// against the kernel. Either all of them are published or, on error, none: what earlier transactions
+// added is removed again (also an identical element that was there before the call). It creates the
+// ports table and its rules if they are missing (idempotently, so concurrent callers in several
+// processes are safe). Adding a port that is already there with the same target is not an error;
+// one whose host address and port are published to another target is (EEXIST from the kernel).
 func (f *Firewall) AddPorts(ctx context.Context, ports []Port) error {
 	elems, err := portElements(ports)
 	if err != nil {
