@@ -55,7 +55,18 @@ func New(env drivers.Env) (drivers.Driver, error) {
 	return &Driver{env: env, log: log.With("driver", Name)}, nil
 }
 
-var knownOpts = map[string]bool{"bridge": true, "masquerade": true, "hairpin": true}
+var knownOpts = map[string]bool{"bridge": true, "masquerade": true, "hairpin": true, OptGatewayMode: true}
+
+// OptGatewayMode is the option that says whether hosts that route the network's subnets via this
+// host may open connections to its sandboxes, after Docker's gateway_mode_ipv4/ipv6:
+// GatewayModeNAT (the default) lets in only published ports and replies; GatewayModeRouted lets in
+// everything and makes masquerade default to false (masquerade=true with it is Docker's
+// nat-unprotected).
+const (
+	OptGatewayMode    = "gateway_mode"
+	GatewayModeNAT    = "nat"
+	GatewayModeRouted = "routed"
+)
 
 // PrepareNetwork implements drivers.Driver.
 func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network) error {
@@ -67,9 +78,16 @@ func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network)
 	}
 	for k, v := range n.Options {
 		if !knownOpts[k] {
-			return fmt.Errorf("%w: unknown bridge option %q (known: bridge, masquerade, hairpin)", drivers.ErrInvalid, k)
+			return fmt.Errorf("%w: unknown bridge option %q (known: bridge, masquerade, hairpin, gateway_mode)", drivers.ErrInvalid, k)
 		}
-		if k != "bridge" {
+		if k == OptGatewayMode {
+			if v != GatewayModeNAT && v != GatewayModeRouted {
+				return fmt.Errorf("%w: option %s=%q is not %s or %s", drivers.ErrInvalid, k, v, GatewayModeNAT, GatewayModeRouted)
+			}
+			if n.Internal {
+				return fmt.Errorf("%w: option %s: an internal network has no gateway to the outside", drivers.ErrInvalid, k)
+			}
+		} else if k != "bridge" {
 			if _, err := strconv.ParseBool(v); err != nil {
 				return fmt.Errorf("%w: option %s=%q is not a boolean", drivers.ErrInvalid, k, v)
 			}
@@ -525,11 +543,13 @@ func (d *Driver) Detach(ctx context.Context, n *drivers.Network, ep *drivers.End
 
 // Firewall implements drivers.Firewaller.
 func (d *Driver) Firewall(n *drivers.Network) (firewall.Network, bool) {
+	routed := n.Options[OptGatewayMode] == GatewayModeRouted
 	return firewall.Network{
 		Name:       n.Name,
 		Bridge:     n.Options["bridge"],
 		Subnets:    n.Subnets,
 		Internal:   n.Internal,
-		Masquerade: boolOpt(n, "masquerade", true) && !n.Internal,
+		Masquerade: boolOpt(n, "masquerade", !routed) && !n.Internal,
+		Routed:     routed && !n.Internal,
 	}, true
 }

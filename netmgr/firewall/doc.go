@@ -11,6 +11,14 @@
 //			iifname B oifname != B drop                    # Internal only
 //			oifname B iifname != B drop                    # Internal only
 //			iifname B oifname != B oifname @bridges drop   # isolation
+//			oifname B iifname != B ct state invalid,untracked drop                 # !Internal && !Routed
+//			oifname B iifname != B ct status ! dnat ct state ! established,related drop
+//		}
+//		chain input {
+//			type filter hook input priority filter; policy accept;
+//			iifname B icmpv6 type nd-neighbor-solicit accept     # Internal only
+//			iifname B icmpv6 type nd-neighbor-advert accept
+//			iifname B ct state ! established,related drop        # the host itself
 //		}
 //		chain postrouting {
 //			type nat hook postrouting priority srcnat; policy accept;
@@ -23,6 +31,14 @@
 //			ct status dnat ip6 saddr S oifname B masquerade
 //		}
 //	}
+//
+// The last two forward rules keep connections from elsewhere (a neighbour that routes the subnet via
+// the host) out of a bridge unless a published port translated them, as Docker 28 does by default;
+// [Network.Routed] lifts that. The input chain keeps internal networks off the host's own addresses.
+//
+// Where iptables-nft's table ip filter (or ip6 filter) has a FORWARD chain, whose policy DROP would
+// override every accept of netmgr's, Apply also keeps one jump there to a chain NETMGR-FORWARD that
+// accepts the bridges' traffic, and removes both with the last network (see foreign.go).
 //
 // The hairpin chain makes a pod that reaches a published port (or later a service) through a host
 // address, and is sent back to a pod on its own bridge, see the answer come from the address it asked.
@@ -58,7 +74,8 @@
 // # Threading
 //
 // A [Firewall] is safe for concurrent use; its operations are serialized. No
-// operation switches the calling thread's network namespace: each one opens a
+// operation switches the calling thread's network namespace (Apply reads
+// iptables-legacy's procfs files on a thread of its own): each one opens a
 // netlink socket bound to the target namespace (the socket is created on a
 // short-lived, locked thread by the netlink library) and closes it before
 // returning. The context's deadline and cancellation interrupt the netlink

@@ -55,6 +55,12 @@ type Network struct {
 	// Masquerade SNATs traffic from Subnets leaving via any interface other
 	// than Bridge. It has no effect on an Internal network.
 	Masquerade bool
+	// Routed lets other interfaces open connections into the bridge: a
+	// neighbour that routes Subnets via the host reaches every port of every
+	// sandbox. Without it only published ports (connections the ports table
+	// translated) and replies enter, as with Docker 28's default
+	// gateway_mode nat. It has no effect on an Internal network.
+	Routed bool
 }
 
 // Firewall programs the netmgr table of one network namespace.
@@ -62,8 +68,10 @@ type Firewall struct {
 	nsFd   int
 	logger *slog.Logger
 
-	mu     sync.Mutex // serializes kernel operations and guards closed
+	mu     sync.Mutex // serializes kernel operations and guards closed and legacyWarned
 	closed bool
+	// legacyWarned is the list of iptables-legacy tables last warned about.
+	legacyWarned string
 }
 
 // New returns a Firewall that programs the namespace whose netns file
@@ -112,11 +120,24 @@ func (f *Firewall) Apply(ctx context.Context, nets []Network) error {
 	if err != nil {
 		return fmt.Errorf("apply ruleset: %w", err)
 	}
+	// Then the accepts in iptables-nft's FORWARD chains (see foreign.go), in transactions of
+	// their own: they depend on what a dump finds there.
+	if err := f.do(ctx, func(c *nftables.Conn) error { return syncForeign(c, nets) }); err != nil {
+		return fmt.Errorf("apply ruleset: %w", err)
+	}
+	if len(nets) > 0 {
+		bridges := make([]string, len(nets))
+		for i, n := range nets {
+			bridges[i] = n.Bridge
+		}
+		f.warnLegacy(ctx, bridges)
+	}
 	f.logger.DebugContext(ctx, "applied nftables ruleset", keyTable, TableName, keyNetworks, len(nets), keyRules, rules)
 	return nil
 }
 
-// Remove deletes the netmgr table; it is not an error if the table is absent.
+// Remove deletes the netmgr table and netmgr's jumps and chains in iptables-nft's filter tables;
+// it is not an error if they are absent.
 func (f *Firewall) Remove(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -125,7 +146,10 @@ func (f *Firewall) Remove(ctx context.Context) error {
 	}
 	err := f.do(ctx, func(c *nftables.Conn) error {
 		queueDeleteTable(c)
-		return c.Flush()
+		if err := c.Flush(); err != nil {
+			return err
+		}
+		return syncForeign(c, nil)
 	})
 	if err != nil {
 		return fmt.Errorf("remove table: %w", err)

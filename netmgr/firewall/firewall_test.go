@@ -152,7 +152,7 @@ func (rs ruleset) countRules(chain string) map[string]int {
 
 func (rs ruleset) String() string {
 	var b strings.Builder
-	for _, ch := range []string{chainForward, chainPostrouting} {
+	for _, ch := range []string{chainForward, chainPostrouting, chainHairpin, chainInput} {
 		fmt.Fprintf(&b, "chain %s\n", ch)
 		for _, r := range rs.rules[ch] {
 			fmt.Fprintf(&b, "\t%s\n", r)
@@ -223,8 +223,11 @@ func TestApply(t *testing.T) {
 	if want := []string{"br-int", "br-web"}; !slices.Equal(first.bridges, want) {
 		t.Errorf("set %s = %q, want %q", setBridges, first.bridges, want)
 	}
-	if got, want := first.countRules(chainForward), map[string]int{"isolated": 3, "web": 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got, want := first.countRules(chainForward), map[string]int{"isolated": 3, "web": 3}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("forward rules per network = %v, want %v", got, want)
+	}
+	if got, want := first.countRules(chainInput), map[string]int{"isolated": 3}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("input rules per network = %v, want %v", got, want)
 	}
 	if got, want := first.countRules(chainPostrouting), map[string]int{"web": 2}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("postrouting rules per network = %v, want %v", got, want)
@@ -275,7 +278,7 @@ func TestApply(t *testing.T) {
 			t.Fatalf("Apply: %v", err)
 		}
 		rs, _ := readRuleset(t, ns)
-		if got, want := rs.countRules(chainForward), map[string]int{"web": 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+		if got, want := rs.countRules(chainForward), map[string]int{"web": 3}; fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("forward rules per network = %v, want %v", got, want)
 		}
 		if got, want := rs.countRules(chainPostrouting), map[string]int{"web": 2}; fmt.Sprint(got) != fmt.Sprint(want) {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -119,8 +120,63 @@ func portMap(t *nftables.Table, name string) *nftables.Set {
 	panic("firewall: unknown port map " + name)
 }
 
-// AddPorts publishes ports in one netlink transaction: all of them or, on error, none. It creates
-// the ports table and its rules if they are missing (idempotently, so concurrent callers in several
+// Bounds of one netlink exchange. The elements of one message are a netlink attribute whose length
+// field has 16 bits: past 64 KiB it wraps, and the kernel reads only part of the list and still
+// acknowledges the message (FAULTS §1: a create returned 0 with most ports missing). A whole batch
+// must also fit the socket's send buffer (EMSGSIZE), and its acknowledgements, which echo a failed
+// request, the receive buffer (ENOBUFS).
+const (
+	maxMsgBytes   = 16 << 10
+	maxBatchBytes = 96 << 10
+)
+
+// elemPiece is some elements of one map, small enough for one message.
+type elemPiece struct {
+	m   string
+	els []nftables.SetElement
+}
+
+// elemSize bounds the encoded size of el in a set element list: the nested headers of the element,
+// its key and data, and its comment.
+func elemSize(el nftables.SetElement) int {
+	return 48 + len(el.Key) + len(el.Val) + len(el.Comment)
+}
+
+// splitBatches cuts elems into batches of pieces, maps in a fixed order. Each piece becomes perMsg
+// messages (1 to add, 2 to add and delete), which the batch bound counts.
+func splitBatches(elems map[string][]nftables.SetElement, perMsg int) [][]elemPiece {
+	var batches [][]elemPiece
+	var cur []elemPiece
+	curBytes := 0
+	for _, pm := range portMaps {
+		els := elems[pm.name]
+		for len(els) > 0 {
+			n, size := 0, 0
+			for n < len(els) && size+elemSize(els[n]) <= maxMsgBytes {
+				size += elemSize(els[n])
+				n++
+			}
+			n = max(n, 1)
+			if curBytes+perMsg*size > maxBatchBytes && len(cur) > 0 {
+				batches = append(batches, cur)
+				cur, curBytes = nil, 0
+			}
+			cur = append(cur, elemPiece{m: pm.name, els: els[:n]})
+			curBytes += perMsg * size
+			els = els[n:]
+		}
+	}
+	if len(cur) > 0 {
+		batches = append(batches, cur)
+	}
+	return batches
+}
+
+// AddPorts publishes ports. Up to about a thousand ports (fewer with long owner names) go in one
+// netlink transaction; more are sent in bounded transactions one after the other and then checked
+// against the kernel. Either all of them are published or, on error, none: what earlier transactions
+// added is removed again (also an identical element that was there before the call). It creates the
+// ports table and its rules if they are missing (idempotently, so concurrent callers in several
 // processes are safe). Adding a port that is already there with the same target is not an error;
 // one whose host address and port are published to another target is (EEXIST from the kernel).
 func (f *Firewall) AddPorts(ctx context.Context, ports []Port) error {
@@ -128,12 +184,35 @@ func (f *Firewall) AddPorts(ctx context.Context, ports []Port) error {
 	if err != nil {
 		return fmt.Errorf("add ports: %w", err)
 	}
-	if len(elems) == 0 {
-		return nil
+	batches := splitBatches(elems, 1)
+	for i, b := range batches {
+		if err := f.addBatch(ctx, b); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				err = fmt.Errorf("a host port among them is published to another target in the kernel: %w", err)
+			}
+			// The failed transaction changed nothing; the ones before it are undone.
+			if rerr := f.removeBatches(context.WithoutCancel(ctx), batches[:i]); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("undo: %w", rerr))
+			}
+			return err
+		}
 	}
+	if len(batches) > 1 {
+		if err := f.checkPorts(ctx, ports); err != nil {
+			if rerr := f.removeBatches(context.WithoutCancel(ctx), batches); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("undo: %w", rerr))
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// addBatch adds one batch of elements in one transaction.
+func (f *Firewall) addBatch(ctx context.Context, b []elemPiece) error {
 	add := func(c *nftables.Conn, t *nftables.Table) error {
-		for name, els := range elems {
-			if err := c.SetAddElements(portMap(t, name), els); err != nil {
+		for _, p := range b {
+			if err := c.SetAddElements(portMap(t, p.m), p.els); err != nil {
 				return err
 			}
 		}
@@ -142,7 +221,7 @@ func (f *Firewall) AddPorts(ctx context.Context, ports []Port) error {
 	// The common case is elements only: re-asserting the chains on every call would cost a base
 	// chain update per port (about 14 ms measured, against 0.2 ms). The table is built when a map
 	// is missing, and EnsurePorts (gc) repairs its rules.
-	err = f.portsBatch(ctx, "add ports", func(c *nftables.Conn) error { return add(c, portsTable()) })
+	err := f.portsBatch(ctx, "add ports", func(c *nftables.Conn) error { return add(c, portsTable()) })
 	if errors.Is(err, unix.ENOENT) {
 		err = f.portsBatch(ctx, "add ports", func(c *nftables.Conn) error {
 			t, err := queuePortsBase(c)
@@ -155,6 +234,44 @@ func (f *Firewall) AddPorts(ctx context.Context, ports []Port) error {
 	return err
 }
 
+// checkPorts verifies that every one of ports is in the kernel with its target. A dump of a hash
+// map that the kernel is resizing (it grows the table in the background after large adds) can skip
+// elements, so an element counts as present once any of a few dumps shows it.
+func (f *Firewall) checkPorts(ctx context.Context, ports []Port) error {
+	missing := make(map[string]Port, len(ports))
+	for _, p := range ports {
+		missing[portIdentity(p)] = p
+	}
+	pause := 50 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		have, err := f.Ports(ctx)
+		if err != nil {
+			return fmt.Errorf("add ports: check: %w", err)
+		}
+		for _, p := range have {
+			delete(missing, portIdentity(p))
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		if attempt == 4 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("add ports: check: %w", ctx.Err())
+		case <-time.After(pause):
+		}
+		pause *= 2
+	}
+	var first []Port
+	for _, p := range missing {
+		first = append(first, p)
+	}
+	sortPorts(first)
+	return fmt.Errorf("add ports: %d of %d ports are not in the kernel after adding them (first: %s)", len(missing), len(ports), first[0])
+}
+
 // EnsurePorts creates the ports table if it is missing and re-asserts its fixed rules, keeping the
 // published ports. Crash repair calls it, in case the rules were flushed by someone else.
 func (f *Firewall) EnsurePorts(ctx context.Context) error {
@@ -164,31 +281,64 @@ func (f *Firewall) EnsurePorts(ctx context.Context) error {
 	})
 }
 
-// RemovePorts unpublishes ports in one netlink transaction. It is idempotent: ports that are not
-// published, or a missing table, are not errors. Each element is added and then deleted in the same
-// transaction, which the kernel accepts whether or not it existed, so no dump of the maps is needed
-// and the cost does not grow with the number of ports published.
+// RemovePorts unpublishes ports. It is idempotent: ports that are not published, or a missing table,
+// are not errors. Each element is added and then deleted in the same transaction, which the kernel
+// accepts whether or not it existed, so no dump of the maps is needed and the cost does not grow with
+// the number of ports published. A port whose host port is now published to another target is left
+// to that one (the kernel refuses the add; then, once, every element is read and only those present
+// as given are deleted). Many ports are sent in bounded transactions; a failing one does not stop the
+// others, so that as much as possible is removed and a retry has less to do.
 func (f *Firewall) RemovePorts(ctx context.Context, ports []Port) error {
 	elems, err := portElements(ports)
 	if err != nil {
 		return fmt.Errorf("remove ports: %w", err)
 	}
-	if len(elems) == 0 {
-		return nil
+	return f.removeBatches(ctx, splitBatches(elems, 2))
+}
+
+func (f *Firewall) removeBatches(ctx context.Context, batches [][]elemPiece) error {
+	var errs []error
+	var present map[string]bool // read once, the first time a batch needs it
+	for _, b := range batches {
+		err := f.removeBatch(ctx, b)
+		if errors.Is(err, unix.EEXIST) {
+			// A host port of the batch is published to another target now (a stray element,
+			// or another sandbox's after a crash): adding ours to delete it is refused, and
+			// deleting by key would take the other one. Delete only the elements that are
+			// there as given.
+			if present == nil {
+				present, err = f.presentElements(ctx)
+			}
+			if err == nil {
+				err = f.removePresent(ctx, b, present)
+			}
+		}
+		if err != nil {
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+		}
 	}
-	err = f.portsBatch(ctx, "remove ports", func(c *nftables.Conn) error {
-		t := portsTable()
-		for name, els := range elems {
-			m := portMap(t, name)
-			if err := c.SetAddElements(m, els); err != nil {
+	return errors.Join(errs...)
+}
+
+// removeBatch removes one batch in one transaction: each element is added and then deleted, which
+// the kernel accepts whether or not it was there (but not if its key is there with another value).
+func (f *Firewall) removeBatch(ctx context.Context, b []elemPiece) error {
+	remove := func(c *nftables.Conn, t *nftables.Table) error {
+		for _, p := range b {
+			m := portMap(t, p.m)
+			if err := c.SetAddElements(m, p.els); err != nil {
 				return err
 			}
-			if err := c.SetDeleteElements(m, els); err != nil {
+			if err := c.SetDeleteElements(m, p.els); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
+	}
+	err := f.portsBatch(ctx, "remove ports", func(c *nftables.Conn) error { return remove(c, portsTable()) })
 	if errors.Is(err, unix.ENOENT) {
 		// The table or a map is missing: recreate them (an empty table stays, like the netmgr
 		// table while networks exist) and retry once, so that no element in another map is left.
@@ -197,19 +347,52 @@ func (f *Firewall) RemovePorts(ctx context.Context, ports []Port) error {
 			if err != nil {
 				return err
 			}
-			for name, els := range elems {
-				m := portMap(t, name)
-				if err := c.SetAddElements(m, els); err != nil {
-					return err
-				}
-				if err := c.SetDeleteElements(m, els); err != nil {
-					return err
-				}
-			}
-			return nil
+			return remove(c, t)
 		})
 	}
 	return err
+}
+
+// presentElements reads every element, by identity (map, key and value).
+func (f *Firewall) presentElements(ctx context.Context) (map[string]bool, error) {
+	have, err := f.Ports(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("remove ports: %w", err)
+	}
+	present := make(map[string]bool, len(have))
+	for _, p := range have {
+		present[portIdentity(p)] = true
+	}
+	return present, nil
+}
+
+// removePresent deletes those elements of b that present, read before, holds with the same key and
+// value. It is the fallback of removeBatch.
+func (f *Firewall) removePresent(ctx context.Context, b []elemPiece, present map[string]bool) error {
+	var del []elemPiece
+	for _, p := range b {
+		var els []nftables.SetElement
+		for _, el := range p.els {
+			if present[p.m+"|"+string(el.Key)+"|"+string(el.Val)] {
+				els = append(els, el)
+			}
+		}
+		if len(els) > 0 {
+			del = append(del, elemPiece{m: p.m, els: els})
+		}
+	}
+	if len(del) == 0 {
+		return nil
+	}
+	return f.portsBatch(ctx, "remove ports", func(c *nftables.Conn) error {
+		t := portsTable()
+		for _, p := range del {
+			if err := c.SetDeleteElements(portMap(t, p.m), p.els); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Ports returns the published ports, sorted. It returns none if the table is absent.
@@ -223,60 +406,57 @@ func (f *Firewall) Ports(ctx context.Context) ([]Port, error) {
 	return out, err
 }
 
-// SyncPorts makes the published ports exactly want, in one transaction, and reports what it added
-// and removed. It is what crash repair uses; it reads every element, so its cost grows with the
-// number of ports.
+// SyncPorts makes the published ports exactly want and reports what it added and removed. It reads
+// every element, so its cost grows with the number of ports. It re-asserts the table's rules, then
+// removes and adds in bounded transactions, like RemovePorts and AddPorts; an error can leave part of
+// the change made, and a second call finishes it.
 func (f *Firewall) SyncPorts(ctx context.Context, want []Port) (added, removed []Port, err error) {
-	wantElems, err := portElements(want)
+	if _, err := portElements(want); err != nil {
+		return nil, nil, fmt.Errorf("sync ports: %w", err)
+	}
+	have, err := f.Ports(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sync ports: %w", err)
 	}
-	err = f.locked(ctx, "sync ports", func(c *nftables.Conn) error {
-		have, err := dumpPorts(c)
-		if err != nil {
-			return err
-		}
-		haveSet := map[string]Port{}
-		for _, p := range have {
-			haveSet[portIdentity(p)] = p
-		}
-		wantSet := map[string]bool{}
-		for _, p := range want {
-			id := portIdentity(p)
-			wantSet[id] = true
+	haveSet := map[string]Port{}
+	for _, p := range have {
+		haveSet[portIdentity(p)] = p
+	}
+	wantSet := map[string]bool{}
+	for _, p := range want {
+		id := portIdentity(p)
+		if !wantSet[id] {
 			if _, ok := haveSet[id]; !ok {
 				added = append(added, p)
 			}
 		}
-		for id, p := range haveSet {
-			if !wantSet[id] {
-				removed = append(removed, p)
-			}
+		wantSet[id] = true
+	}
+	for id, p := range haveSet {
+		if !wantSet[id] {
+			removed = append(removed, p)
 		}
-		sortPorts(added)
-		sortPorts(removed)
-		delElems, err := portElements(removed)
-		if err != nil {
-			return err
-		}
-		t, err := queuePortsBase(c)
-		if err != nil {
-			return err
-		}
-		for name, els := range delElems {
-			if err := c.SetDeleteElements(portMap(t, name), els); err != nil {
-				return err
-			}
-		}
-		for name, els := range wantElems {
-			if err := c.SetAddElements(portMap(t, name), els); err != nil {
-				return err
-			}
-		}
-		return c.Flush()
-	})
+	}
+	sortPorts(added)
+	sortPorts(removed)
+	if err := f.EnsurePorts(ctx); err != nil {
+		return nil, nil, fmt.Errorf("sync ports: %w", err)
+	}
+	delElems, err := portElements(removed)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("sync ports: %w", err)
+	}
+	if err := f.removeBatches(ctx, splitBatches(delElems, 2)); err != nil {
+		return nil, nil, fmt.Errorf("sync ports: %w", err)
+	}
+	addElems, err := portElements(added)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sync ports: %w", err)
+	}
+	for _, b := range splitBatches(addElems, 1) {
+		if err := f.addBatch(ctx, b); err != nil {
+			return nil, nil, fmt.Errorf("sync ports: %w", err)
+		}
 	}
 	return added, removed, nil
 }
@@ -585,12 +765,18 @@ func dumpPorts(c *nftables.Conn) ([]Port, error) {
 		return nil, nil
 	}
 	t := portsTable()
+	// A map that someone deleted has no ports. It is found by listing the table's sets: the library
+	// reports a failed element dump as text only (%v), so ENOENT cannot be told from other errors.
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return nil, fmt.Errorf("list maps: %w", err)
+	}
 	var out []Port
 	for _, m := range portMaps {
-		els, err := c.GetSetElements(portMap(t, m.name))
-		if errors.Is(err, unix.ENOENT) || (err != nil && strings.Contains(err.Error(), "no such file")) {
+		if !slices.ContainsFunc(sets, func(s *nftables.Set) bool { return s.Name == m.name }) {
 			continue
 		}
+		els, err := c.GetSetElements(portMap(t, m.name))
 		if err != nil {
 			return nil, fmt.Errorf("list map %s: %w", m.name, err)
 		}

@@ -17,6 +17,7 @@ const (
 	chainForward     = "forward"
 	chainPostrouting = "postrouting"
 	chainHairpin     = "hairpin"
+	chainInput       = "input"
 	setBridges       = "bridges"
 
 	commentPrefix = "network="
@@ -81,6 +82,15 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 		Policy:   &accept,
 	})
 
+	input := c.AddChain(&nftables.Chain{
+		Name:     chainInput,
+		Table:    t,
+		Type:     nftables.ChainTypeFilter,
+		Hooknum:  nftables.ChainHookInput,
+		Priority: nftables.ChainPriorityFilter,
+		Policy:   &accept,
+	})
+
 	bridges := &nftables.Set{
 		Table:   t,
 		ID:      bridgesSetID,
@@ -113,6 +123,9 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 		for _, exprs := range hairpinRules(n) {
 			add(hairpin, n, exprs)
 		}
+		for _, exprs := range inputRules(n) {
+			add(input, n, exprs)
+		}
 	}
 	return count, nil
 }
@@ -137,7 +150,80 @@ func forwardRules(n Network, bridges *nftables.Set) [][]expr.Any {
 		},
 		drop(),
 	))
+	if !n.Internal && !n.Routed {
+		// Connections from elsewhere into the bridge only through a published port (the ports
+		// table's DNAT), or as replies (established and related, which also covers ICMP errors).
+		// Hairpin traffic enters from the bridge itself and the host's own from no interface, so
+		// neither meets this rule. IPv4 and IPv6 alike: no family match.
+		// A packet without a conntrack entry (invalid, untracked) has no status to test, and the
+		// status rule would not match it, so the first rule drops those.
+		//
+		// oifname B iifname != B ct state invalid,untracked drop
+		// oifname B iifname != B ct status & dnat == 0 ct state & (established|related) == 0 drop
+		rules = append(rules, concat(
+			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge),
+			ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpNeq, n.Bridge),
+			[]expr.Any{
+				&expr.Ct{Register: reg, Key: expr.CtKeySTATE},
+				&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitINVALID | expr.CtStateBitUNTRACKED), Xor: make([]byte, 4)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: make([]byte, 4)},
+			},
+			drop(),
+		), concat(
+			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge),
+			ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpNeq, n.Bridge),
+			ctBitsZero(expr.CtKeySTATUS, ipsDstNAT),
+			ctBitsZero(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+			drop(),
+		))
+	}
 	return rules
+}
+
+// inputRules keep an internal network's sandboxes off the host itself: forward rules alone would
+// still let them reach every address of the host through the gateway (FAULTS §16). Replies to the
+// host's own connections come back, and so does IPv6 neighbour discovery, without which the host
+// could not resolve a sandbox's address (ARP is not IP and never meets these rules). DHCP is not
+// used. Services that netmgr itself may later serve on the gateway (DNS) are to be accepted here,
+// in a rule before the drop.
+func inputRules(n Network) [][]expr.Any {
+	if !n.Internal {
+		return nil
+	}
+	var rules [][]expr.Any
+	for _, typ := range []byte{135, 136} { // nd-neighbor-solicit, nd-neighbor-advert
+		// iifname B icmpv6 type T accept
+		rules = append(rules, concat(
+			ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge),
+			[]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{unix.NFPROTO_IPV6}},
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{unix.IPPROTO_ICMPV6}},
+				&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{typ}},
+				&expr.Verdict{Kind: expr.VerdictAccept},
+			},
+		))
+	}
+	// iifname B ct state & (established|related) == 0 drop
+	rules = append(rules, concat(
+		ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge),
+		ctBitsZero(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+		drop(),
+	))
+	return rules
+}
+
+// ctBitsZero matches packets whose conntrack key (status or state) has none of the bits of mask.
+func ctBitsZero(key expr.CtKey, mask uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg, Key: key},
+		&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(mask), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: make([]byte, 4)},
+	}
 }
 
 func postroutingRules(n Network) [][]expr.Any {
