@@ -276,15 +276,14 @@ func (b *Bolt) holder() string {
 		f := strings.Fields(line)
 		// "1: FLOCK  ADVISORY  WRITE 4321 00:2a:1234 0 EOF"; waiters have "->" after the number.
 		if len(f) >= 6 && f[1] == "FLOCK" && f[5] == id {
-			if f[4] == strconv.Itoa(os.Getpid()) {
-				pids = append(pids, f[4]+" (this process)")
-			} else {
-				pids = append(pids, f[4])
-			}
+			pids = append(pids, f[4])
 		}
 	}
-	if len(pids) == 0 {
+	switch {
+	case len(pids) == 0:
 		return ""
+	case len(pids) == 1 && pids[0] == strconv.Itoa(os.Getpid()):
+		return " (held by this process)"
 	}
 	return " (held by pid " + strings.Join(pids, ", ") + ")"
 }
