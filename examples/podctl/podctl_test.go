@@ -352,7 +352,8 @@ func TestPodctlCorruptState(t *testing.T) {
 	every := [][]string{{"network", "ls"}, {"network", "ls", "-o", "json"}, {"network", "inspect", "n1"},
 		{"network", "rm", "n9"}, {"network", "create", "n2", "--subnet", "10.81.0.0/24"},
 		{"sandbox", "ls"}, {"sandbox", "inspect", "s1"}, {"sandbox", "rm", "s1"},
-		{"sandbox", "create", "s1", "--network", "n1"}, {"gc"}}
+		{"sandbox", "create", "s1", "--network", "n1"}, {"sandbox", "exec", "s1", "--", "true"},
+		{"sandbox", "attach", "s1", "--network", "n1"}, {"sandbox", "detach", "s1", "--network", "n1"}, {"gc"}}
 	// Overwritten pages are found only when read: the commands that read networks.
 	readers := [][]string{{"network", "ls"}, {"network", "inspect", "n1"}, {"gc"}}
 	for _, tt := range []struct {

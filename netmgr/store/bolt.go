@@ -297,7 +297,7 @@ func (b *Bolt) access(write bool, fn func(*bolt.Tx) error) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			reason := fmt.Sprint(r)
+			reason := strings.Join(strings.Fields(fmt.Sprint(r)), " ")
 			if f, ok := r.(interface{ Addr() uintptr }); ok {
 				reason = fmt.Sprintf("memory fault at %#x reading it", f.Addr())
 			}
