@@ -118,8 +118,12 @@ func (b *Bolt) prepare() error {
 	if err != nil {
 		return err
 	}
+	// Link, not rename, so that a concurrent creator's file is kept; where links are not supported,
+	// rename is as safe under the lock: the file it would replace is another empty store.
 	if err := os.Link(tmp, b.path); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
+		if err := os.Rename(tmp, b.path); err != nil {
+			return err
+		}
 	}
 	if !b.noSync {
 		if d, err := os.Open(dir); err == nil {
