@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -131,5 +133,60 @@ func TestSandboxJSON(t *testing.T) {
 	}
 	if strings.Count(b.String(), `"ipv4"`) != 1 {
 		t.Errorf("ipv4 printed more than once:\n%s", b.String())
+	}
+}
+
+// unusableDirs are --state-dir and --run-dir under a regular file: a Manager cannot open there, so an
+// in-process podctl that fails to refuse its input stops before it touches this host's network.
+func unusableDirs(t *testing.T) []string {
+	f := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--state-dir", filepath.Join(f, "state"), "--run-dir", filepath.Join(f, "run")}
+}
+
+// TestRepeatedFlags: a second --gateway of one family or a second --opt KEY used to win silently.
+func TestRepeatedFlags(t *testing.T) {
+	dirs := unusableDirs(t)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--gateway", "10.8.0.5", "--gateway", "10.8.0.6"}, "--gateway given twice for IPv4: 10.8.0.5 and 10.8.0.6"},
+		{[]string{"--gateway", "fd00::1", "--gateway", "10.8.0.1", "--gateway", "fd00::2"}, "--gateway given twice for IPv6: fd00::1 and fd00::2"},
+		{[]string{"--opt", "hairpin=true", "--opt", "hairpin=false"}, "--opt hairpin given twice"},
+		{[]string{"--opt", "masquerade=true", "--opt", "hairpin=false", "--opt", "masquerade=true"}, "--opt masquerade given twice"},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			args := append(append(append([]string{}, dirs...), "network", "create", "n", "--subnet", "10.8.0.0/24", "--subnet", "fd00::/64"), tt.args...)
+			var out, errb bytes.Buffer
+			if code := run(args, &out, &errb); code != 1 || errb.String() != "podctl: "+tt.want+"\n" {
+				t.Errorf("status %d, stderr %q; want 1 and %q", code, errb.String(), tt.want)
+			}
+		})
+	}
+	// One gateway of each family is dual stack, not a repetition.
+	f := networkFlags{subnets: []string{"10.8.0.0/24", "fd00::/64"}, gateways: []string{"10.8.0.5", "fd00::5"},
+		opts: []string{"hairpin=false", "masquerade=false"}}
+	s, err := f.spec("n")
+	if err != nil || len(s.Gateways) != 2 || len(s.Options) != 2 {
+		t.Fatalf("dual-stack gateways and two options: %+v, %v", s, err)
+	}
+}
+
+// TestRelativeStorePath: a relative bolt:// path is made absolute, as --state-dir and --run-dir are;
+// a damaged file is reported by its absolute path, in one line, exit 1.
+func TestRelativeStorePath(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("st.db", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	code := run(append(unusableDirs(t), "--store", "bolt://st.db", "network", "ls"), &out, &errb)
+	want := "podctl: state file " + filepath.Join(dir, "st.db") + " is corrupt (the file is empty)"
+	if code != 1 || strings.Count(errb.String(), "\n") != 1 || !strings.HasPrefix(errb.String(), want) || out.Len() != 0 {
+		t.Errorf("status %d, stdout %q, stderr %q; want 1 and one line starting %q", code, out.String(), errb.String(), want)
 	}
 }

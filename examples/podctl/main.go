@@ -94,7 +94,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 			if g.output != "table" && g.output != "json" {
 				return fmt.Errorf("invalid output format %q: want table or json", g.output)
 			}
-			return nil
+			return g.absPaths()
 		},
 	}
 	groupCmd(root)
@@ -115,6 +115,29 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 
 	root.AddCommand(newNetworkCmd(g), newSandboxCmd(g), newPodCmd(g), newGCCmd(g), newVersionCmd(g))
 	return root
+}
+
+// absPaths makes --state-dir, --run-dir and a bolt:// path absolute: the library records paths under
+// them (a sandbox's netns pin), and a relative one means another file to a podctl run elsewhere.
+func (g *globals) absPaths() error {
+	for _, p := range []*string{&g.stateDir, &g.runDir} {
+		if *p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return err
+		}
+		*p = abs
+	}
+	if path, ok := strings.CutPrefix(g.storeURL, "bolt://"); ok && path != "" {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return err
+		}
+		g.storeURL = "bolt://" + abs
+	}
+	return nil
 }
 
 // groupCmd makes a command that only holds subcommands fail on a missing or unknown subcommand,

@@ -43,6 +43,12 @@ func (f *networkFlags) spec(name string) (netmgr.NetworkSpec, error) {
 		if err != nil {
 			return s, fmt.Errorf("invalid gateway %q: %s", v, parseReason(err))
 		}
+		// One gateway per family (dual stack takes one of each); a second would silently win.
+		for _, g := range s.Gateways {
+			if g.Is4() == a.Is4() {
+				return s, fmt.Errorf("--gateway given twice for %s: %s and %s", family(a), g, a)
+			}
+		}
 		s.Gateways = append(s.Gateways, a)
 	}
 	if len(f.opts) > 0 {
@@ -52,6 +58,9 @@ func (f *networkFlags) spec(name string) (netmgr.NetworkSpec, error) {
 			if err != nil {
 				return s, fmt.Errorf("invalid --opt: %w", err)
 			}
+			if _, dup := s.Options[k]; dup {
+				return s, fmt.Errorf("--opt %s given twice", k)
+			}
 			s.Options[k] = v
 		}
 	}
@@ -59,6 +68,13 @@ func (f *networkFlags) spec(name string) (netmgr.NetworkSpec, error) {
 		return s, fmt.Errorf("invalid --mtu %d: must not be negative", f.mtu)
 	}
 	return s, nil
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // parseReason strips the `netip.ParseX("input"): ` prefix that repeats what the caller already quotes.

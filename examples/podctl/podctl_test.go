@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -265,4 +266,215 @@ func alive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || !strings.HasPrefix(s[i+1:], " Z")
+}
+
+// runAt runs podctl on host from directory dir and returns its stdout, stderr and exit status.
+func runAt(t *testing.T, dir, bin string, host *sandbox.NetNS, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + host.Path(), bin}, args...)...)
+	cmd.Dir = dir
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("podctl %s: %v", strings.Join(args, " "), err)
+	}
+	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+}
+
+// TestPodctlRelativeDirs: relative --state-dir and --run-dir used to be recorded as relative netns
+// paths, so that exec failed and gc destroyed the live sandbox when run from another directory
+// (FAULTS.md §10).
+func TestPodctlRelativeDirs(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin, _ := buildBinaries(t)
+	host := testutil.NewNS(t, "host")
+	top := t.TempDir()
+	a, b := filepath.Join(top, "a"), filepath.Join(top, "b")
+	for _, d := range []string{a, b} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rel := []string{"--state-dir", "st", "--run-dir", "rn"}
+	abs := []string{"--state-dir", filepath.Join(a, "st"), "--run-dir", filepath.Join(a, "rn")}
+	must := func(dir string, args ...string) string {
+		t.Helper()
+		out, errs, st := runAt(t, dir, bin, host, args...)
+		if st != 0 || errs != "" {
+			t.Fatalf("podctl %s (in %s): status %d, stderr %q", strings.Join(args, " "), dir, st, errs)
+		}
+		return out
+	}
+	t.Cleanup(func() {
+		// From a as well: without the fix the record holds the relative pin path.
+		runAt(t, a, bin, host, append(rel, "sandbox", "rm", "s1")...)
+		runAt(t, b, bin, host, append(abs, "sandbox", "rm", "s1")...)
+		runAt(t, b, bin, host, append(abs, "network", "rm", "n1")...)
+	})
+	must(a, append(rel, "network", "create", "n1", "--subnet", "10.79.0.0/24")...)
+	must(a, append(rel, "sandbox", "create", "s1", "--network", "n1")...)
+	var v sandboxView
+	if err := json.Unmarshal([]byte(must(a, append(rel, "sandbox", "inspect", "s1", "-o", "json")...)), &v); err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(a, "rn", "netns", "s1"); v.NetNS != want {
+		t.Errorf("netns of s1 recorded as %q, want %q", v.NetNS, want)
+	}
+	must(b, append(abs, "sandbox", "exec", "s1", "--", "true")...)
+	var rep struct {
+		Stale []string `json:"stale"`
+	}
+	if err := json.Unmarshal([]byte(must(b, append(abs, "gc", "-o", "json")...)), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Stale) != 0 {
+		t.Errorf("gc from another directory removed %v as stale", rep.Stale)
+	}
+	must(b, append(abs, "sandbox", "exec", "s1", "--", "true")...)
+}
+
+// TestPodctlCorruptState: a damaged state file used to crash podctl with a bbolt panic or SIGBUS
+// (exit 2, a trace), or, emptied, to be taken for a new store (FAULTS.md §6). Every command must now
+// print one line naming the file, exit 1, and leave the file as it was.
+func TestPodctlCorruptState(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin, _ := buildBinaries(t)
+	host := testutil.NewNS(t, "host")
+	c := newCLI(t, bin, host)
+	t.Cleanup(func() { c.runIn("", "network", "rm", "n1") })
+	c.ok("network", "create", "n1", "--subnet", "10.80.0.0/24")
+	stateDB, runtimeDB := filepath.Join(c.globals[1], "netmgr.db"), filepath.Join(c.globals[3], "runtime.db")
+
+	every := [][]string{{"network", "ls"}, {"network", "ls", "-o", "json"}, {"network", "inspect", "n1"},
+		{"network", "rm", "n9"}, {"network", "create", "n2", "--subnet", "10.81.0.0/24"},
+		{"sandbox", "ls"}, {"sandbox", "inspect", "s1"}, {"sandbox", "rm", "s1"},
+		{"sandbox", "create", "s1", "--network", "n1"}, {"sandbox", "exec", "s1", "--", "true"},
+		{"sandbox", "attach", "s1", "--network", "n1"}, {"sandbox", "detach", "s1", "--network", "n1"}, {"gc"}}
+	// Overwritten pages are found only when read: the commands that read networks.
+	readers := [][]string{{"network", "ls"}, {"network", "inspect", "n1"}, {"gc"}}
+	for _, tt := range []struct {
+		name   string
+		file   string
+		damage func(path string) error
+		cmds   [][]string
+	}{
+		{"netmgr.db emptied", stateDB, func(p string) error { return os.Truncate(p, 0) }, every},
+		{"netmgr.db truncated", stateDB, func(p string) error { return os.Truncate(p, 10000) }, every},
+		{"netmgr.db pages 2-5 overwritten", stateDB, func(p string) error { return scribble(p, 2*4096, 4*4096) }, readers},
+		{"runtime.db truncated to 100 bytes", runtimeDB, func(p string) error { return os.Truncate(p, 100) }, every},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			good, err := os.ReadFile(tt.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				if err := os.WriteFile(tt.file, good, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}()
+			if err := tt.damage(tt.file); err != nil {
+				t.Fatal(err)
+			}
+			bad, _ := os.ReadFile(tt.file)
+			sub := *c
+			sub.t = t
+			for _, args := range tt.cmds {
+				sub.fails("state file "+tt.file+" is corrupt", args...)
+			}
+			if now, _ := os.ReadFile(tt.file); !bytes.Equal(now, bad) {
+				t.Errorf("%s changed by the failed commands", tt.file)
+			}
+		})
+	}
+	// Put back, everything works again.
+	if out := c.ok("network", "ls", "-o", "json"); !strings.Contains(out, `"n1"`) {
+		t.Errorf("network ls after restoring the file: %s", out)
+	}
+}
+
+// scribble overwrites n bytes of path at off with random bytes.
+func scribble(path string, off int64, n int) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, n)
+	if _, err := rand.Read(buf); err != nil {
+		return err
+	}
+	_, err = f.WriteAt(buf, off)
+	return err
+}
+
+// TestPodctlSIGTERMWhileWaiting: a podctl waiting for the store's lock, held by a stuck process, used
+// to ignore SIGTERM until the lock was freed (FAULTS.md §13). It must exit at once, status 1, with one
+// line saying what it waited for.
+func TestPodctlSIGTERMWhileWaiting(t *testing.T) {
+	testutil.RequireRoot(t)
+	bin, _ := buildBinaries(t)
+	host := testutil.NewNS(t, "host")
+	c := newCLI(t, bin, host)
+	c.ok("network", "ls")
+	lockPath := filepath.Join(c.globals[1], "netmgr.db.lock")
+	lf, err := os.OpenFile(lockPath, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("nsenter", append(append([]string{"--net=" + c.host, bin}, c.globals...), "network", "ls")...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	defer func() {
+		_ = cmd.Process.Kill()
+		<-done
+	}()
+	// nsenter execs podctl in place: its pid is podctl's. Wait until it is queued for the lock.
+	for deadline := time.Now().Add(time.Minute); !waitingForLock(cmd.Process.Pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("podctl not waiting for %s after a minute; stderr %q", lockPath, errb.String())
+		}
+	}
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("podctl still running 20s after SIGTERM, waiting for the lock")
+	}
+	t.Logf("exited %v after SIGTERM: %q", time.Since(start).Round(time.Millisecond), errb.String())
+	if st := cmd.ProcessState.ExitCode(); st != 1 || strings.Count(errb.String(), "\n") != 1 ||
+		!strings.HasPrefix(errb.String(), "podctl: ") || !strings.Contains(errb.String(), "context canceled") {
+		t.Errorf("status %d, stderr %q; want 1 and one line ending in context canceled", st, errb.String())
+	}
+}
+
+// waitingForLock reports whether process pid is queued for a flock (a "->" line of /proc/locks).
+func waitingForLock(pid int) bool {
+	b, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 6 && f[1] == "->" && f[2] == "FLOCK" && f[5] == strconv.Itoa(pid) {
+			return true
+		}
+	}
+	return false
 }

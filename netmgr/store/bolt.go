@@ -6,11 +6,18 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"log/slog"
 	"os"
-	"sync"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,12 +30,17 @@ var (
 // Bolt is a Store on one bbolt file. The file is opened only for the duration of each call, under a
 // kernel-queued flock on a sibling ".lock" file, so any number of goroutines and processes can share it
 // without bbolt's polling lock. Values are stored as an 8-byte revision followed by the value.
+//
+// Waiting for that lock, or for another call of this process, ends with the caller's context. A file
+// that is damaged (truncated, overwritten, emptied) gives an error wrapping [ErrCorrupt] rather than a
+// panic or a fault; only a missing file is a new, empty store.
 type Bolt struct {
 	path     string
-	mu       sync.Mutex // serialises this process's opens; the flock serialises processes
-	closed   bool
+	sem      chan struct{} // one call of this process at a time; the flock serialises processes
+	closed   atomic.Bool
 	noSync   bool
 	pollEach time.Duration
+	log      *slog.Logger
 }
 
 // BoltOption configures a Bolt store.
@@ -41,76 +53,399 @@ func WithNoSync() BoltOption { return func(b *Bolt) { b.noSync = true } }
 // WithWatchInterval sets how often a Watch polls the file for changes (default 100ms).
 func WithWatchInterval(d time.Duration) BoltOption { return func(b *Bolt) { b.pollEach = d } }
 
-// OpenBolt returns a Store on the bbolt file at path, creating it if needed.
+// WithLogger logs a call that has waited a second for the file's lock, naming the holder when it can.
+func WithLogger(l *slog.Logger) BoltOption { return func(b *Bolt) { b.log = l } }
+
+// OpenBolt returns a Store on the bbolt file at path, creating it if it does not exist. It does not
+// wait: if another process holds the file's lock, the file is checked by the first call instead.
 func OpenBolt(path string, opts ...BoltOption) (*Bolt, error) {
-	b := &Bolt{path: path, pollEach: 100 * time.Millisecond}
+	b := &Bolt{path: path, sem: make(chan struct{}, 1), pollEach: 100 * time.Millisecond}
 	for _, o := range opts {
 		o(b)
 	}
-	// bbolt commits a write transaction with an fsync even when it changes nothing, and every
-	// short-lived process (podctl, the CNI plugin) opens the store: look before creating the buckets.
-	if _, err := os.Stat(path); err == nil {
-		ready := false
-		if b.with(false, func(tx *bolt.Tx) error {
-			ready = tx.Bucket(kvBucket) != nil && tx.Bucket(metaBucket) != nil
-			return nil
-		}) == nil && ready {
-			return b, nil
-		}
-	}
-	err := b.with(true, func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists(kvBucket); err != nil {
-			return err
-		}
-		_, err := tx.CreateBucketIfNotExists(metaBucket)
-		return err
-	})
+	lf, err := os.OpenFile(b.lockPath(), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	defer lf.Close()
+	if err := flock(lf, unix.LOCK_SH|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+		return b, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := b.prepare(); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	defer f.Close()
+	if err := b.check(f); err != nil {
+		return nil, err
 	}
 	return b, nil
 }
 
-// with runs fn in a read or write transaction on a freshly opened file, holding the file lock.
-func (b *Bolt) with(write bool, fn func(*bolt.Tx) error) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return ErrClosed
+func (b *Bolt) lockPath() string { return b.path + ".lock" }
+
+// prepare creates the file if it does not exist, under the file lock (shared is enough: writers are
+// excluded, and two creators link the same empty store). The new file appears complete or not at all,
+// so an existing file that is empty or short is damage, never a creation cut short.
+func (b *Bolt) prepare() error {
+	if _, err := os.Stat(b.path); err == nil || !errors.Is(err, os.ErrNotExist) {
+		return err
 	}
-	lf, err := os.OpenFile(b.path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	dir, base := filepath.Split(b.path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, base+".new*")
 	if err != nil {
 		return err
 	}
-	defer lf.Close()
+	tmp := f.Name()
+	f.Close()
+	defer os.Remove(tmp)
+	db, err := bolt.Open(tmp, 0o600, &bolt.Options{NoSync: b.noSync})
+	if err != nil {
+		return err
+	}
+	err = db.Update(func(tx *bolt.Tx) error { return ensureBuckets(tx) })
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	// Link, not rename, so that a concurrent creator's file is kept; where links are not supported,
+	// rename is as safe under the lock: the file it would replace is another empty store.
+	if err := os.Link(tmp, b.path); err != nil && !errors.Is(err, os.ErrExist) {
+		if err := os.Rename(tmp, b.path); err != nil {
+			return err
+		}
+	}
+	if !b.noSync {
+		if d, err := os.Open(dir); err == nil {
+			_ = d.Sync()
+			d.Close()
+		}
+	}
+	return nil
+}
+
+func ensureBuckets(tx *bolt.Tx) error {
+	for _, name := range [][]byte{kvBucket, metaBucket} {
+		if tx.Bucket(name) == nil {
+			if _, err := tx.CreateBucket(name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// with runs fn in a read or write transaction on a freshly opened file, holding the file lock.
+func (b *Bolt) with(ctx context.Context, write bool, fn func(*bolt.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	lf, err := b.lock(ctx, write)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		lf.Close()
+		<-b.sem
+	}()
+	if err := b.prepare(); err != nil {
+		return err
+	}
+	return b.access(write, fn)
+}
+
+// Waiting for the lock: a second of it is logged; the blocking flock runs in a goroutine so that the
+// caller can leave when its context ends.
+const slowWait = time.Second
+
+// lock takes this process's turn and the file lock, both waits ending with ctx. It returns the lock
+// file, whose Close releases the flock; the caller then releases the turn (<-b.sem).
+func (b *Bolt) lock(ctx context.Context, write bool) (*os.File, error) {
+	var slow <-chan time.Time
+	start := time.Now()
+	waitErr := func(err error) error {
+		return fmt.Errorf("waiting for lock of state file %s%s: %w", b.path, b.holder(), err)
+	}
+	select {
+	case b.sem <- struct{}{}:
+	default:
+		t := time.NewTimer(slowWait)
+		defer t.Stop()
+		slow = t.C
+	wait:
+		for {
+			select {
+			case b.sem <- struct{}{}:
+				break wait
+			case <-ctx.Done():
+				return nil, waitErr(ctx.Err())
+			case <-slow:
+				b.logSlow(start)
+			}
+		}
+	}
+	lf, err := os.OpenFile(b.lockPath(), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		<-b.sem
+		return nil, err
+	}
 	how := unix.LOCK_SH
 	if write {
 		how = unix.LOCK_EX
 	}
+	err = flock(lf, how|unix.LOCK_NB)
+	if err == nil {
+		return lf, nil
+	}
+	if !errors.Is(err, unix.EWOULDBLOCK) {
+		lf.Close()
+		<-b.sem
+		return nil, fmt.Errorf("lock %s: %w", b.path, err)
+	}
+	// Held by another process: wait in the kernel's queue, from a goroutine the caller may leave. A left
+	// goroutine keeps this process's turn until it gets the lock, then gives both back at once, so at
+	// most one is ever waiting per Bolt.
+	got := make(chan error, 1)
+	go func() { got <- flock(lf, how) }()
+	if slow == nil {
+		t := time.NewTimer(slowWait - time.Since(start))
+		defer t.Stop()
+		slow = t.C
+	}
 	for {
-		err = unix.Flock(int(lf.Fd()), how)
-		if !errors.Is(err, unix.EINTR) {
-			break
+		select {
+		case err := <-got:
+			if err != nil {
+				lf.Close()
+				<-b.sem
+				return nil, fmt.Errorf("lock %s: %w", b.path, err)
+			}
+			return lf, nil
+		case <-ctx.Done():
+			go func() {
+				<-got
+				lf.Close()
+				<-b.sem
+			}()
+			return nil, waitErr(ctx.Err())
+		case <-slow:
+			b.logSlow(start)
 		}
 	}
-	if err != nil {
-		return fmt.Errorf("lock %s: %w", b.path, err)
+}
+
+// flock is flock(2) on f, retried on EINTR.
+func flock(f *os.File, how int) error {
+	for {
+		err := unix.Flock(int(f.Fd()), how)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
 	}
-	// bbolt takes its own flock on the data file; ours already excludes other writers, so a reader
-	// opening read-only alongside another reader is the only sharing and bbolt allows it.
-	db, err := bolt.Open(b.path, 0o600, &bolt.Options{
+}
+
+func (b *Bolt) logSlow(start time.Time) {
+	if b.log != nil {
+		b.log.Warn("waiting for lock of state file"+b.holder(), "file", b.path, "waited", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// holder names the process holding the file's flock, as " (held by pid N)", from /proc/locks; "" when
+// it cannot tell.
+func (b *Bolt) holder() string {
+	var st unix.Stat_t
+	if err := unix.Stat(b.lockPath(), &st); err != nil {
+		return ""
+	}
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return ""
+	}
+	id := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	var pids []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		// "1: FLOCK  ADVISORY  WRITE 4321 00:2a:1234 0 EOF"; waiters have "->" after the number.
+		if len(f) >= 6 && f[1] == "FLOCK" && f[5] == id {
+			pids = append(pids, f[4])
+		}
+	}
+	switch {
+	case len(pids) == 0:
+		return ""
+	case len(pids) == 1 && pids[0] == strconv.Itoa(os.Getpid()):
+		return " (held by this process)"
+	}
+	return " (held by pid " + strings.Join(pids, ", ") + ")"
+}
+
+// access opens the file and runs fn in a transaction. bbolt trusts the file: on a damaged one it
+// panics on an assertion, or faults reading the memory map past the end of a truncated file. The cheap
+// checks of check rule out the faults known; the rest are recovered here and reported as ErrCorrupt.
+func (b *Bolt) access(write bool, fn func(*bolt.Tx) error) (err error) {
+	var file *os.File
+	var db *bolt.DB
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			reason := strings.Join(strings.Fields(fmt.Sprint(r)), " ")
+			if f, ok := r.(interface{ Addr() uintptr }); ok {
+				reason = fmt.Sprintf("memory fault at %#x reading it", f.Addr())
+			}
+			err = &CorruptError{Path: b.path, Reason: reason}
+			b.abandon(db, write, file)
+		}
+	}()
+	db, err = bolt.Open(b.path, 0o600, &bolt.Options{
+		// bbolt takes its own flock on the data file; ours already excludes other writers, so a reader
+		// opening read-only alongside another reader is the only sharing and bbolt allows it.
 		Timeout:  5 * time.Second,
 		ReadOnly: !write,
 		NoSync:   b.noSync,
+		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+			// prepare made the file; bbolt would create an empty one (and take it for new) if it vanished.
+			f, err := os.OpenFile(name, flag&^os.O_CREATE, mode)
+			if err != nil {
+				return nil, err
+			}
+			if err := b.check(f); err != nil {
+				f.Close()
+				return nil, err
+			}
+			file = f
+			return f, nil
+		},
 	})
+	switch {
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+		return &CorruptError{Path: b.path, Reason: err.Error()}
+	case err != nil:
+		return err
+	}
+	if write {
+		err = db.Update(fn)
+	} else {
+		err = db.View(fn)
+	}
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// abandon cleans up after a panic in bbolt. A read transaction has been rolled back by View, so the
+// handle closes normally. After a panic in Open or in a write transaction bbolt's locks may still be
+// held and Close could hang: the handle is left (its memory map stays) and only its file is unlocked
+// and closed. Unlocking matters: the memory map keeps the open file, and with it bbolt's flock.
+func (b *Bolt) abandon(db *bolt.DB, write bool, file *os.File) {
+	defer func() { _ = recover() }()
+	if db != nil && !write {
+		_ = db.Close()
+		return
+	}
+	if file != nil {
+		_ = unix.Flock(int(file.Fd()), unix.LOCK_UN)
+		file.Close()
+	}
+}
+
+// bbolt's file format: each of the first two pages holds a page header and a meta record.
+const (
+	pageHeaderSize = 16
+	metaSize       = 64 // magic, version, page size, flags, root (pgid, sequence), freelist, pgid, txid, checksum
+	boltMagic      = 0xED0CDAED
+	boltVersion    = 2
+	noFreelist     = ^uint64(0)
+)
+
+type meta struct {
+	pageSize uint32
+	root     uint64
+	freelist uint64
+	pgid     uint64 // high-water mark: pages 0..pgid-1 are in the file
+	txid     uint64
+}
+
+// readMeta decodes the meta record at the start of page buf, or reports it invalid as bbolt would.
+func readMeta(buf []byte) (meta, bool) {
+	if len(buf) < pageHeaderSize+metaSize {
+		return meta{}, false
+	}
+	m := buf[pageHeaderSize : pageHeaderSize+metaSize]
+	le := binary.LittleEndian
+	h := fnv.New64a()
+	h.Write(m[:56])
+	if le.Uint32(m[0:]) != boltMagic || le.Uint32(m[4:]) != boltVersion || le.Uint64(m[56:]) != h.Sum64() {
+		return meta{}, false
+	}
+	return meta{pageSize: le.Uint32(m[8:]), root: le.Uint64(m[16:]), freelist: le.Uint64(m[32:]),
+		pgid: le.Uint64(m[40:]), txid: le.Uint64(m[48:])}, true
+}
+
+// check rejects what bbolt would map without question and then fault on: an empty or short file, and
+// one shorter than its meta page says (truncated). It reads only the two meta pages.
+func (b *Bolt) check(f *os.File) error {
+	corrupt := func(format string, a ...any) error {
+		return &CorruptError{Path: b.path, Reason: fmt.Sprintf(format, a...)}
+	}
+	fi, err := f.Stat()
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	if write {
-		return db.Update(fn)
+	size := fi.Size()
+	if size == 0 {
+		return corrupt("the file is empty")
 	}
-	return db.View(fn)
+	buf := make([]byte, 4096)
+	n, _ := f.ReadAt(buf, 0)
+	m0, ok0 := readMeta(buf[:n])
+	var m1 meta
+	ok1 := false
+	// As bbolt does: the page size comes from meta 0, else from a valid meta 1 at any size it may have.
+	for ps := int64(1024); ps <= 1<<24 && ps+pageHeaderSize+metaSize <= size; ps <<= 1 {
+		if ok0 && ps != int64(m0.pageSize) {
+			continue
+		}
+		n, _ := f.ReadAt(buf, ps)
+		if m, ok := readMeta(buf[:n]); ok && int64(m.pageSize) == ps {
+			m1, ok1 = m, true
+			break
+		}
+	}
+	if !ok0 && !ok1 {
+		return corrupt("no valid meta page (file of %d bytes)", size)
+	}
+	m := m0
+	if !ok0 || (ok1 && m1.txid > m0.txid) {
+		m = m1
+	}
+	ps := int64(m.pageSize)
+	if ps < 1024 {
+		return corrupt("meta page %d gives a page size of %d", m.txid%2, ps)
+	}
+	if size < 2*ps {
+		return corrupt("truncated to %d bytes", size)
+	}
+	if m.pgid < 2 || m.root >= m.pgid || (m.freelist >= m.pgid && m.freelist != noFreelist) {
+		return corrupt("meta page %d is inconsistent", m.txid%2)
+	}
+	if need := int64(m.pgid) * ps; size < need {
+		return corrupt("truncated to %d bytes, its meta page says %d", size, need)
+	}
+	return nil
 }
 
 func decode(k, v []byte) KV {
@@ -136,12 +471,13 @@ func storeRev(tx *bolt.Tx) int64 {
 
 // Get implements Store.
 func (b *Bolt) Get(ctx context.Context, key string) (KV, error) {
-	if err := ctx.Err(); err != nil {
-		return KV{}, err
-	}
 	var kv KV
-	err := b.with(false, func(tx *bolt.Tx) error {
-		v := tx.Bucket(kvBucket).Get([]byte(key))
+	err := b.with(ctx, false, func(tx *bolt.Tx) error {
+		bk := tx.Bucket(kvBucket)
+		if bk == nil {
+			return ErrNotFound
+		}
+		v := bk.Get([]byte(key))
 		if v == nil {
 			return ErrNotFound
 		}
@@ -153,14 +489,15 @@ func (b *Bolt) Get(ctx context.Context, key string) (KV, error) {
 
 // List implements Store.
 func (b *Bolt) List(ctx context.Context, prefix string) ([]KV, int64, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, 0, err
-	}
 	var out []KV
 	var rev int64
-	err := b.with(false, func(tx *bolt.Tx) error {
+	err := b.with(ctx, false, func(tx *bolt.Tx) error {
 		rev = storeRev(tx)
-		c := tx.Bucket(kvBucket).Cursor()
+		bk := tx.Bucket(kvBucket)
+		if bk == nil {
+			return nil
+		}
+		c := bk.Cursor()
 		p := []byte(prefix)
 		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 			out = append(out, decode(k, v))
@@ -172,10 +509,10 @@ func (b *Bolt) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 
 // Txn implements Store.
 func (b *Bolt) Txn(ctx context.Context, cmps []Cmp, ops []Op) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return b.with(true, func(tx *bolt.Tx) error {
+	return b.with(ctx, true, func(tx *bolt.Tx) error {
+		if err := ensureBuckets(tx); err != nil {
+			return err
+		}
 		bk := tx.Bucket(kvBucket)
 		for _, c := range cmps {
 			v := bk.Get([]byte(c.Key))
@@ -260,9 +597,9 @@ func (b *Bolt) Watch(ctx context.Context, prefix string, rev int64) (<-chan Even
 		for {
 			var evs []Event
 			var now int64
-			err := b.with(false, func(tx *bolt.Tx) error {
+			err := b.with(ctx, false, func(tx *bolt.Tx) error {
 				now = storeRev(tx)
-				if now <= rev {
+				if now <= rev || tx.Bucket(kvBucket) == nil || tx.Bucket(metaBucket) == nil {
 					return nil
 				}
 				p := []byte(prefix)
@@ -306,8 +643,6 @@ func (b *Bolt) Watch(ctx context.Context, prefix string, rev int64) (<-chan Even
 
 // Close implements Store. The file is never held open between calls, so Close only refuses later calls.
 func (b *Bolt) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.closed = true
+	b.closed.Store(true)
 	return nil
 }

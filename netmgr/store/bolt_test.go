@@ -195,7 +195,7 @@ func TestTombstonesAreCompacted(t *testing.T) {
 		}
 	}
 	var n int
-	_ = b.with(false, func(tx *bolt.Tx) error {
+	_ = b.with(ctx, false, func(tx *bolt.Tx) error {
 		return tx.Bucket(metaBucket).ForEach(func(k, v []byte) error {
 			if len(k) > 4 && string(k[:4]) == "del/" {
 				n++

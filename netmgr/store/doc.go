@@ -5,4 +5,7 @@
 // the caller read (0 meaning "absent"), and a watch streams changes under a prefix. [Bolt] implements it
 // on one bbolt file shared safely by goroutines and by separate processes; a cluster implementation on
 // etcd plugs in through the same [Store] interface.
+//
+// Every call waits for [Bolt]'s file lock only as long as its context allows, and a damaged file is an
+// error wrapping [ErrCorrupt] (a [*CorruptError] naming the file) rather than a panic or a memory fault.
 package store

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 )
 
 var (
@@ -12,7 +13,22 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("store closed")
+	// ErrCorrupt is wrapped by the error of every call on a state file that is damaged (a *CorruptError).
+	ErrCorrupt = errors.New("state file is corrupt")
 )
+
+// CorruptError is a damaged state file: what was found wrong, and what to do about it.
+type CorruptError struct {
+	Path   string
+	Reason string
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("state file %s is corrupt (%s): move it aside (what it recorded is lost) and run podctl gc", e.Path, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrCorrupt) true.
+func (e *CorruptError) Unwrap() error { return ErrCorrupt }
 
 // KV is one key, its value and the revision of its last change.
 type KV struct {
