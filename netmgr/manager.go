@@ -131,11 +131,11 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 		if err := os.MkdirAll(m.stateDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create state dir: %w", err)
 		}
-		st, err := store.OpenBolt(filepath.Join(m.stateDir, "netmgr.db"))
+		st, err := store.OpenBolt(filepath.Join(m.stateDir, "netmgr.db"), store.WithLogger(m.log))
 		if err != nil {
 			return nil, err
 		}
-		rt, err := OpenRuntimeStore(ctx, filepath.Join(m.runDir, "runtime.db"))
+		rt, err := OpenRuntimeStore(ctx, filepath.Join(m.runDir, "runtime.db"), store.WithLogger(m.log))
 		if err != nil {
 			return nil, err
 		}
@@ -158,6 +158,14 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 	if m.fw, err = firewall.New(m.host.Fd(), m.log); err != nil {
 		m.Close()
 		return nil, err
+	}
+	// A state file that cannot be read (corrupt, or its lock not had before ctx ended) fails New with
+	// the store's own error, which names the file, instead of a warning and a second failure later.
+	for _, s := range []store.Store{m.st, m.rt} {
+		if _, _, err := s.List(ctx, keyIntents); err != nil {
+			m.Close()
+			return nil, err
+		}
 	}
 	if err := m.recoverIntents(ctx); err != nil {
 		m.log.Warn("repair of interrupted operations incomplete", "error", err)
@@ -213,7 +221,7 @@ func (m *Manager) driver(name string) (drivers.Driver, error) {
 // it), so it is replaced by an empty one; Recover then removes the stale pins the run dir may still
 // hold. The boot it belongs to is kept in a small file beside it (PATH.boot), so that the decision
 // needs no read of a file that may be torn, and a file of this boot is never discarded for an error.
-func OpenRuntimeStore(ctx context.Context, path string) (*store.Bolt, error) {
+func OpenRuntimeStore(ctx context.Context, path string, opts ...store.BoltOption) (*store.Bolt, error) {
 	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return nil, fmt.Errorf("read boot id: %w", err)
@@ -250,7 +258,7 @@ func OpenRuntimeStore(ctx context.Context, path string) (*store.Bolt, error) {
 			}
 		}
 	}
-	rt, err := store.OpenBolt(path, store.WithNoSync())
+	rt, err := store.OpenBolt(path, append([]store.BoltOption{store.WithNoSync()}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("open runtime state: %w", err)
 	}

@@ -204,10 +204,7 @@ func (g *globals) withManager(fn func(ctx context.Context, m *netmgr.Manager, ar
 }
 
 func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) {
-	opts := []netmgr.Option{netmgr.WithStateDir(g.stateDir), netmgr.WithRunDir(g.runDir)}
-	if g.debug {
-		opts = append(opts, netmgr.WithLogger(slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))))
-	}
+	opts := []netmgr.Option{netmgr.WithStateDir(g.stateDir), netmgr.WithRunDir(g.runDir), netmgr.WithLogger(g.logger())}
 	if pb := g.pauseBinary(); pb != "" {
 		opts = append(opts, netmgr.WithPauseBinary(pb))
 	}
@@ -244,6 +241,21 @@ func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) 
 			st.Close()
 		}
 	}, nil
+}
+
+// logger prints warnings (a repair of an interrupted operation, a long wait for another one) on stderr,
+// one line each and without timestamps; --debug adds everything else.
+func (g *globals) logger() *slog.Logger {
+	level := slog.LevelWarn
+	if g.debug {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level, ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if len(groups) == 0 && a.Key == slog.TimeKey && !g.debug {
+			return slog.Attr{}
+		}
+		return a
+	}}))
 }
 
 // pauseBinary is --pause-binary, else a pause binary next to the podctl executable, else "".
