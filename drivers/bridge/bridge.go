@@ -88,8 +88,12 @@ func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network)
 				return fmt.Errorf("%w: option %s: an internal network has no gateway to the outside", drivers.ErrInvalid, k)
 			}
 		} else if k != "bridge" {
-			if _, err := strconv.ParseBool(v); err != nil {
+			on, err := strconv.ParseBool(v)
+			if err != nil {
 				return fmt.Errorf("%w: option %s=%q is not a boolean", drivers.ErrInvalid, k, v)
+			}
+			if k == "masquerade" && on && n.Internal {
+				return fmt.Errorf("%w: option masquerade=true: an internal network's traffic never leaves it", drivers.ErrInvalid)
 			}
 		}
 	}

@@ -61,6 +61,8 @@ func TestPrepareNetwork(t *testing.T) {
 		{"bad mtu", drivers.Network{Name: "n", Subnets: sn, MTU: 20}, drivers.ErrInvalid},
 		{"ipv6 mtu below 1280", drivers.Network{Name: "n", Subnets: append([]netip.Prefix{netip.MustParsePrefix("fd00:6::/64")}, sn...), MTU: 1279}, drivers.ErrInvalid},
 		{"ipv4 mtu below 1280", drivers.Network{Name: "n", Subnets: sn, MTU: 1279}, nil},
+		{"internal masquerade", drivers.Network{Name: "n", Subnets: sn, Internal: true, Options: map[string]string{"masquerade": "true"}}, drivers.ErrInvalid},
+		{"internal no masquerade", drivers.Network{Name: "n", Subnets: sn, Internal: true, Options: map[string]string{"masquerade": "false"}}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
