@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -266,13 +268,15 @@ func TestCrashNetworkCreateThenAttach(t *testing.T) {
 
 // TestCrashNetworkCreateThenReboot: a network create killed after recording, then a reboot (the run
 // dir is a tmpfs: its lock files, pins and runtime state are gone): the next start rolls the create
-// back instead of adopting it, and gc leaves no bridge.
+// back instead of adopting it, and gc leaves no bridge. The test cannot reboot; the boot shows in the
+// network's record, re-dated to before this boot started.
 func TestCrashNetworkCreateThenReboot(t *testing.T) {
 	h := newHost(t)
 	for _, step := range []string{netmgr.StepNetworkReserved, netmgr.StepNetworkCreated} {
 		for _, r := range repairers {
 			t.Run(step+"/"+r.name, func(t *testing.T) {
 				h.killAt(t, step, "network", "create", "flaky", "--driver", "bridge", "--subnet", "10.47.0.0/24")
+				h.redateNetwork(t, "flaky", time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC))
 				ents, _ := os.ReadDir(h.runDir)
 				for _, e := range ents {
 					if err := os.RemoveAll(filepath.Join(h.runDir, e.Name())); err != nil {
@@ -346,4 +350,31 @@ func (h *host) waitLockWaiter(t *testing.T, name string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("no process seen waiting on %s", name)
+}
+
+// redateNetwork rewrites the creation time in a network's record, in the state file podctl uses.
+func (h *host) redateNetwork(t *testing.T, name string, when time.Time) {
+	t.Helper()
+	st, err := store.OpenBolt(filepath.Join(h.stateDir, "netmgr.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	kv, err := st.Get(ctx, "networks/"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec["created"] = when
+	b, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Txn(ctx, nil, []store.Op{store.Put(kv.Key, b)}); err != nil {
+		t.Fatal(err)
+	}
 }

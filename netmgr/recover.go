@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -54,7 +55,13 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 	}
 	for _, kv := range sbi {
 		name := strings.TrimPrefix(kv.Key, keyIntentSB)
-		l, err := m.lockForRepair("sandbox-" + name)
+		l, err := m.lockForRepair("sandbox-"+name, string(kv.Value), func() time.Time {
+			rec, _, err := m.readSandbox(ctx, name)
+			if err != nil {
+				return time.Time{}
+			}
+			return rec.Created
+		})
 		if err != nil {
 			continue // a live process is working on it
 		}
@@ -70,7 +77,8 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 			m.log.Warn("repair: interrupted attach or detach undone", "sandbox", name, "network", network)
 			err = m.dropEndpoint(ctx, name, network)
 		} else {
-			gone, err = m.repairSandbox(ctx, name, string(kv.Value))
+			kind, _ := parseIntent(string(kv.Value))
+			gone, err = m.repairSandbox(ctx, name, kind)
 		}
 		l.unlock(err == nil && gone)
 		if err != nil {
@@ -87,7 +95,13 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 	}
 	for _, kv := range ni {
 		name := strings.TrimPrefix(kv.Key, keyIntentNet)
-		l, err := m.lockForRepair("network-" + name)
+		l, err := m.lockForRepair("network-"+name, string(kv.Value), func() time.Time {
+			rec, err := m.readNetworkRecord(ctx, name)
+			if err != nil {
+				return time.Time{}
+			}
+			return rec.Created
+		})
 		if err != nil {
 			continue
 		}
@@ -95,7 +109,8 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 			l.unlock(!m.networkKnown(ctx, name))
 			continue
 		}
-		gone, err := m.repairNetwork(ctx, name, string(kv.Value))
+		kind, _ := parseIntent(string(kv.Value))
+		gone, err := m.repairNetwork(ctx, name, kind)
 		l.unlock(err == nil && gone)
 		if err != nil {
 			m.log.Warn("repair failed", "network", name, "error", err)

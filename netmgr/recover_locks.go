@@ -6,17 +6,6 @@ import (
 	"strings"
 )
 
-// lockForRepair takes the exclusive lock of an object with an intent, without waiting, creating the
-// lock file if it is missing. Whether the intent's owner is dead is decided by holding the lock, not
-// by the file's existence: the run dir is a tmpfs, so after a reboot every lock file is gone while
-// network intents, in the durable store, remain. Every lock file is removed only by a holder of its
-// exclusive lock, after its intent is cleared, so a live owner always holds the file that the path
-// names, and the caller re-reads the intent under the lock to tell a dead owner from a finished one.
-// The caller removes the lock file again (unlock(true)) when it finds no record and no intent.
-func (m *Manager) lockForRepair(name string) (*fileLock, error) {
-	return m.tryLock(name)
-}
-
 // lockFiles lists the lock files under the run dir by object kind: "network" and "sandbox" map the
 // object names that have one. Other lock files (the firewall's) are not listed.
 func (m *Manager) lockFiles() map[string][]string {

@@ -3,6 +3,7 @@ package netmgr_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -246,62 +248,133 @@ func startIn(t *testing.T, ns *sandbox.NetNS, applet string, args ...string) *ex
 	return c
 }
 
+// crashNetworkCreate runs a network create on its own Manager that dies at step (the hook panics, so
+// the lock is released and the intent stays, as when the process is killed there).
+func (e *env) crashNetworkCreate(t *testing.T, step string, spec netmgr.NetworkSpec) {
+	t.Helper()
+	type died struct{}
+	crashing, err := netmgr.New(context.Background(), netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir), netmgr.WithHostNetNS(e.host.Path()),
+		netmgr.WithStepHook(func(s string) {
+			if s == step {
+				panic(died{})
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer crashing.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(died); !ok {
+				panic(r)
+			}
+		}
+	}()
+	_, _ = crashing.CreateNetwork(context.Background(), spec)
+	t.Fatal("create did not stop at", step)
+}
+
 // TestRepairAfterRebootUndoesCreate: a network create that died after recording (and after making
 // its bridge), followed by a reboot, which empties the run dir (a tmpfs) and so every lock file, is
 // rolled back by the next Manager: the network, its intent and its bridge are gone, and the name can
-// be used again.
+// be used again. The reboot shows as an intent carrying another boot's ID, or, for an intent written
+// without one, as a record created before this boot started.
 func TestRepairAfterRebootUndoesCreate(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	for i, step := range []string{netmgr.StepNetworkReserved, netmgr.StepNetworkCreated} {
-		t.Run(step, func(t *testing.T) {
-			type died struct{}
-			crashing, err := netmgr.New(ctx, netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir), netmgr.WithHostNetNS(e.host.Path()),
-				netmgr.WithStepHook(func(s string) {
-					if s == step {
-						panic(died{})
-					}
-				}))
+	spec := netmgr.NetworkSpec{Name: "flaky", Subnets: []netip.Prefix{netip.MustParsePrefix("10.63.0.0/24")}}
+	earlier := map[string]func(t *testing.T){
+		"intent of another boot": func(t *testing.T) {
+			putKey(t, e.st, "intents/network/flaky", "create boot=00000000-0000-0000-0000-000000000000")
+		},
+		"record of an earlier boot": func(t *testing.T) {
+			kv, err := e.st.Get(ctx, "networks/flaky")
 			if err != nil {
 				t.Fatal(err)
 			}
-			func() {
-				defer func() {
-					if r := recover(); r != nil {
-						if _, ok := r.(died); !ok {
-							panic(r)
-						}
-					}
-				}()
-				_, _ = crashing.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "flaky", Subnets: []netip.Prefix{netip.MustParsePrefix("10.63.0.0/24")}})
-				t.Fatal("create did not stop at", step)
-			}()
-			crashing.Close()
-			if i == 1 && !testutil.HasLink(t, e.host, "nm-flaky") {
-				t.Fatal("no bridge at", step)
+			var rec map[string]any
+			if err := json.Unmarshal(kv.Value, &rec); err != nil {
+				t.Fatal(err)
 			}
-			// The reboot: the run dir's contents are gone.
-			ents, _ := os.ReadDir(e.runDir)
-			for _, d := range ents {
-				if err := os.RemoveAll(filepath.Join(e.runDir, d.Name())); err != nil {
+			rec["created"] = time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
+			b, _ := json.Marshal(rec)
+			putKey(t, e.st, "networks/flaky", string(b))
+		},
+	}
+	for _, step := range []string{netmgr.StepNetworkReserved, netmgr.StepNetworkCreated} {
+		for how, mark := range earlier {
+			t.Run(step+"/"+how, func(t *testing.T) {
+				e.crashNetworkCreate(t, step, spec)
+				if step == netmgr.StepNetworkCreated && !testutil.HasLink(t, e.host, "nm-flaky") {
+					t.Fatal("no bridge at", step)
+				}
+				mark(t)
+				// The reboot: the run dir's contents are gone.
+				ents, _ := os.ReadDir(e.runDir)
+				for _, d := range ents {
+					if err := os.RemoveAll(filepath.Join(e.runDir, d.Name())); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var log syncBuffer
+				m := e.reopen(t, &log)
+				if _, err := m.Network(ctx, "flaky"); !errors.Is(err, netmgr.ErrNotFound) {
+					t.Fatalf("interrupted create adopted after a reboot: %v", err)
+				}
+				absent(t, e.st, "intents/network/flaky")
+				if testutil.HasLink(t, e.host, "nm-flaky") {
+					t.Fatal("bridge of the interrupted create left")
+				}
+				if _, err := m.CreateNetwork(ctx, spec); err != nil {
 					t.Fatal(err)
 				}
+				if err := m.DeleteNetwork(ctx, "flaky"); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
+	}
+}
+
+// TestRepairLeavesLiveCreateAlone: a Manager whose run dir has no lock file for a network intent of
+// this boot (another run dir, whose owner is alive) does not repair it: the create in flight
+// completes.
+func TestRepairLeavesLiveCreateAlone(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	paused, resume := make(chan struct{}), make(chan struct{})
+	live, err := netmgr.New(ctx, netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir), netmgr.WithHostNetNS(e.host.Path()),
+		netmgr.WithStepHook(func(s string) {
+			if s == netmgr.StepNetworkCreated {
+				close(paused)
+				<-resume
 			}
-			var log syncBuffer
-			m := e.reopen(t, &log)
-			if _, err := m.Network(ctx, "flaky"); !errors.Is(err, netmgr.ErrNotFound) {
-				t.Fatalf("interrupted create adopted after a reboot: %v", err)
-			}
-			absent(t, e.st, "intents/network/flaky")
-			if testutil.HasLink(t, e.host, "nm-flaky") {
-				t.Fatal("bridge of the interrupted create left")
-			}
-			if _, err := m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "flaky", Subnets: []netip.Prefix{netip.MustParsePrefix("10.63.0.0/24")}}); err != nil {
-				t.Fatal(err)
-			}
-			if err := m.DeleteNetwork(ctx, "flaky"); err != nil {
-				t.Fatal(err)
-			}
-		})
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := live.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "inflight", Subnets: []netip.Prefix{netip.MustParsePrefix("10.63.1.0/24")}})
+		done <- err
+	}()
+	<-paused
+	other, err := netmgr.New(ctx, netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(t.TempDir()), netmgr.WithHostNetNS(e.host.Path()))
+	if err != nil {
+		close(resume)
+		t.Fatal(err)
+	}
+	defer other.Close()
+	_, err = other.Network(ctx, "inflight")
+	close(resume)
+	if err != nil {
+		t.Fatalf("a create in flight was repaired by a Manager of another run dir: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.DeleteNetwork(ctx, "inflight"); err != nil {
+		t.Fatal(err)
 	}
 }
