@@ -63,7 +63,7 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 			return rec.Created
 		})
 		if err != nil {
-			continue // a live process is working on it
+			continue // a live process is working on it, or its owner finished (see lockForRepair)
 		}
 		// The intent was listed before the lock was ours: its owner may have finished since, and
 		// then the sandbox is whole and must be left alone. Only an intent still there now, under
@@ -82,7 +82,6 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 		}
 		l.unlock(err == nil && gone)
 		if err != nil {
-			m.log.Warn("repair failed", "sandbox", name, "error", err)
 			rep.Errors = append(rep.Errors, fmt.Sprintf("sandbox %s: %v", name, err))
 		} else {
 			rep.Sandboxes = append(rep.Sandboxes, name)
@@ -113,7 +112,6 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 		gone, err := m.repairNetwork(ctx, name, kind)
 		l.unlock(err == nil && gone)
 		if err != nil {
-			m.log.Warn("repair failed", "network", name, "error", err)
 			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", name, err))
 		} else {
 			rep.Networks = append(rep.Networks, name)
@@ -149,13 +147,13 @@ func (m *Manager) repairSandbox(ctx context.Context, name, intent string) (gone 
 		m.log.Warn("repair: interrupted sandbox delete dropped: the sandbox is in use and is kept", "sandbox", name, "users", users)
 		return false, m.rt.Txn(ctx, nil, []store.Op{store.Del(keyIntentSB + name)})
 	}
+	if err := m.teardownSandbox(ctx, &rec); err != nil {
+		return false, err
+	}
 	if intent == intentCreate {
 		m.log.Warn("repair: interrupted sandbox create undone", "sandbox", name)
 	} else {
 		m.log.Warn("repair: interrupted sandbox delete finished", "sandbox", name)
-	}
-	if err := m.teardownSandbox(ctx, &rec); err != nil {
-		return false, err
 	}
 	return true, nil
 }
@@ -195,8 +193,11 @@ func (m *Manager) repairNetwork(ctx context.Context, name, intent string) (gone 
 	if len(users) > 0 {
 		return false, m.finishNetworkCreate(ctx, &rec, users)
 	}
+	if err := m.finishNetworkDelete(ctx, &rec); err != nil {
+		return false, err
+	}
 	m.log.Warn("repair: interrupted network delete finished", "network", name)
-	return true, m.finishNetworkDelete(ctx, &rec)
+	return true, nil
 }
 
 // namespaceGone reports whether the namespace a sandbox uses has vanished (after a reboot, or because a
