@@ -557,7 +557,7 @@ func (m *Manager) dropUnownedBridges(ctx context.Context, rep *Report, links []n
 	}
 	for _, l := range links {
 		a := l.Attrs()
-		if l.Type() != "bridge" || !strings.HasPrefix(a.Name, bridge.BridgePrefix) || !strings.HasPrefix(a.Alias, "netmgr:") || named[a.Name] {
+		if !bridge.MarkedBridge(l) || named[a.Name] {
 			continue
 		}
 		if p := ports[a.Index]; len(p) > 0 {

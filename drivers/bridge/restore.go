@@ -120,6 +120,13 @@ func (d *Driver) RestoreEndpoint(ctx context.Context, n *drivers.Network, ep *dr
 	return changed, nil
 }
 
+// MarkedBridge reports whether l is a bridge that this driver made for some network: a derived name
+// (BridgePrefix) and the owner alias. gc removes such bridges when no network names them.
+func MarkedBridge(l netlink.Link) bool {
+	return l.Type() == "bridge" && strings.HasPrefix(l.Attrs().Name, BridgePrefix) &&
+		strings.HasPrefix(l.Attrs().Alias, ownerAlias(&drivers.Network{}))
+}
+
 // NetworkUsers implements drivers.UsageReporter: the ports of n's bridge. On a bridge this driver made
 // for n every port is a user; on someone else's bridge (--opt bridge=NAME) only the host ends of
 // netmgr's endpoints are.
