@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -377,4 +379,63 @@ func (h *host) redateNetwork(t *testing.T, name string, when time.Time) {
 	if err := st.Txn(ctx, nil, []store.Op{store.Put(kv.Key, b)}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestGCReconnectsSandboxes: with a network's bridge deleted by hand and one sandbox's host veth too,
+// `podctl gc` re-creates the bridge, puts the first sandbox's host end back on it and makes the second
+// sandbox's veth again; both reach their gateway, the report names what was restored, and a second
+// gc finds nothing to do.
+func TestGCReconnectsSandboxes(t *testing.T) {
+	h := newHost(t)
+	h.must(t, "network", "create", "cut", "--driver", "bridge", "--subnet", "10.48.0.0/24")
+	h.must(t, "sandbox", "create", "a1", "--network", "cut")
+	h.must(t, "sandbox", "create", "a2", "--network", "cut")
+	var a2 []struct {
+		Attachments []struct {
+			HostInterface string `json:"host_interface"`
+		} `json:"attachments"`
+	}
+	if err := json.Unmarshal([]byte(h.must(t, "-o", "json", "sandbox", "ls")), &a2); err != nil || len(a2) != 2 {
+		t.Fatalf("sandbox ls: %v", err)
+	}
+	hd, err := h.ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hd.Close()
+	for _, name := range []string{"nm-cut", a2[1].Attachments[0].HostInterface} {
+		l, err := hd.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hd.LinkDel(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var rep netmgr.Report
+	if err := json.Unmarshal([]byte(h.must(t, "-o", "json", "gc")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(rep.Endpoints)
+	if !slices.Equal(rep.Restored, []string{"cut"}) || !slices.Equal(rep.Endpoints, []string{"a1/cut", "a2/cut"}) {
+		t.Errorf("gc report: restored %v, endpoints %v; want [cut], [a1/cut a2/cut]", rep.Restored, rep.Endpoints)
+	}
+	for _, s := range []string{"a1", "a2"} {
+		ns, err := sandbox.Open(filepath.Join(h.runDir, "netns", s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = testutil.Ping(ns, "10.48.0.1")
+		ns.Close()
+		if err != nil {
+			t.Errorf("sandbox %s cut off after gc: %v", s, err)
+		}
+	}
+	if out := strings.TrimSpace(h.must(t, "-o", "json", "gc")); out != "{}" {
+		t.Errorf("second gc: %s, want {}", out)
+	}
+	h.must(t, "sandbox", "rm", "a1")
+	h.must(t, "sandbox", "rm", "a2")
+	h.must(t, "network", "rm", "cut")
+	h.assertClean(t)
 }
