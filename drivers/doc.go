@@ -2,11 +2,11 @@
 //
 // A driver creates the plumbing of a network (a bridge, a VXLAN device) and of each endpoint (one
 // sandbox on one network). Required behaviour is the small [Driver] interface; optional abilities are
-// small extra interfaces ([NamespaceProvider], [AddressProvider], [Restorer], [PeerUpdater],
-// [Firewaller]) found by type assertion. Drivers never import package netmgr: everything they need
-// arrives in [Env] and in the [Network] and [Endpoint] values, and everything they decide (names, MAC
-// addresses) is written back into those values so that netmgr records it before or after the kernel
-// changes.
+// small extra interfaces ([NamespaceProvider], [AddressProvider], [NetworkRestorer],
+// [EndpointRestorer], [UsageReporter], [PeerUpdater], [Firewaller]) found by type assertion. Drivers
+// never import package netmgr: everything they need arrives in [Env] and in the [Network] and
+// [Endpoint] values, and everything they decide (names, MAC addresses) is written back into those
+// values so that netmgr records it before or after the kernel changes.
 //
 // # Threading
 //

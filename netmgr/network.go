@@ -324,8 +324,18 @@ func (m *Manager) rollbackNetwork(ctx context.Context, rec *networkRecord, cause
 	return cause
 }
 
-// undoNetwork rolls back a network whose create failed or was interrupted.
+// undoNetwork rolls back a network whose create failed or was interrupted. It refuses, with a
+// *usersError (ErrInUse), while anything uses the network (see networkUsers): an intent that bbolt's
+// fallback to its previous meta page brought back belongs to a network that is whole and may carry
+// sandboxes, and one whose creator was killed may have had an attach finish after it died.
 func (m *Manager) undoNetwork(ctx context.Context, rec *networkRecord) error {
+	users, err := m.networkUsers(ctx, rec)
+	if err != nil {
+		return fmt.Errorf("undo network %s: look for users: %w", rec.Name, err)
+	}
+	if len(users) > 0 {
+		return &usersError{what: "network " + rec.Name, users: users}
+	}
 	var errs []error
 	if drv, err := m.driver(rec.Driver); err == nil {
 		errs = append(errs, drv.DeleteNetwork(ctx, rec.driverNetwork()))

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -19,13 +21,17 @@ import (
 
 // Report says what Recover repaired.
 type Report struct {
-	Networks  []string `json:"networks,omitempty"`  // networks whose interrupted create or delete was finished
-	Sandboxes []string `json:"sandboxes,omitempty"` // sandboxes whose interrupted create or delete was finished
+	Networks  []string `json:"networks,omitempty"`  // networks whose interrupted create or delete was finished or undone
+	Sandboxes []string `json:"sandboxes,omitempty"` // sandboxes whose interrupted operation was finished or undone
 	Stale     []string `json:"stale,omitempty"`     // sandboxes whose namespace had vanished (e.g. after a reboot)
 	Addresses []string `json:"addresses,omitempty"` // allocations without a sandbox, freed
 	Pins      []string `json:"pins,omitempty"`      // namespace pins without a sandbox, removed
 	Links     []string `json:"links,omitempty"`     // host interfaces without an endpoint, deleted
 	Restored  []string `json:"restored,omitempty"`  // networks whose plumbing was re-created
+	Endpoints []string `json:"endpoints,omitempty"` // endpoints (SANDBOX/NETWORK) whose plumbing was re-created or re-connected
+	Bridges   []string `json:"bridges,omitempty"`   // bridges marked as netmgr's that no network names, removed
+	Unowned   []string `json:"unowned,omitempty"`   // such bridges left in place because they have ports
+	Locks     []string `json:"locks,omitempty"`     // lock files of objects that no longer exist, removed
 	Ports     []string `json:"ports,omitempty"`     // published ports: keys and rules without a sandbox removed, missing rules re-added
 	Errors    []string `json:"errors,omitempty"`
 }
@@ -49,24 +55,32 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 	}
 	for _, kv := range sbi {
 		name := strings.TrimPrefix(kv.Key, keyIntentSB)
-		l, err := m.tryLockExisting("sandbox-" + name)
+		l, err := m.lockForRepair("sandbox-"+name, string(kv.Value), func() time.Time {
+			rec, _, err := m.readSandbox(ctx, name)
+			if err != nil {
+				return time.Time{}
+			}
+			return rec.Created
+		})
 		if err != nil {
-			continue // a live process is working on it, or has just finished
+			continue // a live process is working on it, or its owner finished (see lockForRepair)
 		}
 		// The intent was listed before the lock was ours: its owner may have finished since, and
 		// then the sandbox is whole and must be left alone. Only an intent still there now, under
 		// the lock, is one whose owner died.
 		if kv, err = m.rt.Get(ctx, kv.Key); err != nil {
-			l.unlock(false)
+			l.unlock(!m.sandboxKnown(ctx, name))
 			continue
 		}
+		gone := false
 		if network, ok := isEndpointIntent(string(kv.Value)); ok {
+			m.log.Warn("repair: interrupted attach or detach undone", "sandbox", name, "network", network)
 			err = m.dropEndpoint(ctx, name, network)
-			l.unlock(false)
 		} else {
-			err = m.repairSandbox(ctx, name)
-			l.unlock(err == nil)
+			kind, _ := parseIntent(string(kv.Value))
+			gone, err = m.repairSandbox(ctx, name, kind)
 		}
+		l.unlock(err == nil && gone)
 		if err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("sandbox %s: %v", name, err))
 		} else {
@@ -80,16 +94,23 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 	}
 	for _, kv := range ni {
 		name := strings.TrimPrefix(kv.Key, keyIntentNet)
-		l, err := m.tryLockExisting("network-" + name)
+		l, err := m.lockForRepair("network-"+name, string(kv.Value), func() time.Time {
+			rec, err := m.readNetworkRecord(ctx, name)
+			if err != nil {
+				return time.Time{}
+			}
+			return rec.Created
+		})
 		if err != nil {
 			continue
 		}
 		if kv, err = m.st.Get(ctx, kv.Key); err != nil { // see above: finished meanwhile
-			l.unlock(false)
+			l.unlock(!m.networkKnown(ctx, name))
 			continue
 		}
-		err = m.repairNetwork(ctx, name, string(kv.Value))
-		l.unlock(false)
+		kind, _ := parseIntent(string(kv.Value))
+		gone, err := m.repairNetwork(ctx, name, kind)
+		l.unlock(err == nil && gone)
 		if err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", name, err))
 		} else {
@@ -99,55 +120,93 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 }
 
 // repairSandbox rolls an interrupted create back, or finishes an interrupted delete: both end with the
-// sandbox gone, which is what its owner last asked for or never got confirmed.
-func (m *Manager) repairSandbox(ctx context.Context, name string) error {
+// sandbox gone, which is what its owner last asked for or never got confirmed. A sandbox in use is
+// kept instead (see sandboxUsers): its create is finished, its delete, which would have been refused,
+// is forgotten. gone reports whether the sandbox is gone.
+func (m *Manager) repairSandbox(ctx context.Context, name, intent string) (gone bool, err error) {
 	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
-		return m.rt.Txn(ctx, nil, []store.Op{store.Del(keyIntentSB + name)})
+		m.log.Warn("repair: intent of a sandbox that does not exist cleared", "sandbox", name, "intent", intent)
+		return true, m.rt.Txn(ctx, nil, []store.Op{store.Del(keyIntentSB + name)})
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	var rec sandboxRecord
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
-		return err
+		return false, err
 	}
-	m.log.Info("repairing interrupted sandbox operation", "sandbox", name)
-	return m.teardownSandbox(ctx, &rec)
+	users, err := m.sandboxUsers(ctx, &rec, intent == intentCreate)
+	if err != nil {
+		return false, err
+	}
+	if len(users) > 0 {
+		if intent == intentCreate {
+			return false, m.finishSandboxCreate(ctx, &rec, users)
+		}
+		m.log.Warn("repair: interrupted sandbox delete dropped: the sandbox is in use and is kept", "sandbox", name, "users", users)
+		return false, m.rt.Txn(ctx, nil, []store.Op{store.Del(keyIntentSB + name)})
+	}
+	if err := m.teardownSandbox(ctx, &rec); err != nil {
+		return false, err
+	}
+	if intent == intentCreate {
+		m.log.Warn("repair: interrupted sandbox create undone", "sandbox", name)
+	} else {
+		m.log.Warn("repair: interrupted sandbox delete finished", "sandbox", name)
+	}
+	return true, nil
 }
 
-func (m *Manager) repairNetwork(ctx context.Context, name, intent string) error {
+// repairNetwork undoes an interrupted create or finishes an interrupted delete, unless the network is
+// in use (see networkUsers): then the create is finished, and the delete, which would have been
+// refused, is forgotten with the network's plumbing made sure of. gone reports whether the network is
+// gone.
+func (m *Manager) repairNetwork(ctx context.Context, name, intent string) (gone bool, err error) {
 	kv, err := m.st.Get(ctx, keyNetworks+name)
 	if errors.Is(err, store.ErrNotFound) {
-		return errors.Join(m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + name)}), m.syncFirewall(ctx))
+		m.log.Warn("repair: intent of a network that does not exist cleared", "network", name, "intent", intent)
+		return true, errors.Join(m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + name)}), m.syncFirewall(ctx))
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	var rec networkRecord
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
-		return err
+		return false, err
 	}
-	m.log.Info("repairing interrupted network operation", "network", name, "intent", intent)
 	if intent == intentCreate {
-		return m.undoNetwork(ctx, &rec)
+		err := m.undoNetwork(ctx, &rec)
+		var inUse *usersError
+		if errors.As(err, &inUse) {
+			return false, m.finishNetworkCreate(ctx, &rec, inUse.users)
+		}
+		if err == nil {
+			m.log.Warn("repair: interrupted network create undone", "network", name)
+		}
+		return err == nil, err
 	}
-	users, _, err := m.rt.List(ctx, keyIPAM+name+"/")
+	users, err := m.networkUsers(ctx, &rec)
 	if err != nil {
-		return err
+		return false, err
 	}
-	if len(users) > 0 { // the delete would have been refused; keep the network
-		return m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + name)})
+	if len(users) > 0 {
+		return false, m.finishNetworkCreate(ctx, &rec, users)
 	}
-	return m.finishNetworkDelete(ctx, &rec)
+	if err := m.finishNetworkDelete(ctx, &rec); err != nil {
+		return false, err
+	}
+	m.log.Warn("repair: interrupted network delete finished", "network", name)
+	return true, nil
 }
 
 // namespaceGone reports whether the namespace a sandbox uses has vanished (after a reboot, or because a
-// runtime removed an external one, or the target of a link sandbox is gone).
+// runtime removed an external one, or the target of a link sandbox is gone). live holds the sandboxes
+// not judged gone so far, so a link sandbox whose target was judged gone is gone too.
 func (m *Manager) namespaceGone(s *sandboxRecord, live map[string]*sandboxRecord) bool {
 	if s.Mode == ModeLink {
 		t, ok := live[s.Join]
-		return !ok || (t.owned() && !sandbox.IsPinned(t.NetNS))
+		return !ok || (t.hasInterfaces() && !sandbox.IsPinned(t.NetNS))
 	}
 	return s.hasInterfaces() && !sandbox.IsPinned(s.NetNS)
 }
@@ -159,16 +218,19 @@ func (m *Manager) sandboxIntent(ctx context.Context, name string) bool {
 }
 
 // Recover reconciles the records with the kernel: it repairs interrupted operations, re-creates network
-// plumbing that vanished (after a reboot), drops sandboxes whose namespace vanished, frees addresses that
-// no sandbox holds, and removes namespace pins and host interfaces that no record names. It is what
+// plumbing that vanished (after a reboot, or deleted by hand) and reconnects the endpoints of live
+// sandboxes to it, drops sandboxes whose namespace vanished, frees addresses that no sandbox holds, and
+// removes namespace pins, host interfaces, bridges and lock files that no record names. It is what
 // `podctl gc` runs, and safe to run while other processes work: objects they hold locked are skipped,
 // and kernel objects are listed before records, so anything created meanwhile has its record already.
+// Every repair is logged at Warn level.
 func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	rep := &Report{}
 	m.repairIntents(ctx, rep)
 
-	// Kernel inventory first (see above), then records.
+	// Kernel inventory first (see above), then records; lock files likewise.
 	pins, _ := filepath.Glob(filepath.Join(m.runDir, "netns", "*"))
+	lockFiles := m.lockFiles()
 	links, err := m.hh.LinkList()
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return rep, fmt.Errorf("list host links: %w", err)
@@ -185,6 +247,10 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return rep, err
 	}
+	netIntents, _, err := m.st.List(ctx, keyIntentNet)
+	if err != nil {
+		return rep, err
+	}
 	sbs, err := m.sandboxRecords(ctx)
 	if err != nil {
 		return rep, err
@@ -197,66 +263,27 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	for _, kv := range intents {
 		busy[strings.TrimPrefix(kv.Key, keyIntentSB)] = true
 	}
-
-	// Networks: re-create missing plumbing (idempotent) and rules.
-	var byDriver = map[string][]*drivers.Network{}
+	known := map[string]map[string]bool{"network": {}, "sandbox": {}}
 	for _, n := range nets {
-		byDriver[n.Driver] = append(byDriver[n.Driver], n.driverNetwork())
+		known["network"][n.Name] = true
 	}
-	for name, dn := range byDriver {
-		drv, err := m.driver(name)
-		if err != nil {
-			rep.Errors = append(rep.Errors, err.Error())
-			continue
-		}
-		if r, ok := drv.(drivers.Restorer); ok {
-			if err := r.Restore(ctx, dn); err != nil {
-				rep.Errors = append(rep.Errors, err.Error())
-			}
-			continue
-		}
-		for _, n := range dn {
-			if err := drv.CreateNetwork(ctx, n); err != nil {
-				rep.Errors = append(rep.Errors, fmt.Sprintf("restore network %s: %v", n.Name, err))
-			}
-		}
+	for _, kv := range netIntents {
+		known["network"][strings.TrimPrefix(kv.Key, keyIntentNet)] = true
 	}
+	for _, s := range sbs {
+		known["sandbox"][s.Name] = true
+	}
+	for name := range busy {
+		known["sandbox"][name] = true
+	}
+
+	restored := m.recoverNetworks(ctx, rep, nets)
 	if err := m.syncFirewall(ctx); err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 	}
 
-	// Sandboxes whose namespace is gone.
-	live := map[string]*sandboxRecord{}
-	for _, s := range sbs {
-		live[s.Name] = s
-	}
-	for _, s := range sbs {
-		if busy[s.Name] {
-			continue
-		}
-		if !m.namespaceGone(s, live) {
-			continue
-		}
-		l, err := m.tryLock("sandbox-" + s.Name)
-		if err != nil {
-			continue
-		}
-		// Read again under the lock: the sandbox may have been deleted and made anew since the list
-		// (CNI names repeat), and only the record read now may be torn down.
-		cur, _, err := m.readSandbox(ctx, s.Name)
-		if err != nil || cur.ID != s.ID || m.sandboxIntent(ctx, s.Name) || !m.namespaceGone(cur, live) {
-			l.unlock(false)
-			continue
-		}
-		err = m.teardownSandbox(ctx, cur)
-		l.unlock(err == nil)
-		if err != nil {
-			rep.Errors = append(rep.Errors, fmt.Sprintf("drop stale sandbox %s: %v", s.Name, err))
-			continue
-		}
-		rep.Stale = append(rep.Stale, s.Name)
-		delete(live, s.Name)
-	}
+	live := m.dropStale(ctx, rep, sbs, busy)
+	m.recoverEndpoints(ctx, rep, sbs, live, busy, links, restored)
 
 	// Addresses no sandbox holds.
 	held := map[string]bool{}
@@ -277,11 +304,16 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 		}
 		// Compare on the revision read: a create that re-took the address since is left alone.
 		if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Del(kv.Key)}); err == nil {
+			m.log.Warn("gc: address no sandbox holds freed", "address", strings.TrimPrefix(kv.Key, keyIPAM), "holder", string(kv.Value))
 			rep.Addresses = append(rep.Addresses, strings.TrimPrefix(kv.Key, keyIPAM))
 		}
 	}
 
+	nPorts := len(rep.Ports)
 	m.recoverPorts(ctx, rep)
+	for _, p := range rep.Ports[nPorts:] {
+		m.log.Warn("gc: published port repaired", "port", p)
+	}
 
 	// Pins without a sandbox.
 	pinned := map[string]bool{}
@@ -298,6 +330,7 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 			rep.Errors = append(rep.Errors, err.Error())
 			continue
 		}
+		m.log.Warn("gc: namespace pin no sandbox names removed", "netns", p)
 		rep.Pins = append(rep.Pins, p)
 	}
 
@@ -312,10 +345,250 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("delete %s: %v", name, err))
 			continue
 		}
+		m.log.Warn("gc: host interface no endpoint names deleted", "ifname", name)
 		rep.Links = append(rep.Links, name)
 	}
+
+	m.dropUnownedBridges(ctx, rep, links, nets)
+	m.gcLocks(ctx, rep, lockFiles, known)
 	if len(rep.Errors) > 0 {
 		return rep, fmt.Errorf("recover: %d problem(s): %s", len(rep.Errors), strings.Join(rep.Errors, "; "))
 	}
 	return rep, nil
+}
+
+// recoverNetworks re-creates the plumbing of every recorded network where it vanished, and returns
+// the networks whose plumbing was re-created. Each network is held by its shared lock meanwhile, taken
+// without waiting, so that a delete in flight (which holds the exclusive lock) is never undone by
+// re-creating its bridge; a network with an intent is left to repairIntents.
+func (m *Manager) recoverNetworks(ctx context.Context, rep *Report, nets []*networkRecord) map[string]bool {
+	restored := map[string]bool{}
+	for _, n := range nets {
+		drv, err := m.driver(n.Driver)
+		if err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", n.Name, err))
+			continue
+		}
+		l, err := m.lockHow("network-"+n.Name, unix.LOCK_SH|unix.LOCK_NB)
+		if err != nil {
+			continue // a create or delete is under way
+		}
+		cur, err := m.readNetworkRecord(ctx, n.Name)
+		if err != nil || cur.ID != n.ID || m.networkKnownIntent(ctx, n.Name) {
+			l.unlock(false)
+			continue
+		}
+		ok, err := m.restoreNetwork(ctx, drv, cur)
+		l.unlock(false)
+		if err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
+			continue
+		}
+		if ok {
+			m.log.Warn("gc: network plumbing re-created", "network", n.Name, "driver", n.Driver)
+			rep.Restored = append(rep.Restored, n.Name)
+			restored[n.Name] = true
+		}
+	}
+	return restored
+}
+
+// networkKnownIntent reports whether the network has an intent recorded (or cannot tell).
+func (m *Manager) networkKnownIntent(ctx context.Context, name string) bool {
+	_, err := m.st.Get(ctx, keyIntentNet+name)
+	return !errors.Is(err, store.ErrNotFound)
+}
+
+// dropStale tears down the sandboxes whose namespace vanished, and returns the others by name. A link
+// sandbox whose target is judged gone is gone too, and is torn down before its target, so that one
+// pass leaves no joiner of a vanished namespace behind.
+func (m *Manager) dropStale(ctx context.Context, rep *Report, sbs []*sandboxRecord, busy map[string]bool) map[string]*sandboxRecord {
+	live := map[string]*sandboxRecord{}
+	for _, s := range sbs {
+		live[s.Name] = s
+	}
+	var stale []*sandboxRecord
+	for changed := true; changed; {
+		changed = false
+		for _, s := range sbs {
+			if _, ok := live[s.Name]; !ok || busy[s.Name] || !m.namespaceGone(s, live) {
+				continue
+			}
+			delete(live, s.Name)
+			stale = append(stale, s)
+			changed = true
+		}
+	}
+	// Joiners first: a target goes only once none is left.
+	var ordered []*sandboxRecord
+	for _, s := range stale {
+		if s.Mode == ModeLink {
+			ordered = append(ordered, s)
+		}
+	}
+	for _, s := range stale {
+		if s.Mode != ModeLink {
+			ordered = append(ordered, s)
+		}
+	}
+	for _, s := range ordered {
+		l, err := m.tryLock("sandbox-" + s.Name)
+		if err != nil {
+			live[s.Name] = s
+			continue
+		}
+		// Read again under the lock: the sandbox may have been deleted and made anew since the list
+		// (CNI names repeat), and only the record read now may be torn down.
+		cur, _, err := m.readSandbox(ctx, s.Name)
+		if err != nil || cur.ID != s.ID || m.sandboxIntent(ctx, s.Name) || !m.namespaceGone(cur, live) {
+			l.unlock(false)
+			if err == nil && cur.ID == s.ID {
+				live[s.Name] = cur
+			}
+			continue
+		}
+		if joiners, _, err := m.rt.List(ctx, keyJoins+s.Name+"/"); err != nil || len(joiners) > 0 {
+			l.unlock(false) // a joiner is busy or failed to go: next time
+			continue
+		}
+		err = m.teardownSandbox(ctx, cur)
+		l.unlock(err == nil)
+		if err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("drop stale sandbox %s: %v", s.Name, err))
+			continue
+		}
+		m.log.Warn("gc: sandbox whose namespace vanished removed", "sandbox", s.Name, "netns", s.NetNS)
+		rep.Stale = append(rep.Stale, s.Name)
+	}
+	return live
+}
+
+// recoverEndpoints re-plumbs the endpoints of live sandboxes whose kernel side vanished or came loose:
+// every endpoint of a network whose plumbing was re-created (a new bridge has no ports), and any whose
+// host interface is missing, down or on no bridge. It works through the drivers'
+// drivers.EndpointRestorer, holding the sandbox's lock (taken without waiting), so that a delete in
+// flight, which sets host ends down, is never undone.
+func (m *Manager) recoverEndpoints(ctx context.Context, rep *Report, sbs []*sandboxRecord, live map[string]*sandboxRecord,
+	busy map[string]bool, links []netlink.Link, restored map[string]bool) {
+	byName := map[string]netlink.Link{}
+	for _, l := range links {
+		byName[l.Attrs().Name] = l
+	}
+	suspect := func(e *endpointRecord) bool {
+		if restored[e.Network] {
+			return true
+		}
+		if e.HostName == "" {
+			return false
+		}
+		l, ok := byName[e.HostName]
+		return !ok || l.Attrs().Flags&net.FlagUp == 0 || l.Attrs().MasterIndex == 0
+	}
+	for _, s := range sbs {
+		if live[s.Name] == nil || busy[s.Name] || !s.hasInterfaces() {
+			continue
+		}
+		need := false
+		for i := range s.Endpoints {
+			need = need || suspect(&s.Endpoints[i])
+		}
+		if !need {
+			continue
+		}
+		l, err := m.tryLock("sandbox-" + s.Name)
+		if err != nil {
+			continue
+		}
+		m.restoreSandboxEndpoints(ctx, rep, s)
+		l.unlock(false)
+	}
+}
+
+// restoreSandboxEndpoints is recoverEndpoints for one sandbox, whose lock the caller holds.
+func (m *Manager) restoreSandboxEndpoints(ctx context.Context, rep *Report, s *sandboxRecord) {
+	cur, kv, err := m.readSandbox(ctx, s.Name)
+	if err != nil || cur.ID != s.ID || m.sandboxIntent(ctx, s.Name) {
+		return
+	}
+	ns, err := sandbox.Open(cur.NetNS)
+	if err != nil {
+		return // vanished since: the next gc drops it
+	}
+	defer ns.Close()
+	changed := false
+	for i := range cur.Endpoints {
+		e := &cur.Endpoints[i]
+		mac := e.MAC
+		ok, err := m.restoreEndpoint(ctx, cur, i, ns)
+		if err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("restore endpoint of sandbox %s on %s: %v", s.Name, e.Network, err))
+			continue
+		}
+		changed = changed || e.MAC != mac
+		if ok {
+			m.log.Warn("gc: endpoint plumbing restored", "sandbox", s.Name, "network", e.Network, "ifname", e.IfName, "host_ifname", e.HostName)
+			rep.Endpoints = append(rep.Endpoints, s.Name+"/"+e.Network)
+		}
+	}
+	if changed {
+		if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Put(kv.Key, mustJSON(cur))}); err != nil {
+			rep.Errors = append(rep.Errors, fmt.Sprintf("record restored endpoints of sandbox %s: %v", s.Name, err))
+		}
+	}
+}
+
+// dropUnownedBridges removes bridges that carry netmgr's owner mark (the alias "netmgr:ID") under
+// netmgr's name prefix but that no network names: a network create killed after making its bridge and
+// before its record survived leaves one. A bridge with ports is left in place and reported. The
+// network lock of the name the bridge derives from is held meanwhile, so that a create of that
+// network, which may adopt an existing bridge, does not lose it.
+func (m *Manager) dropUnownedBridges(ctx context.Context, rep *Report, links []netlink.Link, nets []*networkRecord) {
+	named := map[string]bool{}
+	for _, n := range nets {
+		if b := n.Options["bridge"]; b != "" {
+			named[b] = true
+		}
+	}
+	ports := map[int][]string{}
+	for _, l := range links {
+		if mi := l.Attrs().MasterIndex; mi != 0 {
+			ports[mi] = append(ports[mi], l.Attrs().Name)
+		}
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if !bridge.MarkedBridge(l) || named[a.Name] {
+			continue
+		}
+		if p := ports[a.Index]; len(p) > 0 {
+			m.log.Warn("gc: bridge marked as netmgr's that no network names has ports; left in place", "ifname", a.Name, "ports", p)
+			rep.Unowned = append(rep.Unowned, a.Name)
+			continue
+		}
+		var nl *fileLock
+		nw, ok := strings.CutPrefix(a.Name, bridge.BridgePrefix)
+		if ok && bridge.DefaultBridgeName(nw) == a.Name {
+			var err error
+			if nl, err = m.tryLock("network-" + nw); err != nil {
+				continue
+			}
+		}
+		// Read the records again: a create may have recorded a network on this bridge since.
+		fresh, err := m.networkRecords(ctx)
+		taken := err != nil
+		for _, n := range fresh {
+			taken = taken || n.Options["bridge"] == a.Name
+		}
+		if !taken {
+			if err := m.hh.LinkDel(l); err == nil {
+				m.log.Warn("gc: bridge no network names removed", "ifname", a.Name, "alias", a.Alias)
+				rep.Bridges = append(rep.Bridges, a.Name)
+			} else if !drivers.IsLinkNotFound(err) {
+				rep.Errors = append(rep.Errors, fmt.Sprintf("delete bridge %s: %v", a.Name, err))
+			}
+		}
+		if nl != nil {
+			nl.unlock(!m.networkKnown(ctx, nw))
+		}
+	}
 }

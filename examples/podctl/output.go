@@ -202,6 +202,10 @@ func printReport(g *globals, r *netmgr.Report) error {
 		{"namespace pins removed", r.Pins},
 		{"host interfaces deleted", r.Links},
 		{"networks restored", r.Restored},
+		{"endpoints restored", r.Endpoints},
+		{"unowned bridges removed", r.Bridges},
+		{"unowned bridges kept (they have ports)", r.Unowned},
+		{"lock files removed", r.Locks},
 		{"errors", r.Errors},
 	}
 	tw := newTable(g.stdout)
