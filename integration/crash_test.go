@@ -271,7 +271,7 @@ func TestCrashNetworkCreateThenAttach(t *testing.T) {
 // TestCrashNetworkCreateThenReboot: a network create killed after recording, then a reboot (the run
 // dir is a tmpfs: its lock files, pins and runtime state are gone): the next start rolls the create
 // back instead of adopting it, and gc leaves no bridge. The test cannot reboot; the boot shows in the
-// network's record, re-dated to before this boot started.
+// network's record, re-dated to before this boot started, and in its intent, given another boot's ID.
 func TestCrashNetworkCreateThenReboot(t *testing.T) {
 	h := newHost(t)
 	for _, step := range []string{netmgr.StepNetworkReserved, netmgr.StepNetworkCreated} {
@@ -376,7 +376,14 @@ func (h *host) redateNetwork(t *testing.T, name string, when time.Time) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Txn(ctx, nil, []store.Op{store.Put(kv.Key, b)}); err != nil {
+	ops := []store.Op{store.Put(kv.Key, b)}
+	// The intent names the boot it was recorded in; after a real reboot that is another boot's.
+	if ikv, err := st.Get(ctx, "intents/network/"+name); err == nil {
+		if kind, _, ok := strings.Cut(string(ikv.Value), " boot="); ok {
+			ops = append(ops, store.Put(ikv.Key, []byte(kind+" boot=00000000-0000-0000-0000-000000000000")))
+		}
+	}
+	if err := st.Txn(ctx, nil, ops); err != nil {
 		t.Fatal(err)
 	}
 }

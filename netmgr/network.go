@@ -128,7 +128,7 @@ func (m *Manager) reserveNetwork(ctx context.Context, spec NetworkSpec, drv driv
 		}
 		err = m.st.Txn(ctx, cmps, []store.Op{
 			store.Put(keyNetworks+spec.Name, mustJSON(rec)),
-			store.Put(keyIntentNet+spec.Name, []byte(intentCreate)),
+			store.Put(keyIntentNet+spec.Name, networkIntent(intentCreate)),
 			store.Put(keyNetGuard, []byte(spec.Name)),
 		})
 		if err == nil {
@@ -380,7 +380,7 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 	// compare and sees the delete intent on retry. Then look for attachments.
 	if err := m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
 		store.Put(kv.Key, kv.Value),
-		store.Put(keyIntentNet+name, []byte(intentDelete)),
+		store.Put(keyIntentNet+name, networkIntent(intentDelete)),
 	}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("%w: network changed concurrently; try again", ErrBusy)

@@ -369,7 +369,7 @@ func (m *Manager) recoverNetworks(ctx context.Context, rep *Report, nets []*netw
 			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", n.Name, err))
 			continue
 		}
-		l, err := m.lockHow("network-"+n.Name, unix.LOCK_SH|unix.LOCK_NB)
+		l, err := m.lockHow(ctx, "network-"+n.Name, unix.LOCK_SH|unix.LOCK_NB)
 		if err != nil {
 			continue // a create or delete is under way
 		}

@@ -299,6 +299,8 @@ func TestRepairAfterRebootUndoesCreate(t *testing.T) {
 			rec["created"] = time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)
 			b, _ := json.Marshal(rec)
 			putKey(t, e.st, "networks/flaky", string(b))
+			// As an older netmgr wrote it: no boot ID in the intent.
+			putKey(t, e.st, "intents/network/flaky", "create")
 		},
 	}
 	for _, step := range []string{netmgr.StepNetworkReserved, netmgr.StepNetworkCreated} {

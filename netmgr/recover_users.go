@@ -129,7 +129,8 @@ func (m *Manager) finishNetworkCreate(ctx context.Context, rec *networkRecord, u
 	if err := m.syncFirewall(ctx); err != nil {
 		return err
 	}
-	return m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + rec.Name)})
+	rec.Creating = false
+	return m.st.Txn(ctx, nil, []store.Op{store.Put(keyNetworks+rec.Name, mustJSON(rec)), store.Del(keyIntentNet + rec.Name)})
 }
 
 // restoreNetwork re-creates the network's plumbing where it is missing, and reports whether it was;
