@@ -12,7 +12,7 @@
 # Whatever way it ends (success, a failed step, Ctrl-C, SIGTERM), it stops the processes it started,
 # removes the sandboxes and the network, unmounts the namespaces and deletes its temporary directory;
 # only a successful --keep run leaves them.
-set -euo pipefail
+set -Eeuo pipefail # -E: the ERR trap below also reports failures inside functions
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
 
@@ -95,6 +95,7 @@ make -s build
 D=$(mktemp -d /tmp/netmgr-demo.XXXXXX)
 on_exit() {
 	local rc=$?
+	trap - ERR
 	trap '' INT TERM # a second Ctrl-C must not stop the cleanup half-way
 	cleanup "$D"
 	exit "$rc"
