@@ -86,7 +86,7 @@ if [ -n "$CLEAN" ]; then
 fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
-if ! need busybox || ! need nsenter || ! need unshare || ! need timeout; then
+if ! need busybox || ! need nsenter || ! need unshare || ! need setsid || ! need timeout; then
 	echo "== installing busybox-static, util-linux, coreutils"
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static util-linux coreutils >/dev/null
 fi

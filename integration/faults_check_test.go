@@ -136,7 +136,7 @@ func (st *faultState) counts() string {
 			veths++
 		}
 	}
-	return fmt.Sprintf("sandboxes %d, networks %d, veths %d, pins %d, port elements %d, pause %d, lock files %d",
+	return fmt.Sprintf("now sandboxes %d networks %d veths %d pins %d port-elements %d pause %d lock-files %d",
 		len(st.sandboxes), len(st.networks), veths, len(st.mounts), len(st.elems), len(st.pauses), len(st.locks))
 }
 
