@@ -164,6 +164,11 @@ func (f *faultRun) check() (*faultState, []faultProblem) {
 	if err != nil {
 		return nil, []faultProblem{{"snapshot", err.Error()}}
 	}
+	return st, st.compare()
+}
+
+// compare reports every difference between the records and the rest of the snapshot.
+func (st *faultState) compare() []faultProblem {
 	var probs []faultProblem
 	add := func(check, format string, a ...any) {
 		probs = append(probs, faultProblem{check, fmt.Sprintf(format, a...)})
@@ -413,7 +418,7 @@ func (f *faultRun) check() (*faultState, []faultProblem) {
 		}
 		return probs[i].msg < probs[j].msg
 	})
-	return st, probs
+	return probs
 }
 
 func sorted(l []string) string {
