@@ -577,7 +577,7 @@ func (f *faultRun) snapshot() (*faultState, error) {
 			st.pauseFile = append(st.pauseFile, e.Name())
 		}
 	}
-	st.pauses = pausePIDs()
+	st.pauses = f.pausePIDs()
 
 	if err := readNft(h, st); err != nil {
 		return nil, err

@@ -142,6 +142,10 @@ type faultRun struct {
 
 	mu    sync.Mutex
 	procs map[*os.Process]bool // podctl processes running, killed at cleanup
+
+	// Pause processes of the test binary that were running before this run (left by an earlier
+	// test of the package): not this run's to check or stop.
+	otherPause map[int]bool
 }
 
 func newFaultRun(t *testing.T, h *host, cfg faultConfig) *faultRun {
@@ -150,7 +154,10 @@ func newFaultRun(t *testing.T, h *host, cfg faultConfig) *faultRun {
 		rng:  rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15)),
 		port: 20000,
 		seen: map[string]map[string]bool{}, failed: map[string]int{}, detailed: map[string]int{},
-		procs: map[*os.Process]bool{},
+		procs: map[*os.Process]bool{}, otherPause: map[int]bool{},
+	}
+	for _, pid := range pausePIDs() {
+		f.otherPause[pid] = true
 	}
 	// Registered after newHost's cleanup, so it runs first: stop what a failed or interrupted run
 	// left running, then remove every sandbox and whatever is still mounted under the host's dirs.
@@ -594,7 +601,7 @@ func (f *faultRun) cleanup() {
 			_, _ = h.podctlTimeout(args...)
 		}
 	}
-	for _, pid := range pausePIDs() {
+	for _, pid := range f.pausePIDs() {
 		if p, err := os.FindProcess(pid); err == nil {
 			_ = p.Signal(syscall.SIGKILL)
 		}
@@ -627,6 +634,17 @@ func pausePIDs() []int {
 		}
 	}
 	return pids
+}
+
+// pausePIDs is pausePIDs without the ones that were running before this run.
+func (f *faultRun) pausePIDs() []int {
+	var out []int
+	for _, pid := range pausePIDs() {
+		if !f.otherPause[pid] {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // mountsUnder lists the mount points under any of dirs, deepest first.
