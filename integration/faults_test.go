@@ -31,6 +31,7 @@ import (
 //	NETMGR_FAULT_ROUNDS=N         exactly N rounds (no time limit unless NETMGR_FAULT_DURATION is set too)
 //	NETMGR_FAULT_SEED=S           replay the commands and kill choices of the run that logged seed S
 //	NETMGR_FAULT_PAR=N            parallel commands per round (default 16)
+//	NETMGR_FAULT_OPS=K,K...       only these kinds of command (create rm attach detach net-create net-rm gc)
 func TestFaultInjection(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault injection runs for a minute; skipped with -short")
@@ -62,6 +63,7 @@ type faultConfig struct {
 	rounds   int           // 0: as many as fit in duration
 	duration time.Duration // 0: no limit (only with rounds)
 	par      int
+	ops      map[string]bool // only these kinds of command; empty: all
 }
 
 func (c faultConfig) limit() string {
@@ -108,6 +110,15 @@ func faultConfigFromEnv(t *testing.T) faultConfig {
 	}
 	if n, ok := num("NETMGR_FAULT_PAR", 1); ok {
 		c.par = n
+	}
+	if v := os.Getenv("NETMGR_FAULT_OPS"); v != "" {
+		c.ops = map[string]bool{}
+		for _, k := range strings.Split(v, ",") {
+			if !faultKinds[k] {
+				t.Fatalf("NETMGR_FAULT_OPS=%q: unknown kind %q (known: create rm attach detach net-create net-rm gc)", v, k)
+			}
+			c.ops[k] = true
+		}
 	}
 	return c
 }
@@ -181,6 +192,8 @@ func (f *faultRun) roundDeadline(start time.Time) time.Time {
 	return d
 }
 
+var faultKinds = map[string]bool{"create": true, "rm": true, "attach": true, "detach": true, "net-create": true, "net-rm": true, "gc": true}
+
 type faultOp struct {
 	kind string
 	args []string
@@ -202,8 +215,7 @@ func (f *faultRun) plan() []faultOp {
 			return churn()
 		}
 	}
-	ops := make([]faultOp, f.cfg.par)
-	for i := range ops {
+	draw := func() faultOp {
 		var op faultOp
 		switch x := r.Float64(); {
 		case x < 0.30:
@@ -260,7 +272,13 @@ func (f *faultRun) plan() []faultOp {
 			op.kind = "gc"
 			op.args = []string{"gc"}
 		}
-		ops[i] = op
+		return op
+	}
+	ops := make([]faultOp, f.cfg.par)
+	for i := range ops {
+		// NETMGR_FAULT_OPS narrows the mix (to find which commands a failure needs).
+		for ops[i] = draw(); len(f.cfg.ops) > 0 && !f.cfg.ops[ops[i].kind]; ops[i] = draw() {
+		}
 	}
 	// Kill between a quarter and three quarters of them, each 1-50 ms after its start.
 	n := len(ops)
