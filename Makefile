@@ -60,9 +60,8 @@ demo-sandbox:
 # The SIGKILL fault injection test alone (make test runs it too, for about a minute). For a soak run:
 # make faults FAULT_DURATION=10m; FAULT_SEED=S replays the commands and kills of a logged seed;
 # NETMGR_FAULT_OPS=create,rm (and the other knobs of integration/faults_test.go) pass through.
-FAULT_DURATION ?= 60s
 faults:
-	NETMGR_FAULT_DURATION=$(FAULT_DURATION) $(if $(FAULT_SEED),NETMGR_FAULT_SEED=$(FAULT_SEED)) \
+	$(if $(FAULT_DURATION),NETMGR_FAULT_DURATION=$(FAULT_DURATION)) $(if $(FAULT_SEED),NETMGR_FAULT_SEED=$(FAULT_SEED)) \
 		$(GO) test -count=1 -timeout 0 -run 'TestFaultInjection$$' -v ./integration/
 
 clean:
