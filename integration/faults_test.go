@@ -21,7 +21,7 @@ import (
 // test: in a fresh test host, each round runs parallel podctl commands (sandbox create with
 // --publish, a dual-stack second network and --pause on some; sandbox rm, attach, detach; network
 // create and rm; gc), SIGKILLs a random subset of them 1-50 ms after they start, runs `podctl gc`,
-// and then checks that store and kernel agree (see faultCheck). The commands and kills are random,
+// and then checks that store and kernel agree (faults_check_test.go lists the checks). The commands and kills are random,
 // from a seed it logs; the checks are exact. At the end it removes everything, checks that nothing is
 // left, and fills the first network's address pool to the last address.
 //
@@ -339,6 +339,8 @@ func (f *faultRun) exec(ops []faultOp) []faultResult {
 					res[i].killed = true
 				case ws.Exited():
 					res[i].code = ws.ExitStatus()
+				case ws.Signaled():
+					res[i].code = 128 + int(ws.Signal()) // a crash (or the timeout), as a shell reports it
 				}
 			}
 			if ctx.Err() != nil {
@@ -416,11 +418,13 @@ func (f *faultRun) round(r int) {
 // gc runs podctl gc, and once more if it fails.
 func (f *faultRun) gc() (string, []faultProblem) {
 	var probs []faultProblem
+	var first error
 	for attempt := 1; attempt <= 2; attempt++ {
 		out, err := f.h.podctlTimeout("-o", "json", "gc")
 		if err != nil {
 			if attempt == 1 {
 				f.gcRetries++
+				first = err
 				continue
 			}
 			probs = append(probs, faultProblem{"gc", fmt.Sprintf("podctl gc failed twice: %v", err)})
@@ -441,7 +445,7 @@ func (f *faultRun) gc() (string, []faultProblem) {
 		sort.Strings(keys)
 		note := "{" + strings.Join(keys, ", ") + "}"
 		if attempt == 2 {
-			note = "retried " + note
+			note = fmt.Sprintf("%s on the second run (the first: %v)", note, first)
 		}
 		return note, probs
 	}
