@@ -5,7 +5,7 @@ BIN     := $(CURDIR)/bin
 PKGS    := ./...
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all deps build containerd test unit bench lint demo demo-sandbox clean
+.PHONY: all deps build containerd test unit bench lint demo demo-sandbox faults clean
 
 all: build
 
@@ -56,6 +56,13 @@ demo:
 # The same without containerd: processes in sandboxes.
 demo-sandbox:
 	bash examples/demo-sandbox.sh
+
+# The SIGKILL fault injection test alone (make test runs it too, for about a minute). For a soak run:
+# make faults FAULT_DURATION=10m; FAULT_SEED=S replays the commands and kills of a logged seed;
+# NETMGR_FAULT_OPS=create,rm (and the other knobs of integration/faults_test.go) pass through.
+faults:
+	$(if $(FAULT_DURATION),NETMGR_FAULT_DURATION=$(FAULT_DURATION)) $(if $(FAULT_SEED),NETMGR_FAULT_SEED=$(FAULT_SEED)) \
+		$(GO) test -count=1 -timeout 0 -run 'TestFaultInjection$$' -v ./integration/
 
 clean:
 	rm -rf $(BIN)

@@ -12,7 +12,7 @@
 #   TMPDIR [/dev/shm]: where the scratch dir goes (its filesystem matters: pins, lock files, fsync).
 #     The default is tmpfs because netmgr's run dir, /run/netmgr, is on tmpfs on a standard Debian
 #     host; both sides (netmgr's pins and state, CNI's pins and IPAM files) live there alike.
-set -euo pipefail
+set -Eeuo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -57,7 +57,14 @@ fi
 echo "bench: running in network namespace $NS (scratch dir $WORK)" >&2
 bench_run nsenter --net="$NS" "$BIN" "${args[@]}"
 echo "bench: report written to $OUT" >&2
-CNI_PLUGIN_DIR=$CNI_PLUGIN_DIR bash "$ROOT/bench/cni/run.sh"  # netmgr-cni vs the bridge plugin through go-cni (bench/out/cni.txt)
-if [[ -x $ROOT/bin/containerd ]]; then "$GO" run ./bench/pod -out "$ROOT/bench/out/pod.txt"; else echo "bench: pod start benchmark (bench/pod) skipped: run make containerd first" >&2; fi
-bash "$ROOT/bench/ports/run.sh"  # publish 1000 ports one by one: last 100 vs first 100 (bench/out/ports.txt)
-bash "$ROOT/bench/iperf/run.sh"  # iperf3 pod to pod: loopback, veth, bridge and macvlan, raw vs netmgr (bench/out/iperf.txt)
+# The others run through bench_run, so that a SIGINT or SIGTERM to this script reaches them at once
+# (each cleans up after itself) instead of waiting for them to finish.
+CNI_PLUGIN_DIR=$CNI_PLUGIN_DIR bench_run bash "$ROOT/bench/cni/run.sh"  # netmgr-cni vs the bridge plugin through go-cni (bench/out/cni.txt)
+if [[ -x $ROOT/bin/containerd ]]; then
+	"$GO" build -o "$WORK/podbench" ./bench/pod # built, not go run: the signal must reach the program
+	bench_run "$WORK/podbench" -out "$ROOT/bench/out/pod.txt"
+else
+	echo "bench: pod start benchmark (bench/pod) skipped: run make containerd first" >&2
+fi
+bench_run bash "$ROOT/bench/ports/run.sh"  # publish 1000 ports one by one: last 100 vs first 100 (bench/out/ports.txt)
+bench_run bash "$ROOT/bench/iperf/run.sh"  # iperf3 pod to pod: loopback, veth, bridge and macvlan, raw vs netmgr (bench/out/iperf.txt)

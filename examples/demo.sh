@@ -15,7 +15,7 @@
 # containers in the pods' namespaces by path. On a real host, drop the nsenter prefix.
 #
 #   bash examples/demo.sh [--keep] [--seconds N]     bash examples/demo.sh --clean DIR
-set -euo pipefail
+set -Eeuo pipefail # -E: the ERR trap below also reports failures inside functions
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/go/bin:$PATH
 
@@ -37,10 +37,36 @@ if [ "$(id -u)" != 0 ]; then
 fi
 NS=netmgr-demo # the containerd namespace of the demo's containers
 
+# netns_procs D: the processes inside the demo's namespaces (its host namespace and the pods').
+netns_procs() {
+	local d=$1 f ino want=() p ns w
+	for f in "$d/hostns" "$d"/run/netns/*; do
+		[ -e "$f" ] || continue
+		ino=$(stat -L -c %i "$f" 2>/dev/null) || continue
+		want+=("net:[$ino]")
+	done
+	[ ${#want[@]} -gt 0 ] || return 0
+	for p in /proc/[0-9]*; do
+		ns=$(readlink "$p/ns/net" 2>/dev/null) || continue
+		for w in "${want[@]}"; do
+			[ "$ns" = "$w" ] && echo "${p#/proc/}"
+		done
+	done
+}
+
 # cleanup removes everything the demo made under its directory $1; each step tolerates what is gone.
 cleanup() {
-	local d=$1
-	[ -d "$d" ] || return 0
+	set +e # every step runs, whatever failed before
+	local d=$1 pids
+	if [ -f "$d.created-run-containerd" ] && [ ! -d "$d" ]; then
+		rmdir /run/containerd/s /run/containerd/runc /run/containerd 2>/dev/null
+		rm -f "$d.created-run-containerd"
+	fi
+	[ -n "$d" ] && [ -d "$d" ] || return 0
+	# The process groups the demo started in the background (the log followers).
+	if [ -f "$d/pgids" ]; then
+		while read -r p; do kill -TERM -- "-$p" 2>/dev/null || true; done <"$d/pgids"
+	fi
 	podctl_in "$d" pod --containerd-namespace "$NS" rm web client >/dev/null 2>&1 || true
 	podctl_in "$d" network rm demo >/dev/null 2>&1 || true
 	if [ -f "$d/containerd.pid" ]; then
@@ -57,8 +83,16 @@ cleanup() {
 		pkill -KILL -P "$p" 2>/dev/null || true
 		kill -KILL "$p" 2>/dev/null || true
 	done
+	# Anything still inside the demo's namespaces (also what a killed run could not stop).
+	for _ in 1 2 3; do
+		pids=$(netns_procs "$d")
+		[ -n "$pids" ] || break
+		# shellcheck disable=SC2086
+		kill -KILL $pids 2>/dev/null || true
+		sleep 0.2
+	done
 	awk -v w="$d/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
-		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || echo "demo: could not unmount $m" >&2
 	done
 	rm -rf "$d"
 	# Empty directories runc and containerd leave per namespace (never the machine's containerd's files).
@@ -94,9 +128,19 @@ make -s build containerd
 
 D=$(mktemp -d /tmp/netmgr-demo.XXXXXX)
 [ -e /run/containerd ] || touch "$D.created-run-containerd"
-if [ "$KEEP" != 1 ]; then trap 'cleanup "$D"' EXIT; fi
+# Whatever way the demo ends (success, a failed step, Ctrl-C, SIGTERM) it removes everything; only a
+# successful --keep run leaves it running.
+on_exit() {
+	local rc=$?
+	trap - ERR
+	trap '' INT TERM # a second Ctrl-C must not stop the cleanup half-way
+	cleanup "$D"
+	exit "$rc"
+}
+trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'echo "demo: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 podctl() { podctl_in "$D" "$@"; }
 pod() { podctl pod --containerd-namespace "$NS" "$@"; }
 
@@ -169,13 +213,16 @@ echo "== pods (podctl pod ls)"
 pod ls
 echo
 echo "== responses as they arrive (podctl pod logs -f), for ${SECS}s"
-# Started directly (not through the pod function) so that $! is podctl itself: nsenter execs it.
-nsenter --net="$D/hostns" ./bin/podctl --state-dir "$D/state" --run-dir "$D/run" --containerd "$D/containerd.sock" \
+# Started directly (not through the pod function) so that $! is podctl itself: setsid and nsenter exec
+# it, in a process group of its own that cleanup stops if the demo is interrupted here.
+setsid nsenter --net="$D/hostns" ./bin/podctl --state-dir "$D/state" --run-dir "$D/run" --containerd "$D/containerd.sock" \
 	pod --containerd-namespace "$NS" logs -f web sidecar &
 F1=$!
-nsenter --net="$D/hostns" ./bin/podctl --state-dir "$D/state" --run-dir "$D/run" --containerd "$D/containerd.sock" \
+echo "$F1" >>"$D/pgids"
+setsid nsenter --net="$D/hostns" ./bin/podctl --state-dir "$D/state" --run-dir "$D/run" --containerd "$D/containerd.sock" \
 	pod --containerd-namespace "$NS" logs -f client fetch &
 F2=$!
+echo "$F2" >>"$D/pgids"
 sleep "$SECS"
 kill "$F1" "$F2" 2>/dev/null || true
 wait "$F1" "$F2" 2>/dev/null || true
@@ -189,6 +236,7 @@ if [ "$ok1" -lt 1 ] || [ "$ok2" -lt 1 ]; then
 fi
 echo "== $ok1 responses inside pod web over 127.0.0.1, $ok2 from pod client to web's IP $WEB_IP"
 if [ "$KEEP" = 1 ]; then
+	trap - EXIT
 	echo "== left running in $D. Look around with:"
 	echo "   nsenter --net=$D/hostns ./bin/podctl --state-dir $D/state --run-dir $D/run --containerd $D/containerd.sock pod --containerd-namespace $NS ls"
 	echo "   remove it all with: bash examples/demo.sh --clean $D"

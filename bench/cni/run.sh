@@ -7,7 +7,7 @@
 # temp dir, removed at the end. Exit status reflects errors only, never timings.
 #
 # Environment: BENCH_CNI_N [100]  CNI_PLUGIN_DIR [/usr/lib/cni]  GO [go]
-set -euo pipefail
+set -Eeuo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD

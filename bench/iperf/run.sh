@@ -17,7 +17,7 @@
 #
 # Environment: BENCH_IPERF_TIME [5] seconds per measurement, BENCH_IPERF_ROUNDS [3],
 #              PODCTL [./bin/podctl, built if missing]
-set -euo pipefail
+set -Eeuo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
@@ -93,7 +93,9 @@ podctl sandbox create qb --network nmv,ip=10.214.0.3 >/dev/null; sbns qb qb
 # this shell (not a subshell) so that cleanup knows the server's pid.
 measure() {
 	local server=$2 ip=$3 client=$4 spid out
-	inns "$server" iperf3 -s -1 -B "$ip" -p 5201 >/dev/null 2>&1 &
+	# nsenter, not the inns function: a function in the background is a subshell, and killing that
+	# would leave the iperf3 server running.
+	nsenter --net="$(ns "$server")" iperf3 -s -1 -B "$ip" -p 5201 >/dev/null 2>&1 &
 	spid=$!
 	BENCH_PIDS+=("$spid")
 	for _ in $(seq 100); do

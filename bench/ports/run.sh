@@ -7,7 +7,7 @@
 # Exit status reflects errors only, never timings.
 #
 # Environment: BENCH_PORTS_N [1000]  BENCH_PORTS_MANAGER [true]
-set -euo pipefail
+set -Eeuo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
