@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -72,6 +74,12 @@ func (m *Manager) stopPause(rec *sandboxRecord) {
 	}
 	defer os.Remove(m.pauseFile(rec.Name))
 	if pr == nil {
+		if rec.WantPause {
+			// Started, perhaps, by a create killed before it wrote the pid file.
+			for _, pid := range m.unrecordedPauses(rec) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 		return
 	}
 	st, err := procStartTime(pr.PID)
@@ -90,6 +98,47 @@ func (m *Manager) stopPause(rec *sandboxRecord) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	_ = p.Kill()
+}
+
+// unrecordedPauses lists processes of the pause binary inside the sandbox's own namespace. Only called
+// for a sandbox that asked for a pause process and has none recorded, so its /proc scan is rare.
+func (m *Manager) unrecordedPauses(rec *sandboxRecord) []int {
+	if !rec.owned() || m.pauseBin == "" {
+		return nil
+	}
+	var pin unix.Stat_t
+	if unix.Stat(rec.NetNS, &pin) != nil || !sandbox.IsPinned(rec.NetNS) {
+		return nil
+	}
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(filepath.Base(p))
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat(p+"/ns/net", &st) == nil && st.Ino == pin.Ino && st.Dev == pin.Dev && m.isPauseBinary(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// isPauseBinary reports whether the process runs the Manager's pause binary.
+func (m *Manager) isPauseBinary(pid int) bool {
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil || m.pauseBin == "" {
+		return false
+	}
+	want, err := filepath.EvalSymlinks(m.pauseBin)
+	if err != nil {
+		return false
+	}
+	if abs, err := filepath.Abs(want); err == nil {
+		want = abs
+	}
+	return exe == want
 }
 
 // procStartTime reads field 22 of /proc/PID/stat, which with the pid identifies a process.

@@ -119,8 +119,11 @@ type sandboxRecord struct {
 	Endpoints []endpointRecord  `json:"endpoints,omitempty"`
 	Labels    map[string]string `json:"labels,omitempty"`
 	Pause     *pauseRecord      `json:"pause,omitempty"`
-	Ports     []portRecord      `json:"ports,omitempty"`
-	Created   time.Time         `json:"created"`
+	// WantPause is recorded before the pause process starts: a create killed between starting it
+	// and recording its pid leaves a pause process that only a scan of the namespace finds.
+	WantPause bool         `json:"want_pause,omitempty"`
+	Ports     []portRecord `json:"ports,omitempty"`
+	Created   time.Time    `json:"created"`
 
 	going bool // set by DeleteSandbox's NamespaceGoing for this delete only; never stored
 }

@@ -84,8 +84,8 @@ func (m *Manager) sandboxUsers(ctx context.Context, rec *sandboxRecord, withProc
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(filepath.Base(p))
-		if err != nil || pid == pause {
-			continue
+		if err != nil || pid == pause || (pause == 0 && rec.WantPause && m.isPauseBinary(pid)) {
+			continue // its own pause process, recorded or not yet: not a user
 		}
 		var st unix.Stat_t
 		if unix.Stat(p+"/ns/net", &st) == nil && st.Ino == pin.Ino && st.Dev == pin.Dev {

@@ -265,7 +265,7 @@ func (m *Manager) sandboxExists(ctx context.Context, name string) bool {
 func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandboxRecord, nets []*netState, cmps []store.Cmp, ops []store.Op, release func(), err error) {
 	release = func() {}
 	// Whether the name is free is decided by the transaction's compare (see reserveSandbox).
-	rec = &sandboxRecord{ID: newID(), Name: spec.Name, Mode: ModeNetNS, Labels: spec.Labels, Created: time.Now().UTC()}
+	rec = &sandboxRecord{ID: newID(), Name: spec.Name, Mode: ModeNetNS, Labels: spec.Labels, Created: time.Now().UTC(), WantPause: spec.Pause}
 	rec.NetNS = m.netnsPath(spec.Name)
 	cmps = []store.Cmp{store.Absent(keySandboxes + spec.Name), store.Absent(keyIntentSB + spec.Name)}
 
