@@ -112,12 +112,6 @@ type AddressProvider interface {
 	ProvidesAddresses(n *Network) bool
 }
 
-// Restorer is implemented by drivers that re-adopt kernel state after a restart of the process or the
-// host. Without it, netmgr calls CreateNetwork again, which drivers keep idempotent.
-type Restorer interface {
-	Restore(ctx context.Context, nets []*Network) error
-}
-
 // Peer is another host of a cluster-wide network.
 type Peer struct {
 	Node    string
