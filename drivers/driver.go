@@ -63,7 +63,10 @@ type Endpoint struct {
 	IfName   string // interface name inside the sandbox (eth0, eth1, ...)
 	HostName string // host-side interface name, if any; chosen by PrepareEndpoint
 	Addrs    []netip.Prefix
-	Gateways []netip.Addr // default routes to set, at most one per family
+	// Gateways are the default routes to set, at most one per family; Attach leaves out a family whose
+	// default route the namespace has already (another attachment's), so after Attach they are the
+	// routes it set.
+	Gateways []netip.Addr
 	MAC      string       // requested MAC if set before Attach; the actual one after
 	MTU      int
 	// JoinPath is the namespace a NamespaceProvider endpoint joins (the target of a link sandbox).
