@@ -67,7 +67,7 @@ type Endpoint struct {
 	// default route the namespace has already (another attachment's), so after Attach they are the
 	// routes it set.
 	Gateways []netip.Addr
-	MAC      string       // requested MAC if set before Attach; the actual one after
+	MAC      string // requested MAC if set before Attach; the actual one after
 	MTU      int
 	// JoinPath is the namespace a NamespaceProvider endpoint joins (the target of a link sandbox).
 	JoinPath string
