@@ -213,7 +213,7 @@ func normalizeMapping(pm PortMapping) (PortMapping, error) {
 
 // hostAddrs returns the addresses of the host namespace.
 func (m *Manager) hostAddrs() (map[netip.Addr]bool, error) {
-	addrs, err := m.hh.AddrList(nil, netlink.FAMILY_ALL)
+	addrs, err := drivers.AddrList(m.hh, nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list host addresses: %w", err)
 	}

@@ -231,8 +231,10 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	// Kernel inventory first (see above), then records; lock files likewise.
 	pins, _ := filepath.Glob(filepath.Join(m.runDir, "netns", "*"))
 	lockFiles := m.lockFiles()
-	links, err := m.hh.LinkList()
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	// A dump interrupted by a concurrent change is retried, never taken as complete: a link missing
+	// from a partial list would look like a vanished host end to be rebuilt.
+	links, err := drivers.LinkList(m.hh)
+	if err != nil {
 		return rep, fmt.Errorf("list host links: %w", err)
 	}
 	// Allocations before sandbox records too: an allocation made after this list is not judged, and
