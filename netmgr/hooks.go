@@ -5,15 +5,14 @@ import (
 	"os"
 )
 
-// pauseEnv names a step at which every Manager of the process stops forever, so that crash tests can
-// SIGKILL it there. Only binaries built with the netmgr_testhooks build tag read it (hooks_env.go): an
-// embedder's environment never stops a Manager.
-const pauseEnv = "NETMGR_TEST_PAUSE_AT"
+// NETMGR_TEST_PAUSE_AT names a step at which every Manager of the process stops forever, so that crash
+// tests can SIGKILL it there. Only binaries built with the netmgr_testhooks build tag read it
+// (hooks_env.go): an embedder's environment never stops a Manager.
 
-// envPauseAt is pauseEnv's value in binaries built with the netmgr_testhooks tag, else "".
+// envPauseAt is NETMGR_TEST_PAUSE_AT in binaries built with the netmgr_testhooks tag, else "".
 var envPauseAt string
 
-// Steps at which a test can stop a process (pauseEnv in a netmgr_testhooks build, or WithStepHook in
+// Steps at which a test can stop a process (NETMGR_TEST_PAUSE_AT in a netmgr_testhooks build, or WithStepHook in
 // the package's own tests).
 const (
 	StepSandboxReserved = "sandbox-create:reserved" // records and IPs written, kernel untouched
