@@ -34,12 +34,17 @@ const (
 
 // Manager is the entry point: networks, sandboxes and their attachments.
 type Manager struct {
-	stateDir    string
-	runDir      string
-	hostPath    string
-	st          store.Store // networks: durable
-	rt          store.Store // sandboxes, addresses, joins, sandbox intents: runtime state of this boot
-	ownStore    bool
+	stateDir string
+	runDir   string
+	hostPath string
+	st       store.Store // networks: durable
+	rt       store.Store // sandboxes, addresses, joins, sandbox intents: runtime state of this boot
+	ownStore bool
+	// node names this host; shared is set when the store was given by the caller (WithStore,
+	// WithStores), which may be one store of several hosts: runtime records are then kept under
+	// nodes/NODE/ and networks remember the node they belong to.
+	node        string
+	shared      bool
 	log         *slog.Logger
 	pauseAt     string
 	testStep    func(step string) // set by tests only (export_test.go)
@@ -87,6 +92,13 @@ func WithStores(networks, runtime store.Store) Option {
 	return func(m *Manager) { m.st, m.rt = networks, runtime }
 }
 
+// WithNode names this host in a store that several hosts share (default: the host name). Runtime
+// records (sandboxes, allocations, published ports, intents) of a Manager given its store by WithStore
+// or WithStores live under nodes/NODE/, and Recover judges and repairs only its own node's records and
+// kernel objects; a local network (bridge, macvlan) belongs to the node that created it, and other
+// nodes list it but neither plumb nor attach to nor delete it.
+func WithNode(name string) Option { return func(m *Manager) { m.node = name } }
+
 // WithLogger sets the structured logger. Default: discard.
 func WithLogger(l *slog.Logger) Option { return func(m *Manager) { m.log = l } }
 
@@ -114,6 +126,16 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
+	if m.node == "" {
+		h, err := os.Hostname()
+		if err != nil || checkName("node", h) != nil {
+			h = "localhost"
+		}
+		m.node = h
+	}
+	if err := checkName("node", m.node); err != nil {
+		return nil, err
+	}
 	for _, d := range []*string{&m.stateDir, &m.runDir} {
 		if *d == "" {
 			return nil, fmt.Errorf("%w: empty state or run directory", ErrInvalid)
@@ -140,6 +162,10 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 			return nil, err
 		}
 		m.st, m.rt, m.ownStore = st, rt, true
+	} else {
+		// A store given by the caller may be shared by several hosts.
+		m.shared = true
+		m.rt = newNodeStore(m.rt, m.node)
 	}
 	var err error
 	if m.hostPath == "" {
@@ -193,6 +219,9 @@ func (m *Manager) Close() error {
 
 // HostNetNS returns the path of the namespace the Manager treats as the host.
 func (m *Manager) HostNetNS() string { return m.host.Path() }
+
+// Node returns the name of this host (see WithNode).
+func (m *Manager) Node() string { return m.node }
 
 // RunDir returns the run directory.
 func (m *Manager) RunDir() string { return m.runDir }

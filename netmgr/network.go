@@ -44,6 +44,8 @@ type Network struct {
 	MTU       int               `json:"mtu,omitempty"`
 	Created   time.Time         `json:"created"`
 	Sandboxes []string          `json:"sandboxes"`
+	// Node is the host a local network belongs to on a store several hosts share (see WithNode).
+	Node string `json:"node,omitempty"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
@@ -128,7 +130,7 @@ func (m *Manager) reserveNetwork(ctx context.Context, spec NetworkSpec, drv driv
 		}
 		err = m.st.Txn(ctx, cmps, []store.Op{
 			store.Put(keyNetworks+spec.Name, mustJSON(rec)),
-			store.Put(keyIntentNet+spec.Name, networkIntent(intentCreate)),
+			store.Put(keyIntentNet+spec.Name, m.networkIntent(intentCreate)),
 			store.Put(keyNetGuard, []byte(spec.Name)),
 		})
 		if err == nil {
@@ -165,6 +167,9 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 	rec := &networkRecord{
 		ID: newID(), Name: spec.Name, Driver: spec.Driver, Internal: spec.Internal, MTU: spec.MTU,
 		Options: map[string]string{}, Created: time.Now().UTC(), Creating: true,
+	}
+	if m.shared && drivers.ScopeOf(drv) == drivers.ScopeLocal {
+		rec.Node = m.node
 	}
 	for k, v := range spec.Options {
 		rec.Options[k] = v
@@ -373,6 +378,9 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return fmt.Errorf("decode network record: %w", err)
 	}
+	if err := m.refuseForeign(&rec); err != nil {
+		return err
+	}
 	if err := m.refuseInUse(ctx, name); err != nil {
 		return err // the common case, answered before anything is written
 	}
@@ -380,7 +388,7 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 	// compare and sees the delete intent on retry. Then look for attachments.
 	if err := m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
 		store.Put(kv.Key, kv.Value),
-		store.Put(keyIntentNet+name, networkIntent(intentDelete)),
+		store.Put(keyIntentNet+name, m.networkIntent(intentDelete)),
 	}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("%w: network changed concurrently; try again", ErrBusy)
@@ -490,6 +498,7 @@ func (r *networkRecord) public(users []store.KV) *Network {
 	n := &Network{
 		ID: r.ID, Name: r.Name, Driver: r.Driver, Subnets: r.Subnets, Gateways: r.Gateways,
 		Options: r.Options, Internal: r.Internal, MTU: r.MTU, Created: r.Created, Sandboxes: []string{},
+		Node: r.Node,
 	}
 	if n.Subnets == nil {
 		n.Subnets = []netip.Prefix{}
@@ -528,6 +537,9 @@ func (m *Manager) syncFirewall(ctx context.Context) error {
 	}
 	var nets []firewall.Network
 	for _, r := range recs {
+		if m.foreign(r) {
+			continue // its bridge is on another host
+		}
 		drv, err := m.driver(r.Driver)
 		if err != nil {
 			continue

@@ -2,6 +2,7 @@ package netmgr
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"time"
@@ -51,6 +52,20 @@ type networkRecord struct {
 	// process died before finishing (a live one holds the exclusive lock), and attaching must wait
 	// for the repair.
 	Creating bool `json:"creating,omitempty"`
+	// Node is the host a local network (bridge, macvlan: plumbing on one host) belongs to, on a store
+	// several hosts may share; "" on a host's own state file, and for networks of every node.
+	Node string `json:"node,omitempty"`
+}
+
+// foreign reports whether the network is another node's local network: this node lists it but
+// neither plumbs, repairs, attaches to nor deletes it.
+func (m *Manager) foreign(r *networkRecord) bool { return r.Node != "" && r.Node != m.node }
+
+func (m *Manager) refuseForeign(r *networkRecord) error {
+	if m.foreign(r) {
+		return fmt.Errorf("%w: network %q is local to node %q (this is node %q)", ErrInvalid, r.Name, r.Node, m.node)
+	}
+	return nil
 }
 
 func (r *networkRecord) driverNetwork() *drivers.Network {

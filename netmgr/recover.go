@@ -94,6 +94,9 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 	}
 	for _, kv := range ni {
 		name := strings.TrimPrefix(kv.Key, keyIntentNet)
+		if n := intentNode(string(kv.Value)); n != "" && n != m.node {
+			continue // another host's operation, on a shared store: its repair is that host's
+		}
 		l, err := m.lockForRepair("network-"+name, string(kv.Value), func() time.Time {
 			rec, err := m.readNetworkRecord(ctx, name)
 			if err != nil {
@@ -366,6 +369,9 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 func (m *Manager) recoverNetworks(ctx context.Context, rep *Report, nets []*networkRecord) map[string]bool {
 	restored := map[string]bool{}
 	for _, n := range nets {
+		if m.foreign(n) {
+			continue // another node's local network: its plumbing is on that host
+		}
 		drv, err := m.driver(n.Driver)
 		if err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", n.Name, err))

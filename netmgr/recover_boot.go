@@ -56,11 +56,37 @@ func networkIntent(kind string) []byte {
 // parseIntent splits a network intent, or a sandbox create or delete intent, into its kind and the
 // boot ID it carries ("" for values written without one).
 func parseIntent(v string) (kind, boot string) {
-	kind, rest, _ := strings.Cut(v, " ")
-	if b, ok := strings.CutPrefix(rest, "boot="); ok {
-		boot = b
+	fs := strings.Fields(v)
+	if len(fs) == 0 {
+		return "", ""
 	}
-	return kind, boot
+	for _, f := range fs[1:] {
+		if b, ok := strings.CutPrefix(f, "boot="); ok {
+			boot = b
+		}
+	}
+	return fs[0], boot
+}
+
+// intentNode is the node a network intent was recorded by ("" for intents written without one: this
+// node's, on a store that only this host uses).
+func intentNode(v string) string {
+	for _, f := range strings.Fields(v) {
+		if n, ok := strings.CutPrefix(f, "node="); ok {
+			return n
+		}
+	}
+	return ""
+}
+
+// networkIntent is networkIntent's value with the node that records it, on a store several hosts
+// may share: only that node repairs it (its lock file and its kernel objects are there).
+func (m *Manager) networkIntent(kind string) []byte {
+	v := networkIntent(kind)
+	if m.shared {
+		v = append(v, " node="+m.node...)
+	}
+	return v
 }
 
 // fromEarlierBoot reports whether an intent was certainly recorded during an earlier boot: it carries

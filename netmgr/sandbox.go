@@ -129,6 +129,9 @@ func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, erro
 	// A network create or delete in flight holds the network's exclusive lock, which callers wait for
 	// (lockNetworksShared). A create still marked once we hold the shared lock is one whose process
 	// died: attaching to it would hand its repair a network in use, so wait for the repair.
+	if err := m.refuseForeign(&rec); err != nil {
+		return nil, err
+	}
 	if rec.Creating {
 		return nil, fmt.Errorf("%w: network %q: an interrupted create awaits repair (podctl gc)", ErrBusy, name)
 	}

@@ -107,7 +107,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&g.stateDir, "state-dir", netmgr.DefaultStateDir, "directory of persistent state")
 	pf.StringVar(&g.runDir, "run-dir", netmgr.DefaultRunDir, "directory of runtime state (namespace pins, locks)")
 	pf.StringVar(&g.storeURL, "store", "", "state store URL: bolt://PATH (default: the bbolt file in --state-dir)")
-	pf.StringVar(&g.node, "node", "", "name of this node in a cluster")
+	pf.StringVar(&g.node, "node", "", "name of this node in a store several hosts share (default: the host name)")
 	pf.StringVar(&g.containerd, "containerd", "", "containerd socket address")
 	pf.StringVar(&g.pauseBin, "pause-binary", "", "pause binary for sandboxes created with --pause (default: pause next to podctl)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
@@ -205,6 +205,9 @@ func (g *globals) withManager(fn func(ctx context.Context, m *netmgr.Manager, ar
 
 func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) {
 	opts := []netmgr.Option{netmgr.WithStateDir(g.stateDir), netmgr.WithRunDir(g.runDir), netmgr.WithLogger(g.logger())}
+	if g.node != "" {
+		opts = append(opts, netmgr.WithNode(g.node))
+	}
 	if pb := g.pauseBinary(); pb != "" {
 		opts = append(opts, netmgr.WithPauseBinary(pb))
 	}
