@@ -5,11 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
 	"github.com/netmgr/netmgr/netmgr/store"
@@ -73,24 +70,16 @@ func (m *Manager) sandboxUsers(ctx context.Context, rec *sandboxRecord, withProc
 	if !withProcesses || !rec.owned() {
 		return users, nil
 	}
-	var pin unix.Stat_t
-	if unix.Stat(rec.NetNS, &pin) != nil || !sandbox.IsPinned(rec.NetNS) {
-		return users, nil
-	}
-	pause := 0
+	// Its own pause process, recorded or not yet (a create killed before it wrote the pid), is not
+	// a user.
+	var own []int
 	if p := m.pauseOf(rec); p != nil {
-		pause = p.PID
+		own = append(own, p.PID)
+	} else if rec.WantPause {
+		own = m.unrecordedPauses(rec)
 	}
-	procs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(filepath.Base(p))
-		if err != nil || pid == pause || (pause == 0 && rec.WantPause && m.isPauseBinary(pid)) {
-			continue // its own pause process, recorded or not yet: not a user
-		}
-		var st unix.Stat_t
-		if unix.Stat(p+"/ns/net", &st) == nil && st.Ino == pin.Ino && st.Dev == pin.Dev {
-			users = append(users, "process "+strconv.Itoa(pid))
-		}
+	for _, pid := range sandbox.ProcessesIn(rec.NetNS, "", own...) {
+		users = append(users, "process "+strconv.Itoa(pid))
 	}
 	return users, nil
 }
@@ -108,7 +97,7 @@ func (m *Manager) pauseOf(rec *sandboxRecord) *pauseRecord {
 	if pr == nil {
 		return nil
 	}
-	if st, err := procStartTime(pr.PID); err != nil || st != pr.StartTime {
+	if !(sandbox.Process{PID: pr.PID, StartTime: pr.StartTime}).Alive() {
 		return nil
 	}
 	return pr
