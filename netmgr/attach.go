@@ -40,7 +40,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		return nil, err
 	}
 	var missing bool // no such sandbox: its lock file goes, unless a crashed operation needs it
-	defer func() { l.unlock(missing && !m.sandboxKnown(context.WithoutCancel(ctx), name)) }()
+	defer func() { l.Unlock(missing && !m.sandboxKnown(context.WithoutCancel(ctx), name)) }()
 	unlockNet, err := m.lockNetworksShared(ctx, spec.Network)
 	if err != nil {
 		return nil, err
@@ -183,7 +183,7 @@ func (m *Manager) detach(ctx context.Context, name, network string) error {
 		return err
 	}
 	var missing bool
-	defer func() { l.unlock(missing && !m.sandboxKnown(context.WithoutCancel(ctx), name)) }()
+	defer func() { l.Unlock(missing && !m.sandboxKnown(context.WithoutCancel(ctx), name)) }()
 	rec, kv, err := m.readSandbox(ctx, name)
 	if err != nil {
 		missing = errors.Is(err, ErrNotFound)

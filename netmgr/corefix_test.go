@@ -134,7 +134,11 @@ func TestLockWaitHonoursContext(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v, want a deadline error", err)
 	}
-	if late > 100*time.Millisecond {
+	// The wait selects on ctx.Done(), so it ends at once (about 5 ms here on a quiet machine); the
+	// bound is loose because a loaded CI machine delays any goroutine, and the failure this guards
+	// against is a wait that lasts until the holder lets go (30 s).
+	t.Logf("returned %v after the deadline", late)
+	if late > time.Second {
 		t.Errorf("returned %v after the deadline", late)
 	}
 	if want := "flock"; !contains(err.Error(), "sandbox-s") || !contains(err.Error(), want) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/flock"
 	"github.com/netmgr/netmgr/netmgr/ipam"
 	"github.com/netmgr/netmgr/netmgr/store"
 )
@@ -19,7 +20,7 @@ var (
 	// ErrInUse reports a network or sandbox that others still depend on.
 	ErrInUse = errors.New("in use")
 	// ErrBusy reports an object another operation is working on right now.
-	ErrBusy = errors.New("busy")
+	ErrBusy = flock.ErrBusy
 )
 
 // Error is the structured error of every Manager operation: what was done to which object, and why.

@@ -93,7 +93,7 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	// A create that failed before recording, or whose rollback finished, leaves no lock file behind;
 	// otherwise it stays, so that Recover repairs the intent.
 	clean := true
-	defer func() { l.unlock(err != nil && clean && !m.networkKnown(context.WithoutCancel(ctx), spec.Name)) }()
+	defer func() { l.Unlock(err != nil && clean && !m.networkKnown(context.WithoutCancel(ctx), spec.Name)) }()
 
 	rec, dn, err := m.reserveNetwork(ctx, spec, drv)
 	if err != nil {
@@ -365,7 +365,7 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 		return err
 	}
 	removed := false
-	defer func() { l.unlock(removed) }()
+	defer func() { l.Unlock(removed) }()
 	kv, err := m.st.Get(ctx, keyNetworks+name)
 	if errors.Is(err, store.ErrNotFound) {
 		removed = !m.networkKnown(ctx, name) // keep the lock file a crashed create's intent needs
@@ -530,7 +530,7 @@ func (m *Manager) syncFirewall(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer l.unlock(false)
+	defer l.Unlock(false)
 	recs, err := m.networkRecords(ctx)
 	if err != nil {
 		return err

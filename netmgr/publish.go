@@ -470,7 +470,7 @@ func (m *Manager) republish(ctx context.Context, name string, ports []firewall.P
 	if err != nil {
 		return nil // a live operation owns it
 	}
-	defer l.unlock(false)
+	defer l.Unlock(false)
 	rec, _, err := m.readSandbox(ctx, name)
 	if errors.Is(err, ErrNotFound) {
 		return nil

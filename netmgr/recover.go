@@ -69,7 +69,7 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 		// then the sandbox is whole and must be left alone. Only an intent still there now, under
 		// the lock, is one whose owner died.
 		if kv, err = m.rt.Get(ctx, kv.Key); err != nil {
-			l.unlock(!m.sandboxKnown(ctx, name))
+			l.Unlock(!m.sandboxKnown(ctx, name))
 			continue
 		}
 		gone := false
@@ -80,7 +80,7 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 			kind, _ := parseIntent(string(kv.Value))
 			gone, err = m.repairSandbox(ctx, name, kind)
 		}
-		l.unlock(err == nil && gone)
+		l.Unlock(err == nil && gone)
 		if err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("sandbox %s: %v", name, err))
 		} else {
@@ -108,12 +108,12 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 			continue
 		}
 		if kv, err = m.st.Get(ctx, kv.Key); err != nil { // see above: finished meanwhile
-			l.unlock(!m.networkKnown(ctx, name))
+			l.Unlock(!m.networkKnown(ctx, name))
 			continue
 		}
 		kind, _ := parseIntent(string(kv.Value))
 		gone, err := m.repairNetwork(ctx, name, kind)
-		l.unlock(err == nil && gone)
+		l.Unlock(err == nil && gone)
 		if err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", name, err))
 		} else {
@@ -377,17 +377,17 @@ func (m *Manager) recoverNetworks(ctx context.Context, rep *Report, nets []*netw
 			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", n.Name, err))
 			continue
 		}
-		l, err := m.lockHow(ctx, "network-"+n.Name, unix.LOCK_SH|unix.LOCK_NB)
+		l, err := m.tryLockShared("network-" + n.Name)
 		if err != nil {
 			continue // a create or delete is under way
 		}
 		cur, err := m.readNetworkRecord(ctx, n.Name)
 		if err != nil || cur.ID != n.ID || m.networkKnownIntent(ctx, n.Name) {
-			l.unlock(false)
+			l.Unlock(false)
 			continue
 		}
 		ok, err := m.restoreNetwork(ctx, drv, cur)
-		l.unlock(false)
+		l.Unlock(false)
 		if err != nil {
 			rep.Errors = append(rep.Errors, err.Error())
 			continue
@@ -449,18 +449,18 @@ func (m *Manager) dropStale(ctx context.Context, rep *Report, sbs []*sandboxReco
 		// (CNI names repeat), and only the record read now may be torn down.
 		cur, _, err := m.readSandbox(ctx, s.Name)
 		if err != nil || cur.ID != s.ID || m.sandboxIntent(ctx, s.Name) || !m.namespaceGone(cur, live) {
-			l.unlock(false)
+			l.Unlock(false)
 			if err == nil && cur.ID == s.ID {
 				live[s.Name] = cur
 			}
 			continue
 		}
 		if joiners, _, err := m.rt.List(ctx, keyJoins+s.Name+"/"); err != nil || len(joiners) > 0 {
-			l.unlock(false) // a joiner is busy or failed to go: next time
+			l.Unlock(false) // a joiner is busy or failed to go: next time
 			continue
 		}
 		err = m.teardownSandbox(ctx, cur)
-		l.unlock(err == nil)
+		l.Unlock(err == nil)
 		if err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("drop stale sandbox %s: %v", s.Name, err))
 			continue
@@ -508,7 +508,7 @@ func (m *Manager) recoverEndpoints(ctx context.Context, rep *Report, sbs []*sand
 			continue
 		}
 		m.restoreSandboxEndpoints(ctx, rep, s)
-		l.unlock(false)
+		l.Unlock(false)
 	}
 }
 
@@ -596,7 +596,7 @@ func (m *Manager) dropUnownedBridges(ctx context.Context, rep *Report, links []n
 			}
 		}
 		if nl != nil {
-			nl.unlock(!m.networkKnown(ctx, nw))
+			nl.Unlock(!m.networkKnown(ctx, nw))
 		}
 	}
 }

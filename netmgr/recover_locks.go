@@ -44,7 +44,7 @@ func (m *Manager) gcLocks(ctx context.Context, rep *Report, files map[string][]s
 			} else {
 				still = m.sandboxKnown(ctx, name)
 			}
-			l.unlock(!still)
+			l.Unlock(!still)
 			if !still {
 				rep.Locks = append(rep.Locks, kind+"-"+name)
 			}

@@ -183,7 +183,7 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	defer func() {
 		// Before reserving, the file may belong to an existing sandbox of this name, or to a
 		// crashed operation's intent: it goes only if neither is there.
-		l.unlock(err != nil && clean && !m.sandboxKnown(context.WithoutCancel(ctx), spec.Name))
+		l.Unlock(err != nil && clean && !m.sandboxKnown(context.WithoutCancel(ctx), spec.Name))
 	}()
 	var netNames []string
 	for _, a := range spec.Networks {
@@ -607,7 +607,7 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string, opts []DeleteO
 		return err
 	}
 	removed := false
-	defer func() { l.unlock(removed) }()
+	defer func() { l.Unlock(removed) }()
 	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
 		// Do not leave a lock file for a sandbox that never existed, but keep the one a crashed
