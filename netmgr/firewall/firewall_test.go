@@ -518,3 +518,36 @@ func TestApplyNetworkWithoutInterface(t *testing.T) {
 		t.Errorf("postrouting rules per network = %v, want %v", got, want)
 	}
 }
+
+// TestApplyNftSeveralInterfaces: a network with more than one host interface gets its rules for each
+// of them, and "leaving the network" means leaving by none of them.
+func TestApplyNftSeveralInterfaces(t *testing.T) {
+	ns := newNetNS(t)
+	fw := newFirewall(t, ns)
+	two := Network{Name: "two", Ifaces: []string{"nmr-b", "nmr-a", "nmr-b"}, Internal: true,
+		Subnets: []netip.Prefix{netip.MustParsePrefix("10.40.0.0/24")}}
+	web := netWeb
+	web.Ifaces = []string{"br-web", "vx-web"}
+	if err := fw.Apply(t.Context(), []Network{two, web}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	rs, _ := readRuleset(t, ns)
+	if want := []string{"br-web", "nmr-a", "nmr-b", "vx-web"}; !slices.Equal(rs.bridges, want) {
+		t.Errorf("set %s = %q, want %q", setIfaces, rs.bridges, want)
+	}
+	if got, want := rs.countRules(chainForward), map[string]int{"two": 6, "web": 6}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("forward rules per network = %v, want %v", got, want)
+	}
+	out := nftList(t, ns)
+	t.Logf("nft list table:\n%s", out)
+	for _, want := range []string{
+		`iifname "nmr-a" oifname != "nmr-a" oifname != "nmr-b" drop comment "network=two"`,
+		`oifname "nmr-b" iifname != "nmr-a" iifname != "nmr-b" drop comment "network=two"`,
+		`iifname "vx-web" oifname != "br-web" oifname != "vx-web" oifname @ifaces drop comment "network=web"`,
+		`ip saddr 10.20.0.0/16 oifname != "br-web" oifname != "vx-web" masquerade comment "network=web"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft output lacks %q", want)
+		}
+	}
+}
