@@ -2,11 +2,22 @@
 //
 // A driver creates the plumbing of a network (a bridge, a VXLAN device) and of each endpoint (one
 // sandbox on one network). Required behaviour is the small [Driver] interface; optional abilities are
-// small extra interfaces ([NamespaceProvider], [AddressProvider], [NetworkRestorer],
-// [EndpointRestorer], [UsageReporter], [PeerUpdater], [Firewaller]) found by type assertion. Drivers
-// never import package netmgr: everything they need arrives in [Env] and in the [Network] and
-// [Endpoint] values, and everything they decide (names, MAC addresses) is written back into those
-// values so that netmgr records it before or after the kernel changes.
+// small extra interfaces found by type assertion:
+//
+//   - [DefaultSubnetter]: the network gets a subnet from the driver's pool when none is given;
+//   - [AddressProvider], [AddressReserver]: who assigns endpoint addresses, and which are kept back;
+//   - [Firewaller]: host firewall rules keyed on the network's host interfaces, and whether its
+//     endpoints can be targets of published ports;
+//   - [NetworkRestorer], [EndpointRestorer], [UsageReporter], [Collector]: repair and garbage
+//     collection of the driver's own kernel objects;
+//   - [Allocator], [Joiner]: the cluster-wide allocation at network create and the per-node join
+//     and leave of cluster-scope networks (see cluster.go).
+//
+// The sandbox's routes are the driver's decision ([Endpoint.Routes]). Host and link are sandbox
+// modes (packages host and link), not drivers. Drivers never import package netmgr or its firewall:
+// everything they need arrives in [Env] and in the [Network] and [Endpoint] values, and everything
+// they decide (names, MAC addresses, routes, options) is written back into those values so that
+// netmgr records it before or after the kernel changes.
 //
 // # Threading
 //

@@ -11,7 +11,6 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/netmgr/netmgr/netmgr/firewall"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -21,16 +20,6 @@ var (
 	ErrNotFound = errors.New("not found")
 	ErrExists   = errors.New("already exists")
 	ErrFull     = errors.New("no room")
-)
-
-// Scope says where a network's configuration and addresses are valid.
-type Scope string
-
-const (
-	// ScopeLocal networks exist on one host; their subnets are local to it.
-	ScopeLocal Scope = "local"
-	// ScopeGlobal networks span hosts; each host leases its own subnet from the cluster store.
-	ScopeGlobal Scope = "global"
 )
 
 // Env is what a driver gets from its Manager.
@@ -63,14 +52,45 @@ type Endpoint struct {
 	IfName   string // interface name inside the sandbox (eth0, eth1, ...)
 	HostName string // host-side interface name, if any; chosen by PrepareEndpoint
 	Addrs    []netip.Prefix
-	// Gateways are the default routes to set, at most one per family; Attach leaves out a family whose
-	// default route the namespace has already (another attachment's), so after Attach they are the
-	// routes it set.
+	// Gateways are the network gateways netmgr offers the endpoint as default routes, at most one per
+	// family, leaving out families another attachment of the sandbox routes already. They are an
+	// offer: the driver decides the routes (see Routes). After Attach they are the gateways of the
+	// default routes it set, for the record and the CNI result.
 	Gateways []netip.Addr
-	MAC      string // requested MAC if set before Attach; the actual one after
-	MTU      int
-	// JoinPath is the namespace a NamespaceProvider endpoint joins (the target of a link sandbox).
-	JoinPath string
+	// Routes are the routes of the sandbox side, the driver's decision: PrepareEndpoint fills them
+	// (a bridge endpoint: a default route via each offered gateway; a routed one might use an on-link
+	// link-local next hop instead), and Attach sets them, leaving out a default route of a family the
+	// namespace routes already (another attachment's), so that after Attach they are the routes it
+	// set. netmgr records them and gives them back unchanged to RestoreEndpoint.
+	Routes []Route
+	MAC    string // requested MAC if set before Attach; the actual one after
+	MTU    int
+}
+
+// Route is one route inside a sandbox, through the endpoint's interface.
+type Route struct {
+	Dst netip.Prefix `json:"dst"`         // 0.0.0.0/0 or ::/0 for a default route
+	Gw  netip.Addr   `json:"gw,omitzero"` // next hop; none for a directly connected destination
+	// OnLink says the next hop is reachable on the interface though no address of the interface
+	// covers it (a routed driver's 169.254.1.1): the kernel's RTNH_F_ONLINK.
+	OnLink bool `json:"onlink,omitempty"`
+}
+
+// IsDefault reports whether r is a default route.
+func (r Route) IsDefault() bool { return r.Dst.IsValid() && r.Dst.Bits() == 0 }
+
+// DefaultRoutes turns gateways into default routes, one per gateway: what a driver whose sandboxes
+// reach the world through the network's gateways (bridge, macvlan) puts into Endpoint.Routes.
+func DefaultRoutes(gws []netip.Addr) []Route {
+	var out []Route
+	for _, gw := range gws {
+		dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		if gw.Is6() {
+			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		}
+		out = append(out, Route{Dst: dst, Gw: gw})
+	}
+	return out
 }
 
 // DetachOptions tell Detach what else is happening.
@@ -99,12 +119,6 @@ type Driver interface {
 	Detach(ctx context.Context, n *Network, ep *Endpoint, sb *sandbox.NetNS, opts DetachOptions) error
 }
 
-// NamespaceProvider is implemented by drivers whose sandboxes use an existing namespace instead of a
-// new one (host, link). Namespace returns its path; Attach and Detach are then no-ops.
-type NamespaceProvider interface {
-	Namespace(ctx context.Context, n *Network, ep *Endpoint) (string, error)
-}
-
 // AddressProvider is implemented by drivers whose endpoints get their addresses from elsewhere than
 // netmgr's IPAM, such as the cni driver, where the delegated plugin's own IPAM decides. For a network
 // where ProvidesAddresses is true, netmgr keeps no subnets (CreateNetwork refuses them), so it allocates
@@ -115,35 +129,36 @@ type AddressProvider interface {
 	ProvidesAddresses(n *Network) bool
 }
 
-// Peer is another host of a cluster-wide network.
-type Peer struct {
-	Node    string
-	Address netip.Addr     // underlay address (VTEP)
-	Subnets []netip.Prefix // pod subnets leased to that host
+// FirewallSpec is what a network needs of the host firewall: the Manager turns the specs of all
+// networks into one ruleset (masquerade, isolation) and the published-port rules. The type belongs
+// to this contract, not to the firewall package, so that drivers do not depend on how rules are
+// made.
+type FirewallSpec struct {
+	// HostIfaces are the host-side interfaces the network's traffic enters and leaves the host by
+	// (a bridge network: its bridge). A network without any gets no interface-keyed rules.
+	HostIfaces []string
+	// Masquerade SNATs traffic from the network's subnets leaving by other interfaces.
+	Masquerade bool
+	// Routed lets hosts that route the network's subnets via this host open connections to its
+	// sandboxes (gateway_mode=routed).
+	Routed bool
+	// PortTargets says that the network's endpoints can be targets of published ports: the host
+	// reaches them through HostIfaces (netmgr sets route_localnet on those, so that 127.0.0.1 is
+	// forwarded too). A sandbox's ports go to its first attachment to such a network that is not
+	// internal.
+	PortTargets bool
 }
 
-// PeerUpdater is implemented by cluster-scope drivers that learn other hosts from the store.
-type PeerUpdater interface {
-	UpdatePeers(ctx context.Context, n *Network, peers []Peer) error
-}
-
-// Firewaller is implemented by drivers whose networks need nftables rules (masquerade, isolation).
-// netmgr collects these from every network and applies them as one ruleset.
+// Firewaller is implemented by drivers whose networks need host firewall rules.
 type Firewaller interface {
-	Firewall(n *Network) (firewall.Network, bool)
+	Firewall(n *Network) (FirewallSpec, bool)
 }
 
-// Scoped is implemented by drivers whose networks are not ScopeLocal.
-type Scoped interface {
-	Scope() Scope
-}
-
-// ScopeOf returns the scope of d.
-func ScopeOf(d Driver) Scope {
-	if s, ok := d.(Scoped); ok {
-		return s.Scope()
-	}
-	return ScopeLocal
+// DefaultSubnetter is implemented by drivers whose networks need a subnet even when none is given:
+// netmgr then picks the first free prefix of Bits bits in Pool (skipping other networks' subnets
+// and what the host routes). Without it a network created without a subnet has none.
+type DefaultSubnetter interface {
+	DefaultSubnet(n *Network) (pool netip.Prefix, bits int)
 }
 
 // Factory builds a driver for one Manager.

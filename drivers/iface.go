@@ -12,13 +12,15 @@ import (
 
 // ConfigureInterface gives the interface ep.IfName, already inside the sandbox that h is bound to,
 // ep's addresses (IPv6 without duplicate address detection, whose wait made IPv6 pod setup take
-// seconds elsewhere), brings it up and adds a default route via each of ep's gateways. It returns the
-// link as it was found, for its index and MAC.
+// seconds elsewhere), brings it up and adds ep's routes through it. Routes nil means a default route
+// via each of ep.Gateways (what a driver that leaves the routes to the network's gateways gets). It
+// returns the link as it was found, for its index and MAC.
 //
-// A family whose default route the namespace has already gets none: each CNI attachment of a
-// multi-network pod (Multus, nerdctl with two networks) is its own sandbox in the same namespace, and
-// the first attachment's route stays the pod's. The gateways skipped are dropped from ep.Gateways, so
-// that ep names the routes this interface has, for the record and the CNI result.
+// A default route of a family whose default route the namespace has already is left out: each CNI
+// attachment of a multi-network pod (Multus, nerdctl with two networks) is its own sandbox in the
+// same namespace, and the first attachment's route stays the pod's. Afterwards ep.Routes holds the
+// routes set and ep.Gateways the next hops of the default routes set, so that ep names the routes
+// this interface has, for the record and the CNI result.
 func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
 	link, err := h.LinkByName(ep.IfName)
 	if err != nil {
@@ -36,30 +38,50 @@ func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
 	if err := h.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("attach %s: bring up %s: %w", ep.Sandbox, ep.IfName, err)
 	}
-	var routed []netip.Addr // a new slice: ep.Gateways may share its array with the caller's record
-	for _, gw := range ep.Gateways {
-		family, dst := netlink.FAMILY_V4, &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
-		if gw.Is6() {
-			family, dst = netlink.FAMILY_V6, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	want := ep.Routes
+	if want == nil {
+		want = DefaultRoutes(ep.Gateways)
+	}
+	// New slices: ep's may share their arrays with the caller's record.
+	var set []Route
+	var gws []netip.Addr
+	for _, r := range want {
+		if r.IsDefault() {
+			family := netlink.FAMILY_V4
+			if r.Dst.Addr().Is6() {
+				family = netlink.FAMILY_V6
+			}
+			has, err := hasDefaultRoute(h, family)
+			if err != nil {
+				return nil, fmt.Errorf("attach %s: list routes: %w", ep.Sandbox, err)
+			}
+			if has {
+				continue
+			}
 		}
-		has, err := hasDefaultRoute(h, family)
-		if err != nil {
-			return nil, fmt.Errorf("attach %s: list routes: %w", ep.Sandbox, err)
+		nr := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(r.Dst)}
+		if r.Gw.IsValid() {
+			nr.Gw = r.Gw.AsSlice()
+		} else {
+			nr.Scope = netlink.SCOPE_LINK
 		}
-		if has {
-			continue
+		if r.OnLink {
+			nr.Flags = int(netlink.FLAG_ONLINK)
 		}
-		if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Gw: gw.AsSlice()}); err != nil {
-			if errors.Is(err, unix.EEXIST) {
+		if err := h.RouteAdd(nr); err != nil {
+			if r.IsDefault() && errors.Is(err, unix.EEXIST) {
 				// Another attachment into this namespace added one meanwhile, or a default route of
 				// another type (unreachable, blackhole) holds this metric: the namespace has its own.
 				continue
 			}
-			return nil, fmt.Errorf("attach %s: default route via %s: %w", ep.Sandbox, gw, err)
+			return nil, fmt.Errorf("attach %s: route %s via %s: %w", ep.Sandbox, r.Dst, r.Gw, err)
 		}
-		routed = append(routed, gw)
+		set = append(set, r)
+		if r.IsDefault() && r.Gw.IsValid() {
+			gws = append(gws, r.Gw)
+		}
 	}
-	ep.Gateways = routed
+	ep.Routes, ep.Gateways = set, gws
 	return link, nil
 }
 

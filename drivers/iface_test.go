@@ -114,3 +114,50 @@ func TestConfigureInterfaceOtherDefaultRoutes(t *testing.T) {
 		})
 	}
 }
+
+// A driver decides the sandbox's routes: a routed driver's default route via an on-link link-local
+// next hop, on an interface whose only address is a /32, is set as given and reported back; the
+// offered gateways are not used when Routes are given.
+func TestConfigureInterfaceDriverRoutes(t *testing.T) {
+	ns := testutil.NewNS(t, "iface")
+	h, err := ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0p"}); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := h.LinkByName("eth0p"); err != nil || h.LinkSetUp(p) != nil {
+		t.Fatal("peer up", err)
+	}
+	pfx, addr := netip.MustParsePrefix, netip.MustParseAddr
+	want := []drivers.Route{{Dst: pfx("0.0.0.0/0"), Gw: addr("169.254.1.1"), OnLink: true}}
+	ep := &drivers.Endpoint{Sandbox: "s0", IfName: "eth0", Addrs: []netip.Prefix{pfx("10.7.0.5/32")},
+		Gateways: []netip.Addr{addr("10.7.0.1")}, Routes: slices.Clone(want)}
+	if _, err := drivers.ConfigureInterface(h, ep); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ep.Routes, want) {
+		t.Errorf("routes after attach %v, want %v", ep.Routes, want)
+	}
+	if len(ep.Gateways) != 1 || ep.Gateways[0] != addr("169.254.1.1") {
+		t.Errorf("gateways after attach %v, want the default route's next hop", ep.Gateways)
+	}
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, r := range routes {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			found = found || (r.Gw.Equal(addr("169.254.1.1").AsSlice()) && r.Flags&int(netlink.FLAG_ONLINK) != 0)
+			if r.Gw.Equal(addr("10.7.0.1").AsSlice()) {
+				t.Errorf("default route via the offered gateway %v, want the driver's", r.Gw)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no on-link default route via 169.254.1.1 in %v", routes)
+	}
+}

@@ -617,7 +617,7 @@ func readNft(h *host, st *faultState) error {
 				if n, ok := strings.CutPrefix(x.Comment, "network="); ok {
 					st.fwNets[n] = true
 				}
-			case kind == "set" && x.Table == "netmgr" && x.Name == "bridges":
+			case kind == "set" && x.Table == "netmgr" && x.Name == "ifaces": // the networks' host interfaces: here, bridges
 				for _, e := range x.Elem {
 					var s string
 					if err := json.Unmarshal(e, &s); err != nil {

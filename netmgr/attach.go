@@ -72,9 +72,6 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		if ns, err = m.readNetwork(ctx, spec.Network); err != nil {
 			return nil, err
 		}
-		if _, ok := ns.drv.(drivers.NamespaceProvider); ok {
-			return nil, fmt.Errorf("%w: network %q (driver %s) cannot be attached", ErrInvalid, spec.Network, ns.rec.Driver)
-		}
 		ep = endpointRecord{ID: newID(), Network: spec.Network, IfName: spec.IfName, MAC: spec.MAC, MTU: ns.rec.MTU, Net: ns.rec.snapshot()}
 		if ep.IfName == "" {
 			ep.IfName = freeIfName(rec.Endpoints)
@@ -104,12 +101,12 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 				}
 			}
 		}
-		de := ep.driverEndpoint(name, "")
+		de := ep.driverEndpoint(name)
 		if err := ns.drv.PrepareEndpoint(ns.rec.driverNetwork(), de); err != nil {
 			release()
 			return nil, err
 		}
-		ep.HostName, ep.MTU = de.HostName, de.MTU
+		ep.HostName, ep.MTU, ep.Routes = de.HostName, de.MTU, de.Routes
 		rec.Endpoints = append(rec.Endpoints, ep)
 		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)}
 		ops := []store.Op{store.Put(kv.Key, mustJSON(rec)), store.Put(keyIntentSB+name, []byte(intentAttach+spec.Network))}
@@ -137,7 +134,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		return nil, errors.Join(err, m.dropEndpoint(context.WithoutCancel(ctx), name, spec.Network))
 	}
 	defer sb.Close()
-	de := ep.driverEndpoint(name, "")
+	de := ep.driverEndpoint(name)
 	if err := ns.drv.Attach(ctx, ns.rec.driverNetwork(), de, sb); err != nil {
 		return nil, errors.Join(err, m.dropEndpoint(context.WithoutCancel(ctx), name, spec.Network))
 	}
@@ -279,6 +276,9 @@ func (m *Manager) moveDefaultRoutes(ctx context.Context, name string, drop *endp
 			}
 			if err == nil {
 				e.Gateways = append(e.Gateways, gw)
+				if e.Routes != nil {
+					e.Routes = append(e.Routes, drivers.DefaultRoutes([]netip.Addr{gw})...)
+				}
 				m.log.Info("default route moved", "sandbox", name, "interface", e.IfName, "gateway", gw)
 			}
 			break
@@ -334,7 +334,7 @@ func (m *Manager) detachEndpoint(ctx context.Context, sandboxName string, e *end
 	if err != nil {
 		return fmt.Errorf("detach from %s: %w", e.Network, err)
 	}
-	return drv.Detach(ctx, nrec.driverNetwork(), e.driverEndpoint(sandboxName, ""), sb, opts)
+	return drv.Detach(ctx, nrec.driverNetwork(), e.driverEndpoint(sandboxName), sb, opts)
 }
 
 // removeHostInterface deletes a host-side veth by name; a missing one is not an error.

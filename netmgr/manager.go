@@ -233,6 +233,9 @@ func (m *Manager) driver(name string) (drivers.Driver, error) {
 	if d, ok := m.drivers[name]; ok {
 		return d, nil
 	}
+	if d := legacyModeDriver(name); d != nil {
+		return d, nil // a network an older netmgr recorded with driver host or link
+	}
 	f, ok := drivers.Lookup(name)
 	if !ok {
 		return nil, fmt.Errorf("%w: unknown driver %q (available: %v)", ErrInvalid, name, drivers.Names())

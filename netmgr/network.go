@@ -24,7 +24,7 @@ import (
 type NetworkSpec struct {
 	Name    string
 	Driver  string
-	Subnets []netip.Prefix // at most one per family; bridge picks a free 10.89.x.0/24 when empty
+	Subnets []netip.Prefix // at most one per family; when empty, a driver that wants one picks it (bridge: a free 10.89.x.0/24)
 	// Gateways optionally sets the gateway of the subnet of the same family; default: first host address.
 	Gateways []netip.Addr
 	Options  map[string]string // driver options (--opt k=v)
@@ -65,9 +65,6 @@ func checkNames(sandbox, network string) error {
 	return checkName("network", network)
 }
 
-// defaultPool is where networks created without a subnet get one, a /24 at a time, as Podman does.
-var defaultPool = netip.MustParsePrefix("10.89.0.0/16")
-
 // CreateNetwork validates spec, records the network and creates its plumbing. Nothing is changed when
 // validation fails, and a failure later is rolled back.
 func (m *Manager) CreateNetwork(ctx context.Context, spec NetworkSpec) (*Network, error) {
@@ -81,6 +78,9 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	}
 	if spec.Driver == "" {
 		spec.Driver = "bridge"
+	}
+	if err := refuseModeDriver(spec.Driver); err != nil {
+		return nil, err
 	}
 	drv, err := m.driver(spec.Driver)
 	if err != nil {
@@ -168,7 +168,9 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 		ID: newID(), Name: spec.Name, Driver: spec.Driver, Internal: spec.Internal, MTU: spec.MTU,
 		Options: map[string]string{}, Created: time.Now().UTC(), Creating: true,
 	}
-	if m.shared && drivers.ScopeOf(drv) == drivers.ScopeLocal {
+	// A driver that joins nodes to its networks (drivers.Joiner: overlay, routed) makes networks of
+	// every node; any other network's plumbing is on the host that made it.
+	if _, everyNode := drv.(drivers.Joiner); m.shared && !everyNode {
 		rec.Node = m.node
 	}
 	for k, v := range spec.Options {
@@ -199,6 +201,9 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 	if err := drv.PrepareNetwork(dn, existing); err != nil {
 		return nil, nil, nil, err
 	}
+	if err := allocateNetwork(ctx, drv, dn, existing); err != nil {
+		return nil, nil, nil, err
+	}
 	rec.Options = dn.Options
 	cmps := []store.Cmp{guardCmp, store.Absent(keyNetworks + spec.Name), store.Absent(keyIntentNet + spec.Name)}
 	return rec, dn, cmps, nil
@@ -226,14 +231,14 @@ func (m *Manager) chooseSubnets(rec *networkRecord, spec NetworkSpec, taken []ne
 		}
 		rec.Subnets = append(rec.Subnets, sn)
 	}
-	_, provider := drv.(drivers.NamespaceProvider)
-	if len(rec.Subnets) == 0 && !provider && rec.Driver == "bridge" {
-		// Like Docker, skip subnets the host already routes (a LAN in the default pool, a VPN).
-		sn, err := freeSubnet(append(taken, m.hostRoutes()...))
+	if len(rec.Subnets) == 0 && !providesAddresses(drv, rec) {
+		sn, ok, err := m.defaultSubnet(drv, rec.driverNetwork(), taken)
 		if err != nil {
 			return err
 		}
-		rec.Subnets = append(rec.Subnets, sn)
+		if ok {
+			rec.Subnets = append(rec.Subnets, sn)
+		}
 	}
 	for _, gw := range spec.Gateways {
 		found := false
@@ -283,30 +288,6 @@ func (m *Manager) hostRoutes() []netip.Prefix {
 		out = append(out, netip.PrefixFrom(a.Unmap(), ones).Masked())
 	}
 	return out
-}
-
-func freeSubnet(taken []netip.Prefix) (netip.Prefix, error) {
-	a := defaultPool.Addr()
-	for defaultPool.Contains(a) {
-		cand := netip.PrefixFrom(a, 24)
-		free := true
-		for _, t := range taken {
-			if t.Overlaps(cand) {
-				free = false
-				break
-			}
-		}
-		if free {
-			return cand, nil
-		}
-		b := a.As4()
-		b[2]++
-		if b[2] == 0 {
-			break
-		}
-		a = netip.AddrFrom4(b)
-	}
-	return netip.Prefix{}, fmt.Errorf("%w: no free /24 left in %s; give --subnet", ErrFull, defaultPool)
 }
 
 // networkKnown reports whether the store has a record or an intent for the name (or cannot tell).
@@ -544,10 +525,9 @@ func (m *Manager) syncFirewall(ctx context.Context) error {
 		if err != nil {
 			continue
 		}
-		if fwr, ok := drv.(drivers.Firewaller); ok {
-			if fn, ok := fwr.Firewall(r.driverNetwork()); ok {
-				nets = append(nets, fn)
-			}
+		dn := r.driverNetwork()
+		if fs, ok := firewallSpec(drv, dn); ok {
+			nets = append(nets, firewallNetworkOf(dn, fs))
 		}
 	}
 	if err := m.fw.Apply(ctx, nets); err != nil {

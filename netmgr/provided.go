@@ -24,7 +24,7 @@ func providesAddresses(drv drivers.Driver, n *networkRecord) bool {
 // wins over theirs, which netmgr planned before it could know.
 func adoptAttached(eps []endpointRecord, de *drivers.Endpoint, ns *netState) {
 	e := &eps[0]
-	e.MAC, e.Gateways = de.MAC, de.Gateways
+	e.MAC, e.Gateways, e.Routes = de.MAC, de.Gateways, de.Routes
 	if !providesAddresses(ns.drv, ns.rec) {
 		return
 	}
@@ -37,6 +37,13 @@ func adoptAttached(eps []endpointRecord, de *drivers.Endpoint, ns *netState) {
 			}
 		}
 		eps[i].Gateways = keep
+		var routes []drivers.Route
+		for _, r := range eps[i].Routes {
+			if !r.IsDefault() || !hasGatewayFamily(eps[:1], r.Dst.Addr().Is4()) {
+				routes = append(routes, r)
+			}
+		}
+		eps[i].Routes = routes
 	}
 }
 

@@ -77,13 +77,13 @@ func (m *Manager) planPorts(ctx context.Context, spec SandboxSpec, rec *sandboxR
 	}
 	target := -1
 	for i, ns := range nets {
-		if fn, ok := firewallNetwork(ns); ok && fn.Bridge != "" && !fn.Internal {
+		if _, ok := portTarget(ns); ok {
 			target = i
 			break
 		}
 	}
 	if target < 0 {
-		return nil, nil, fmt.Errorf("%w: published ports need an attachment to a bridge network that is not internal", ErrInvalid)
+		return nil, nil, fmt.Errorf("%w: published ports need an attachment to a network that is not internal and whose driver can take published ports (bridge)", ErrInvalid)
 	}
 	ep := rec.Endpoints[target]
 	var t4, t6 netip.Addr
@@ -226,14 +226,6 @@ func (m *Manager) hostAddrs() (map[netip.Addr]bool, error) {
 	return out, nil
 }
 
-func firewallNetwork(ns *netState) (firewall.Network, bool) {
-	fwr, ok := ns.drv.(drivers.Firewaller)
-	if !ok {
-		return firewall.Network{}, false
-	}
-	return fwr.Firewall(ns.rec.driverNetwork())
-}
-
 // firewallPorts turns a sandbox's port records into firewall ports, one per target family.
 func firewallPorts(rec *sandboxRecord) []firewall.Port {
 	var out []firewall.Port
@@ -251,23 +243,24 @@ func firewallPorts(rec *sandboxRecord) []firewall.Port {
 }
 
 // publishPorts opens a plumbed sandbox's published ports: one nftables transaction, after
-// route_localnet is set on the bridges they lead to (so that the host's 127.0.0.1 reaches them).
+// route_localnet is set on the host interfaces they lead to (so that the host's 127.0.0.1 reaches
+// them).
 func (m *Manager) publishPorts(ctx context.Context, rec *sandboxRecord, nets []*netState) error {
 	if len(rec.Ports) == 0 {
 		return nil
 	}
-	var bridges []string
+	var ifaces []string
 	for _, ns := range nets {
 		for _, p := range rec.Ports {
 			if p.Network == ns.rec.Name && p.Target4.IsValid() {
-				if fn, ok := firewallNetwork(ns); ok {
-					bridges = append(bridges, fn.Bridge)
+				if is, ok := portTarget(ns); ok {
+					ifaces = append(ifaces, is...)
 				}
 				break
 			}
 		}
 	}
-	if err := m.setRouteLocalnet(bridges); err != nil {
+	if err := m.setRouteLocalnet(ifaces); err != nil {
 		return err
 	}
 	if err := m.fw.AddPorts(ctx, firewallPorts(rec)); err != nil {
@@ -280,15 +273,15 @@ func (m *Manager) publishPorts(ctx context.Context, rec *sandboxRecord, nets []*
 	return nil
 }
 
-// setRouteLocalnet sets net.ipv4.conf.BRIDGE.route_localnet=1 in the host namespace: without it the
+// setRouteLocalnet sets net.ipv4.conf.IFACE.route_localnet=1 in the host namespace: without it the
 // kernel refuses to route a packet from 127.0.0.1 out of a non-loopback interface. The ports table
 // drops what this would otherwise let in (see package firewall).
-func (m *Manager) setRouteLocalnet(bridges []string) error {
-	if len(bridges) == 0 {
+func (m *Manager) setRouteLocalnet(ifaces []string) error {
+	if len(ifaces) == 0 {
 		return nil
 	}
 	return m.host.Do(func() error {
-		for _, br := range bridges {
+		for _, br := range ifaces {
 			k := "/proc/sys/net/ipv4/conf/" + br + "/route_localnet"
 			if b, err := os.ReadFile(k); err == nil && strings.TrimSpace(string(b)) == "1" {
 				continue

@@ -87,8 +87,12 @@ type endpointRecord struct {
 	HostName string         `json:"host_ifname,omitempty"`
 	Addrs    []netip.Prefix `json:"addrs,omitempty"`
 	Gateways []netip.Addr   `json:"gateways,omitempty"`
-	MAC      string         `json:"mac,omitempty"`
-	MTU      int            `json:"mtu,omitempty"`
+	// Routes are the routes the driver decided for the sandbox side (drivers.Endpoint.Routes): planned
+	// at PrepareEndpoint, the ones set after Attach. Records of an older netmgr have none: their
+	// routes are the default routes via Gateways.
+	Routes []drivers.Route `json:"routes,omitempty"`
+	MAC    string          `json:"mac,omitempty"`
+	MTU    int             `json:"mtu,omitempty"`
 	// Net is the network as it was when the endpoint was made (networks do not change), so that the
 	// endpoint can be torn down when the network's record is gone (a torn or lost state file).
 	Net *netSnapshot `json:"net,omitempty"`
@@ -113,10 +117,10 @@ func (s *netSnapshot) record(name string) *networkRecord {
 	return &networkRecord{ID: s.ID, Name: name, Driver: s.Driver, Subnets: s.Subnets, Gateways: s.Gateways, Options: s.Options, Internal: s.Internal, MTU: s.MTU}
 }
 
-func (e *endpointRecord) driverEndpoint(sandbox, joinPath string) *drivers.Endpoint {
+func (e *endpointRecord) driverEndpoint(sandbox string) *drivers.Endpoint {
 	return &drivers.Endpoint{
 		ID: e.ID, Sandbox: sandbox, IfName: e.IfName, HostName: e.HostName,
-		Addrs: e.Addrs, Gateways: e.Gateways, MAC: e.MAC, MTU: e.MTU, JoinPath: joinPath,
+		Addrs: e.Addrs, Gateways: e.Gateways, Routes: e.Routes, MAC: e.MAC, MTU: e.MTU,
 	}
 }
 

@@ -11,10 +11,8 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
-	"github.com/netmgr/netmgr/drivers/bridge"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
 )
@@ -29,8 +27,8 @@ type Report struct {
 	Links     []string `json:"links,omitempty"`     // host interfaces without an endpoint, deleted
 	Restored  []string `json:"restored,omitempty"`  // networks whose plumbing was re-created
 	Endpoints []string `json:"endpoints,omitempty"` // endpoints (SANDBOX/NETWORK) whose plumbing was re-created or re-connected
-	Bridges   []string `json:"bridges,omitempty"`   // bridges marked as netmgr's that no network names, removed
-	Unowned   []string `json:"unowned,omitempty"`   // such bridges left in place because they have ports
+	Bridges   []string `json:"bridges,omitempty"`   // network devices (bridges, shims) marked as netmgr's that no network names, removed
+	Unowned   []string `json:"unowned,omitempty"`   // such devices left in place because they are in use
 	Locks     []string `json:"locks,omitempty"`     // lock files of objects that no longer exist, removed
 	Ports     []string `json:"ports,omitempty"`     // published ports: keys and rules without a sandbox removed, missing rules re-added
 	Errors    []string `json:"errors,omitempty"`
@@ -339,22 +337,8 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 		rep.Pins = append(rep.Pins, p)
 	}
 
-	// Host interfaces of endpoints that no longer exist.
-	for _, l := range links {
-		name := l.Attrs().Name
-		if !strings.HasPrefix(name, bridge.HostIfPrefix) || l.Type() != "veth" || hostIfs[name] {
-			continue
-		}
-		// The kernel may be destroying it already, with its namespace: ENODEV then is success.
-		if err := m.hh.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
-			rep.Errors = append(rep.Errors, fmt.Sprintf("delete %s: %v", name, err))
-			continue
-		}
-		m.log.Warn("gc: host interface no endpoint names deleted", "ifname", name)
-		rep.Links = append(rep.Links, name)
-	}
-
-	m.dropUnownedBridges(ctx, rep, links, nets)
+	// Host-side leftovers, by the drivers that made them.
+	m.collectLeftovers(ctx, rep, links, nets, hostIfs)
 	m.gcLocks(ctx, rep, lockFiles, known)
 	if len(rep.Errors) > 0 {
 		return rep, fmt.Errorf("recover: %d problem(s): %s", len(rep.Errors), strings.Join(rep.Errors, "; "))
@@ -541,62 +525,6 @@ func (m *Manager) restoreSandboxEndpoints(ctx context.Context, rep *Report, s *s
 	if changed {
 		if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Put(kv.Key, mustJSON(cur))}); err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("record restored endpoints of sandbox %s: %v", s.Name, err))
-		}
-	}
-}
-
-// dropUnownedBridges removes bridges that carry netmgr's owner mark (the alias "netmgr:ID") under
-// netmgr's name prefix but that no network names: a network create killed after making its bridge and
-// before its record survived leaves one. A bridge with ports is left in place and reported. The
-// network lock of the name the bridge derives from is held meanwhile, so that a create of that
-// network, which may adopt an existing bridge, does not lose it.
-func (m *Manager) dropUnownedBridges(ctx context.Context, rep *Report, links []netlink.Link, nets []*networkRecord) {
-	named := map[string]bool{}
-	for _, n := range nets {
-		if b := n.Options["bridge"]; b != "" {
-			named[b] = true
-		}
-	}
-	ports := map[int][]string{}
-	for _, l := range links {
-		if mi := l.Attrs().MasterIndex; mi != 0 {
-			ports[mi] = append(ports[mi], l.Attrs().Name)
-		}
-	}
-	for _, l := range links {
-		a := l.Attrs()
-		if !bridge.MarkedBridge(l) || named[a.Name] {
-			continue
-		}
-		if p := ports[a.Index]; len(p) > 0 {
-			m.log.Warn("gc: bridge marked as netmgr's that no network names has ports; left in place", "ifname", a.Name, "ports", p)
-			rep.Unowned = append(rep.Unowned, a.Name)
-			continue
-		}
-		var nl *fileLock
-		nw, ok := strings.CutPrefix(a.Name, bridge.BridgePrefix)
-		if ok && bridge.DefaultBridgeName(nw) == a.Name {
-			var err error
-			if nl, err = m.tryLock("network-" + nw); err != nil {
-				continue
-			}
-		}
-		// Read the records again: a create may have recorded a network on this bridge since.
-		fresh, err := m.networkRecords(ctx)
-		taken := err != nil
-		for _, n := range fresh {
-			taken = taken || n.Options["bridge"] == a.Name
-		}
-		if !taken {
-			if err := m.hh.LinkDel(l); err == nil {
-				m.log.Warn("gc: bridge no network names removed", "ifname", a.Name, "alias", a.Alias)
-				rep.Bridges = append(rep.Bridges, a.Name)
-			} else if !drivers.IsLinkNotFound(err) {
-				rep.Errors = append(rep.Errors, fmt.Sprintf("delete bridge %s: %v", a.Name, err))
-			}
-		}
-		if nl != nil {
-			nl.Unlock(!m.networkKnown(ctx, nw))
 		}
 	}
 }

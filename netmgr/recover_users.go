@@ -179,7 +179,7 @@ func (m *Manager) restoreEndpoint(ctx context.Context, rec *sandboxRecord, i int
 	if !ok {
 		return false, nil
 	}
-	de := e.driverEndpoint(rec.Name, "")
+	de := e.driverEndpoint(rec.Name)
 	restored, err := r.RestoreEndpoint(ctx, nrec.driverNetwork(), de, ns)
 	if err != nil {
 		return false, err

@@ -286,15 +286,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		ns.Close()
 		rec.Mode, rec.NetNS = ModeExternal, spec.NetNS
 	case spec.Host:
-		drv, err := m.driver("host")
-		if err != nil {
-			return nil, nil, nil, nil, release, err
-		}
-		np := drv.(drivers.NamespaceProvider)
-		if rec.NetNS, err = np.Namespace(ctx, &drivers.Network{Name: "host", Driver: "host"}, &drivers.Endpoint{Sandbox: spec.Name}); err != nil {
-			return nil, nil, nil, nil, release, err
-		}
-		rec.Mode = ModeHost
+		rec.NetNS, rec.Mode = m.hostNamespace(), ModeHost
 	case spec.Join != "":
 		tkv, err := m.rt.Get(ctx, keySandboxes+spec.Join)
 		if errors.Is(err, store.ErrNotFound) {
@@ -310,12 +302,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		if _, err := m.rt.Get(ctx, keyIntentSB+spec.Join); err == nil {
 			return nil, nil, nil, nil, release, fmt.Errorf("%w: sandbox %q is being created or deleted", ErrBusy, spec.Join)
 		}
-		drv, err := m.driver("link")
-		if err != nil {
-			return nil, nil, nil, nil, release, err
-		}
-		if rec.NetNS, err = drv.(drivers.NamespaceProvider).Namespace(ctx, &drivers.Network{Name: "link", Driver: "link"},
-			&drivers.Endpoint{Sandbox: spec.Name, JoinPath: target.NetNS}); err != nil {
+		if rec.NetNS, err = joinNamespace(target.NetNS); err != nil {
 			return nil, nil, nil, nil, release, err
 		}
 		rec.Mode, rec.Join = ModeLink, target.Name
@@ -337,9 +324,6 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		if err != nil {
 			return nil, nil, nil, nil, release, err
 		}
-		if _, ok := ns.drv.(drivers.NamespaceProvider); ok {
-			return nil, nil, nil, nil, release, fmt.Errorf("%w: network %q (driver %s) cannot be attached; use --host or --join", ErrInvalid, as.Network, ns.rec.Driver)
-		}
 		nets = append(nets, ns)
 		ep := endpointRecord{ID: newID(), Network: as.Network, IfName: as.IfName, MAC: as.MAC, MTU: ns.rec.MTU, Net: ns.rec.snapshot()}
 		if ep.IfName == "" {
@@ -359,11 +343,11 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 				ep.Gateways = append(ep.Gateways, ns.rec.Gateways[j])
 			}
 		}
-		de := ep.driverEndpoint(spec.Name, "")
+		de := ep.driverEndpoint(spec.Name)
 		if err := ns.drv.PrepareEndpoint(ns.rec.driverNetwork(), de); err != nil {
 			return nil, nil, nil, nil, release, err
 		}
-		ep.HostName, ep.MTU = de.HostName, de.MTU
+		ep.HostName, ep.MTU, ep.Routes = de.HostName, de.MTU, de.Routes
 		for _, k := range keys {
 			cmps = append(cmps, store.Absent(k))
 			ops = append(ops, store.Put(k, []byte(spec.Name)))
@@ -520,7 +504,7 @@ func (m *Manager) plumbSandbox(ctx context.Context, rec *sandboxRecord, nets []*
 	m.step(StepSandboxNetNS)
 	for i := range rec.Endpoints {
 		e := &rec.Endpoints[i]
-		de := e.driverEndpoint(rec.Name, "")
+		de := e.driverEndpoint(rec.Name)
 		if err := nets[i].drv.Attach(ctx, nets[i].rec.driverNetwork(), de, ns); err != nil {
 			return err
 		}

@@ -20,14 +20,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
-	"github.com/netmgr/netmgr/netmgr/firewall"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
 // Name is the driver's registry name.
 const Name = "bridge"
 
-// HostIfPrefix starts the name of every host-side veth this driver creates; gc relies on it.
+// HostIfPrefix starts the name of every host-side veth this driver creates; Collect relies on it.
 const HostIfPrefix = "nmv"
 
 // BridgePrefix starts every bridge name this driver derives.
@@ -446,6 +445,8 @@ func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error
 		}
 	}
 	ep.HostName = HostIfName(ep.ID)
+	// The sandbox reaches the world through the bridge's gateway addresses that netmgr offers.
+	ep.Routes = drivers.DefaultRoutes(ep.Gateways)
 	if ep.MTU == 0 {
 		ep.MTU = mtuOf(n)
 	}
@@ -545,15 +546,21 @@ func (d *Driver) Detach(ctx context.Context, n *drivers.Network, ep *drivers.End
 	return nil
 }
 
-// Firewall implements drivers.Firewaller.
-func (d *Driver) Firewall(n *drivers.Network) (firewall.Network, bool) {
+// Firewall implements drivers.Firewaller: the bridge is the network's one host interface, and its
+// sandboxes can be targets of published ports.
+func (d *Driver) Firewall(n *drivers.Network) (drivers.FirewallSpec, bool) {
 	routed := n.Options[OptGatewayMode] == GatewayModeRouted
-	return firewall.Network{
-		Name:       n.Name,
-		Bridge:     n.Options["bridge"],
-		Subnets:    n.Subnets,
-		Internal:   n.Internal,
-		Masquerade: boolOpt(n, "masquerade", !routed) && !n.Internal,
-		Routed:     routed && !n.Internal,
+	return drivers.FirewallSpec{
+		HostIfaces:  []string{n.Options["bridge"]},
+		Masquerade:  boolOpt(n, "masquerade", !routed) && !n.Internal,
+		Routed:      routed && !n.Internal,
+		PortTargets: true,
 	}, true
 }
+
+// DefaultPool is where bridge networks created without a subnet get one, a /24 at a time, as
+// Podman does.
+var DefaultPool = netip.MustParsePrefix("10.89.0.0/16")
+
+// DefaultSubnet implements drivers.DefaultSubnetter: a bridge network always has a subnet.
+func (d *Driver) DefaultSubnet(*drivers.Network) (netip.Prefix, int) { return DefaultPool, 24 }

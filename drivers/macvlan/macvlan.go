@@ -414,6 +414,8 @@ func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error
 	if ep.MTU == 0 {
 		ep.MTU = n.MTU
 	}
+	// The sandbox reaches the world through the gateways of the parent's segment that netmgr offers.
+	ep.Routes = drivers.DefaultRoutes(ep.Gateways)
 	return nil
 }
 

@@ -1,16 +1,20 @@
-// Package firewall programs the nftables rules netmgr needs to isolate bridge
+// Package firewall programs the nftables rules netmgr needs to isolate
 // networks from each other and to masquerade their traffic, all kept in one
 // table, inet netmgr, that is replaced as a whole in a single transaction.
+// Networks are keyed on their host-side interfaces ([Network.Ifaces], which
+// the network's driver chooses: a bridge network's bridge); below, B is one
+// of a network's interfaces and "!= B" stands for "none of them". A network
+// without interfaces gets no rules of this table.
 //
 // The ruleset for a list of networks is:
 //
 //	table inet netmgr {
-//		set bridges { type ifname; elements = { <every bridge> } }
+//		set ifaces { type ifname; elements = { <every network's interfaces> } }
 //		chain forward {
 //			type filter hook forward priority filter; policy accept;
 //			iifname B oifname != B drop                    # Internal only
 //			oifname B iifname != B drop                    # Internal only
-//			iifname B oifname != B oifname @bridges drop   # isolation
+//			iifname B oifname != B oifname @ifaces drop    # isolation
 //			oifname B iifname != B ct state invalid,untracked drop                 # !Internal && !Routed
 //			oifname B iifname != B ct status ! dnat ct state ! established,related drop
 //		}
@@ -38,7 +42,7 @@
 //
 // Where iptables-nft's table ip filter (or ip6 filter) has a FORWARD chain, whose policy DROP would
 // override every accept of netmgr's, Apply also keeps one jump there to a chain NETMGR-FORWARD that
-// accepts the bridges' traffic, and removes both with the last network (see foreign.go).
+// accepts the networks' interfaces' traffic, and removes both with the last network (see foreign.go).
 //
 // The hairpin chain makes a pod that reaches a published port (or later a service) through a host
 // address, and is sent back to a pod on its own bridge, see the answer come from the address it asked.

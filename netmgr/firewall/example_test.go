@@ -22,13 +22,13 @@ func ExampleFirewall_Apply() {
 	err = fw.Apply(ctx, []firewall.Network{
 		{
 			Name:       "web",
-			Bridge:     "br-web",
+			Ifaces:     []string{"br-web"},
 			Subnets:    []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24"), netip.MustParsePrefix("fd00:2::/64")},
 			Masquerade: true,
 		},
 		{
 			Name:     "backend",
-			Bridge:   "br-backend",
+			Ifaces:   []string{"br-backend"},
 			Subnets:  []netip.Prefix{netip.MustParsePrefix("10.3.0.0/24")},
 			Internal: true,
 		},

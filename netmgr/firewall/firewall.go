@@ -24,7 +24,7 @@ const TableName = "netmgr"
 var ErrInvalid = errors.New("invalid argument")
 
 const (
-	maxBridgeLen = unix.IFNAMSIZ - 1
+	maxIfNameLen = unix.IFNAMSIZ - 1
 
 	// The kernel caps rule UserData at NFT_USERDATA_MAXLEN bytes; the comment
 	// TLV spends two bytes of header and a trailing NUL.
@@ -39,23 +39,29 @@ const (
 	keyRules    = "rules"
 )
 
-// Network describes one netmgr bridge network.
+// Network describes one netmgr network as the firewall sees it: its host-side interfaces and
+// subnets. The driver that owns the network decides what they are (a bridge network: its bridge).
 type Network struct {
 	// Name is the netmgr network name; every rule of the network carries it
 	// so that rules can be traced to networks.
 	Name string
-	// Bridge is the interface name of the Linux bridge (at most 15 bytes).
-	Bridge string
+	// Ifaces are the host-side interfaces the network's traffic enters and
+	// leaves the host by (each at most 15 bytes, matched exactly): a bridge
+	// network's bridge. A network with none (a routed network, whose
+	// endpoints' host ends come and go) gets no interface-keyed rules (no
+	// isolation, masquerade or hairpin rules from here) and fails no other
+	// network's rules; it still counts for published ports.
+	Ifaces []string
 	// Subnets are the IPv4 and/or IPv6 subnets of the network. Host bits are
 	// ignored.
 	Subnets []netip.Prefix
-	// Internal forbids all traffic into or out of the bridge except between
-	// its own ports.
+	// Internal forbids all traffic into or out of Ifaces except between
+	// them.
 	Internal bool
 	// Masquerade SNATs traffic from Subnets leaving via any interface other
-	// than Bridge. It has no effect on an Internal network.
+	// than Ifaces. It has no effect on an Internal network.
 	Masquerade bool
-	// Routed lets other interfaces open connections into the bridge: a
+	// Routed lets other interfaces open connections into Ifaces: a
 	// neighbour that routes Subnets via the host reaches every port of every
 	// sandbox. Without it only published ports (connections the ports table
 	// translated) and replies enter, as with Docker 28's default
@@ -126,11 +132,11 @@ func (f *Firewall) Apply(ctx context.Context, nets []Network) error {
 		return fmt.Errorf("apply ruleset: %w", err)
 	}
 	if len(nets) > 0 {
-		bridges := make([]string, len(nets))
-		for i, n := range nets {
-			bridges[i] = n.Bridge
+		var ifaces []string
+		for _, n := range nets {
+			ifaces = append(ifaces, n.Ifaces...)
 		}
-		f.warnLegacy(ctx, bridges)
+		f.warnLegacy(ctx, ifaces)
 	}
 	f.logger.DebugContext(ctx, "applied nftables ruleset", keyTable, TableName, keyNetworks, len(nets), keyRules, rules)
 	return nil
@@ -256,7 +262,7 @@ func (f *Firewall) do(ctx context.Context, fn func(*nftables.Conn) error) (err e
 func normalize(nets []Network) ([]Network, error) {
 	out := make([]Network, 0, len(nets))
 	names := make(map[string]bool, len(nets))
-	bridges := make(map[string]string, len(nets))
+	owner := make(map[string]string, len(nets)) // interface -> network
 	for i, n := range nets {
 		if err := validName(n.Name); err != nil {
 			return nil, fmt.Errorf("network %d: %w", i, err)
@@ -265,13 +271,19 @@ func normalize(nets []Network) ([]Network, error) {
 			return nil, fmt.Errorf("network %q: duplicate name: %w", n.Name, ErrInvalid)
 		}
 		names[n.Name] = true
-		if err := validBridge(n.Bridge); err != nil {
-			return nil, fmt.Errorf("network %q: %w", n.Name, err)
+		ifaces := slices.Clone(n.Ifaces)
+		slices.Sort(ifaces)
+		ifaces = slices.Compact(ifaces)
+		for _, i := range ifaces {
+			if err := validIfName(i); err != nil {
+				return nil, fmt.Errorf("network %q: %w", n.Name, err)
+			}
+			if other, ok := owner[i]; ok {
+				return nil, fmt.Errorf("network %q: interface %q already used by network %q: %w", n.Name, i, other, ErrInvalid)
+			}
+			owner[i] = n.Name
 		}
-		if other, ok := bridges[n.Bridge]; ok {
-			return nil, fmt.Errorf("network %q: bridge %q already used by network %q: %w", n.Name, n.Bridge, other, ErrInvalid)
-		}
-		bridges[n.Bridge] = n.Name
+		n.Ifaces = ifaces
 
 		subnets := make([]netip.Prefix, 0, len(n.Subnets))
 		for _, p := range n.Subnets {
@@ -305,17 +317,17 @@ func validName(name string) error {
 	return nil
 }
 
-// validBridge applies the kernel's rules for interface names (dev_valid_name).
-func validBridge(name string) error {
+// validIfName applies the kernel's rules for interface names (dev_valid_name).
+func validIfName(name string) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("bridge name is empty: %w", ErrInvalid)
-	case len(name) > maxBridgeLen:
-		return fmt.Errorf("bridge name %q is longer than %d bytes: %w", name, maxBridgeLen, ErrInvalid)
+		return fmt.Errorf("interface name is empty: %w", ErrInvalid)
+	case len(name) > maxIfNameLen:
+		return fmt.Errorf("interface name %q is longer than %d bytes: %w", name, maxIfNameLen, ErrInvalid)
 	case name == "." || name == "..":
-		return fmt.Errorf("bridge name %q is reserved: %w", name, ErrInvalid)
+		return fmt.Errorf("interface name %q is reserved: %w", name, ErrInvalid)
 	case strings.ContainsAny(name, "/: \t\n\v\f\r\x00"):
-		return fmt.Errorf("bridge name %q contains '/', ':', a space or a NUL byte: %w", name, ErrInvalid)
+		return fmt.Errorf("interface name %q contains '/', ':', a space or a NUL byte: %w", name, ErrInvalid)
 	}
 	return nil
 }

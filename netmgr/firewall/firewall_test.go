@@ -125,13 +125,13 @@ func readRuleset(t *testing.T, ns netns.NsHandle) (ruleset, bool) {
 			rs.rules[ch.Name] = append(rs.rules[ch.Name], b.String())
 		}
 	}
-	set, err := c.GetSetByName(tb, setBridges)
+	set, err := c.GetSetByName(tb, setIfaces)
 	if err != nil {
-		t.Fatalf("get set %s: %v", setBridges, err)
+		t.Fatalf("get set %s: %v", setIfaces, err)
 	}
 	elems, err := c.GetSetElements(set)
 	if err != nil {
-		t.Fatalf("get elements of set %s: %v", setBridges, err)
+		t.Fatalf("get elements of set %s: %v", setIfaces, err)
 	}
 	for _, e := range elems {
 		rs.bridges = append(rs.bridges, unix.ByteSliceToString(e.Key))
@@ -181,14 +181,14 @@ func nftList(t *testing.T, ns netns.NsHandle) string {
 var (
 	netIsolated = Network{
 		Name:       "isolated",
-		Bridge:     "br-int",
+		Ifaces:     []string{"br-int"},
 		Subnets:    []netip.Prefix{netip.MustParsePrefix("10.10.0.0/24")},
 		Internal:   true,
 		Masquerade: true, // ignored for internal networks
 	}
 	netWeb = Network{
 		Name:   "web",
-		Bridge: "br-web",
+		Ifaces: []string{"br-web"},
 		Subnets: []netip.Prefix{
 			netip.MustParsePrefix("fd00:20::/64"),
 			netip.MustParsePrefix("10.20.0.0/16"),
@@ -221,7 +221,7 @@ func TestApply(t *testing.T) {
 		t.Errorf("chain %s = %+v, want nat hook postrouting priority 100 policy accept", chainPostrouting, post)
 	}
 	if want := []string{"br-int", "br-web"}; !slices.Equal(first.bridges, want) {
-		t.Errorf("set %s = %q, want %q", setBridges, first.bridges, want)
+		t.Errorf("set %s = %q, want %q", setIfaces, first.bridges, want)
 	}
 	if got, want := first.countRules(chainForward), map[string]int{"isolated": 3, "web": 3}; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("forward rules per network = %v, want %v", got, want)
@@ -252,7 +252,7 @@ func TestApply(t *testing.T) {
 
 	t.Run("invalid input leaves ruleset", func(t *testing.T) {
 		bad := netWeb
-		bad.Bridge = "a-bridge-name-too-long"
+		bad.Ifaces = []string{"a-bridge-name-too-long"}
 		err := fw.Apply(ctx, []Network{netIsolated, bad})
 		if !errors.Is(err, ErrInvalid) {
 			t.Fatalf("Apply(invalid) = %v, want ErrInvalid", err)
@@ -285,7 +285,7 @@ func TestApply(t *testing.T) {
 			t.Errorf("postrouting rules per network = %v, want %v", got, want)
 		}
 		if want := []string{"br-web"}; !slices.Equal(rs.bridges, want) {
-			t.Errorf("set %s = %q, want %q", setBridges, rs.bridges, want)
+			t.Errorf("set %s = %q, want %q", setIfaces, rs.bridges, want)
 		}
 		if got, err := fw.Networks(ctx); err != nil || !slices.Equal(got, []string{"web"}) {
 			t.Errorf("Networks() = %q, %v; want [web]", got, err)
@@ -344,8 +344,8 @@ func TestApplyNft(t *testing.T) {
 		`type filter hook forward priority filter; policy accept;`,
 		`iifname "br-int" oifname != "br-int" drop comment "network=isolated"`,
 		`oifname "br-int" iifname != "br-int" drop comment "network=isolated"`,
-		`iifname "br-int" oifname != "br-int" oifname @bridges drop comment "network=isolated"`,
-		`iifname "br-web" oifname != "br-web" oifname @bridges drop comment "network=web"`,
+		`iifname "br-int" oifname != "br-int" oifname @ifaces drop comment "network=isolated"`,
+		`iifname "br-web" oifname != "br-web" oifname @ifaces drop comment "network=web"`,
 		`type nat hook postrouting priority srcnat; policy accept;`,
 		// nft hides the "meta nfproto" dependency of ip/ip6 in an inet table.
 		`ip saddr 10.20.0.0/16 oifname != "br-web" masquerade comment "network=web"`,
@@ -387,7 +387,7 @@ func TestConcurrent(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	valid := Network{Name: "n", Bridge: "br0", Subnets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
+	valid := Network{Name: "n", Ifaces: []string{"br0"}, Subnets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}
 	with := func(f func(*Network)) []Network {
 		n := valid
 		f(&n)
@@ -397,17 +397,17 @@ func TestValidate(t *testing.T) {
 		name string
 		nets []Network
 	}{
-		{"empty bridge", with(func(n *Network) { n.Bridge = "" })},
-		{"long bridge", with(func(n *Network) { n.Bridge = "0123456789abcdef" })},
-		{"bridge with slash", with(func(n *Network) { n.Bridge = "br/0" })},
-		{"bridge with space", with(func(n *Network) { n.Bridge = "br 0" })},
-		{"bridge dot", with(func(n *Network) { n.Bridge = "." })},
+		{"empty interface", with(func(n *Network) { n.Ifaces = []string{""} })},
+		{"long interface", with(func(n *Network) { n.Ifaces = []string{"0123456789abcdef"} })},
+		{"interface with slash", with(func(n *Network) { n.Ifaces = []string{"br/0"} })},
+		{"interface with space", with(func(n *Network) { n.Ifaces = []string{"br 0"} })},
+		{"interface dot", with(func(n *Network) { n.Ifaces = []string{"."} })},
 		{"invalid prefix", with(func(n *Network) { n.Subnets = append(n.Subnets, netip.Prefix{}) })},
 		{"4in6 prefix", with(func(n *Network) { n.Subnets = []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")} })},
 		{"empty name", with(func(n *Network) { n.Name = "" })},
 		{"long name", with(func(n *Network) { n.Name = strings.Repeat("x", maxNameLen+1) })},
-		{"duplicate name", []Network{valid, {Name: "n", Bridge: "br1"}}},
-		{"duplicate bridge", []Network{valid, {Name: "m", Bridge: "br0"}}},
+		{"duplicate name", []Network{valid, {Name: "n", Ifaces: []string{"br1"}}}},
+		{"duplicate interface", []Network{valid, {Name: "m", Ifaces: []string{"br0"}}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The fd is not a namespace: were validation to let the input
@@ -440,19 +440,19 @@ func TestValidate(t *testing.T) {
 
 func TestNormalize(t *testing.T) {
 	got, err := normalize([]Network{
-		{Name: "b", Bridge: "br-b", Subnets: []netip.Prefix{
+		{Name: "b", Ifaces: []string{"br-b"}, Subnets: []netip.Prefix{
 			netip.MustParsePrefix("10.1.2.3/16"),
 			netip.MustParsePrefix("fd00::1/64"),
 			netip.MustParsePrefix("10.1.0.0/16"),
 		}},
-		{Name: "a", Bridge: "br-a"},
+		{Name: "a", Ifaces: []string{"br-a"}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []Network{
-		{Name: "a", Bridge: "br-a", Subnets: []netip.Prefix{}},
-		{Name: "b", Bridge: "br-b", Subnets: []netip.Prefix{
+		{Name: "a", Ifaces: []string{"br-a"}, Subnets: []netip.Prefix{}},
+		{Name: "b", Ifaces: []string{"br-b"}, Subnets: []netip.Prefix{
 			netip.MustParsePrefix("10.1.0.0/16"),
 			netip.MustParsePrefix("fd00::/64"),
 		}},
@@ -493,6 +493,61 @@ func TestPrefixMask(t *testing.T) {
 	} {
 		if got := fmt.Sprintf("%x", prefixMask(tc.bits, tc.size)); got != tc.want {
 			t.Errorf("prefixMask(%d, %d) = %s, want %s", tc.bits, tc.size, got, tc.want)
+		}
+	}
+}
+
+// TestApplyNetworkWithoutInterface: a network with no host interface of its own (a routed network,
+// whose sandboxes hang off per-endpoint veths that come and go) must not fail every other network's
+// rules; it simply contributes no interface-keyed rules.
+func TestApplyNetworkWithoutInterface(t *testing.T) {
+	ns := newNetNS(t)
+	fw := newFirewall(t, ns)
+	routed := Network{Name: "routed", Subnets: []netip.Prefix{netip.MustParsePrefix("10.30.0.0/24")}, Masquerade: true}
+	if err := fw.Apply(t.Context(), []Network{netWeb, routed}); err != nil {
+		t.Fatalf("Apply(web, a network without an interface) = %v, want the others applied", err)
+	}
+	rs, ok := readRuleset(t, ns)
+	if !ok {
+		t.Fatal("table absent after Apply")
+	}
+	if got, want := rs.countRules(chainForward), map[string]int{"web": 3}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("forward rules per network = %v, want %v", got, want)
+	}
+	if got, want := rs.countRules(chainPostrouting), map[string]int{"web": 2}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("postrouting rules per network = %v, want %v", got, want)
+	}
+}
+
+// TestApplyNftSeveralInterfaces: a network with more than one host interface gets its rules for each
+// of them, and "leaving the network" means leaving by none of them.
+func TestApplyNftSeveralInterfaces(t *testing.T) {
+	ns := newNetNS(t)
+	fw := newFirewall(t, ns)
+	two := Network{Name: "two", Ifaces: []string{"nmr-b", "nmr-a", "nmr-b"}, Internal: true,
+		Subnets: []netip.Prefix{netip.MustParsePrefix("10.40.0.0/24")}}
+	web := netWeb
+	web.Ifaces = []string{"br-web", "vx-web"}
+	if err := fw.Apply(t.Context(), []Network{two, web}); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	rs, _ := readRuleset(t, ns)
+	if want := []string{"br-web", "nmr-a", "nmr-b", "vx-web"}; !slices.Equal(rs.bridges, want) {
+		t.Errorf("set %s = %q, want %q", setIfaces, rs.bridges, want)
+	}
+	if got, want := rs.countRules(chainForward), map[string]int{"two": 6, "web": 6}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("forward rules per network = %v, want %v", got, want)
+	}
+	out := nftList(t, ns)
+	t.Logf("nft list table:\n%s", out)
+	for _, want := range []string{
+		`iifname "nmr-a" oifname != "nmr-a" oifname != "nmr-b" drop comment "network=two"`,
+		`oifname "nmr-b" iifname != "nmr-a" iifname != "nmr-b" drop comment "network=two"`,
+		`iifname "vx-web" oifname != "br-web" oifname != "vx-web" oifname @ifaces drop comment "network=web"`,
+		`ip saddr 10.20.0.0/16 oifname != "br-web" oifname != "vx-web" masquerade comment "network=web"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft output lacks %q", want)
 		}
 	}
 }

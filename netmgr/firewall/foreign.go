@@ -143,11 +143,13 @@ func syncForeignFamily(c *nftables.Conn, fam nftables.TableFamily, nets []Networ
 	ch := c.AddChain(&nftables.Chain{Name: foreignChain, Table: t})
 	c.FlushChain(ch)
 	for _, n := range nets {
-		for _, key := range []expr.MetaKey{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME} {
-			c.AddRule(&nftables.Rule{Table: t, Chain: ch, UserData: networkUserData(n.Name), Exprs: concat(
-				ifnameCmp(key, expr.CmpOpEq, n.Bridge),
-				[]expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}},
-			)})
+		for _, b := range n.Ifaces {
+			for _, key := range []expr.MetaKey{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME} {
+				c.AddRule(&nftables.Rule{Table: t, Chain: ch, UserData: networkUserData(n.Name), Exprs: concat(
+					ifnameCmp(key, expr.CmpOpEq, b),
+					[]expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}},
+				)})
+			}
 		}
 	}
 	if len(jumps) == 0 {
@@ -235,7 +237,7 @@ func inNetNS(nsFd int, fn func() error) error {
 
 // warnLegacy logs, once per Firewall and set of tables, that iptables-legacy tables exist, whose
 // chains netmgr can neither see nor accept its traffic in.
-func (f *Firewall) warnLegacy(ctx context.Context, bridges []string) {
+func (f *Firewall) warnLegacy(ctx context.Context, ifaces []string) {
 	tables, err := f.legacyTables()
 	if err != nil {
 		f.logger.DebugContext(ctx, "cannot look for iptables-legacy tables", "error", err)
@@ -249,7 +251,7 @@ func (f *Firewall) warnLegacy(ctx context.Context, bridges []string) {
 	f.logger.WarnContext(ctx, "iptables-legacy tables exist in the host namespace; nftables cannot see or "+
 		"override their chains, so if their FORWARD policy is DROP sandboxes have no egress and published "+
 		"ports do not answer. netmgr does not write legacy rules (that needs the iptables binary): accept "+
-		"the bridges there yourself (iptables-legacy -I FORWARD -i BRIDGE -j ACCEPT, and -o BRIDGE), "+
+		"the interfaces there yourself (iptables-legacy -I FORWARD -i IFACE -j ACCEPT, and -o IFACE), "+
 		"or switch the host to iptables-nft",
-		"legacy_tables", tables, "bridges", bridges)
+		"legacy_tables", tables, "interfaces", ifaces)
 }

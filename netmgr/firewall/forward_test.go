@@ -42,7 +42,7 @@ func mustInHost(t *testing.T, ns netns.NsHandle, args ...string) string {
 
 func webNet() *testNet {
 	return &testNet{
-		Network: Network{Name: "web", Bridge: "br-web", Masquerade: true,
+		Network: Network{Name: "web", Ifaces: []string{"br-web"}, Masquerade: true,
 			Subnets: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")}},
 		gateway: netip.MustParsePrefix("10.2.0.1/24"), addr: netip.MustParsePrefix("10.2.0.2/24"),
 	}
@@ -124,7 +124,7 @@ func TestDirectAccessRuleNft(t *testing.T) {
 // host, neither its gateway nor another one it routes to by hand; the host can still reach it.
 func TestInternalNoHostInput(t *testing.T) {
 	iso := &testNet{
-		Network: Network{Name: "iso", Bridge: "br-iso", Internal: true,
+		Network: Network{Name: "iso", Ifaces: []string{"br-iso"}, Internal: true,
 			Subnets: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("fd00:1::/64")}},
 		gateway: netip.MustParsePrefix("10.1.0.1/24"), addr: netip.MustParsePrefix("10.1.0.2/24"),
 	}

@@ -84,15 +84,15 @@ func topology(t *testing.T, nets []*testNet) (host, outside netns.NsHandle) {
 
 	for i, n := range nets {
 		n.ns = newNetNS(t)
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.Bridge}}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.Ifaces[0]}}
 		if err := h.LinkAdd(br); err != nil {
-			t.Fatalf("add bridge %s: %v", n.Bridge, err)
+			t.Fatalf("add bridge %s: %v", n.Ifaces[0], err)
 		}
 		if err := h.AddrAdd(br, &netlink.Addr{IPNet: ipNet(n.gateway)}); err != nil {
-			t.Fatalf("add address to %s: %v", n.Bridge, err)
+			t.Fatalf("add address to %s: %v", n.Ifaces[0], err)
 		}
 		if err := h.LinkSetUp(br); err != nil {
-			t.Fatalf("set %s up: %v", n.Bridge, err)
+			t.Fatalf("set %s up: %v", n.Ifaces[0], err)
 		}
 		plug(t, h, fmt.Sprintf("veth%d", i), br, n.ns, netip.Prefix{}, n.addr)
 		routeVia(t, n.ns, n.gateway.Addr())
@@ -219,17 +219,17 @@ func probe(t *testing.T, ns netns.NsHandle, dst netip.Addr, wait time.Duration) 
 // real packets routed through a host namespace.
 func TestTraffic(t *testing.T) {
 	iso := &testNet{
-		Network: Network{Name: "iso", Bridge: "br-iso", Internal: true,
+		Network: Network{Name: "iso", Ifaces: []string{"br-iso"}, Internal: true,
 			Subnets: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24")}},
 		gateway: netip.MustParsePrefix("10.1.0.1/24"), addr: netip.MustParsePrefix("10.1.0.2/24"),
 	}
 	web := &testNet{
-		Network: Network{Name: "web", Bridge: "br-web", Masquerade: true,
+		Network: Network{Name: "web", Ifaces: []string{"br-web"}, Masquerade: true,
 			Subnets: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")}},
 		gateway: netip.MustParsePrefix("10.2.0.1/24"), addr: netip.MustParsePrefix("10.2.0.2/24"),
 	}
 	db := &testNet{
-		Network: Network{Name: "db", Bridge: "br-db",
+		Network: Network{Name: "db", Ifaces: []string{"br-db"},
 			Subnets: []netip.Prefix{netip.MustParsePrefix("10.3.0.0/24")}},
 		gateway: netip.MustParsePrefix("10.3.0.1/24"), addr: netip.MustParsePrefix("10.3.0.2/24"),
 	}

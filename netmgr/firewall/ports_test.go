@@ -257,7 +257,7 @@ func reach(t *testing.T, ns netns.NsHandle, proto string, dst netip.AddrPort) st
 // address and 127.0.0.1) and from the pod itself through the host (hairpin), over TCP and UDP.
 func TestPortsTraffic(t *testing.T) {
 	web := &testNet{
-		Network: Network{Name: "web", Bridge: "br-web", Masquerade: true,
+		Network: Network{Name: "web", Ifaces: []string{"br-web"}, Masquerade: true,
 			Subnets: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/24")}},
 		gateway: netip.MustParsePrefix("10.2.0.1/24"), addr: netip.MustParsePrefix("10.2.0.2/24"),
 	}

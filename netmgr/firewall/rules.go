@@ -18,15 +18,15 @@ const (
 	chainPostrouting = "postrouting"
 	chainHairpin     = "hairpin"
 	chainInput       = "input"
-	setBridges       = "bridges"
+	setIfaces        = "ifaces"
 
 	commentPrefix = "network="
 
-	// bridgesSetID names the set within the batch so that rules in the same
+	// ifacesSetID names the set within the batch so that rules in the same
 	// batch can refer to it. It is chosen here because AddSet's own
 	// allocator is a package-level counter that is not safe for concurrent
 	// use by several Conns.
-	bridgesSetID = 1
+	ifacesSetID = 1
 
 	// All expressions use one register; nft itself does the same.
 	reg = 1
@@ -91,10 +91,11 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 		Policy:   &accept,
 	})
 
-	bridges := &nftables.Set{
+	// The host interfaces of every network, for the rule that keeps networks apart.
+	ifaces := &nftables.Set{
 		Table:   t,
-		ID:      bridgesSetID,
-		Name:    setBridges,
+		ID:      ifacesSetID,
+		Name:    setIfaces,
 		KeyType: nftables.TypeIFName,
 		// nft records ifname sets as host byte order; without it nft
 		// cannot print the elements as strings.
@@ -102,10 +103,12 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 	}
 	elems := make([]nftables.SetElement, 0, len(nets))
 	for _, n := range nets {
-		elems = append(elems, nftables.SetElement{Key: ifname(n.Bridge)})
+		for _, i := range n.Ifaces {
+			elems = append(elems, nftables.SetElement{Key: ifname(i)})
+		}
 	}
-	if err := c.AddSet(bridges, elems); err != nil {
-		return 0, fmt.Errorf("add set %s: %w", setBridges, err)
+	if err := c.AddSet(ifaces, elems); err != nil {
+		return 0, fmt.Errorf("add set %s: %w", setIfaces, err)
 	}
 
 	var count int
@@ -114,7 +117,7 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 		count++
 	}
 	for _, n := range nets {
-		for _, exprs := range forwardRules(n, bridges) {
+		for _, exprs := range forwardRules(n, ifaces) {
 			add(forward, n, exprs)
 		}
 		for _, exprs := range postroutingRules(n) {
@@ -130,55 +133,66 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 	return count, nil
 }
 
-func forwardRules(n Network, bridges *nftables.Set) [][]expr.Any {
+func forwardRules(n Network, ifaces *nftables.Set) [][]expr.Any {
 	var rules [][]expr.Any
-	if n.Internal {
-		rules = append(rules,
-			// iifname B oifname != B drop
-			concat(ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge), ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n.Bridge), drop()),
-			// oifname B iifname != B drop
-			concat(ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge), ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpNeq, n.Bridge), drop()),
-		)
-	}
-	// iifname B oifname != B oifname @bridges drop
-	rules = append(rules, concat(
-		ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge),
-		ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n.Bridge),
-		[]expr.Any{
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg},
-			&expr.Lookup{SourceRegister: reg, SetName: bridges.Name, SetID: bridges.ID},
-		},
-		drop(),
-	))
-	if !n.Internal && !n.Routed {
-		// Connections from elsewhere into the bridge only through a published port (the ports
-		// table's DNAT), or as replies (established and related, which also covers ICMP errors).
-		// Hairpin traffic enters from the bridge itself and the host's own from no interface, so
-		// neither meets this rule. IPv4 and IPv6 alike: no family match.
-		// A packet without a conntrack entry (invalid, untracked) has no status to test, and the
-		// status rule would not match it, so the first rule drops those.
-		//
-		// oifname B iifname != B ct state invalid,untracked drop
-		// oifname B iifname != B ct status & dnat == 0 ct state & (established|related) == 0 drop
+	for _, b := range n.Ifaces { // B is one interface of the network, !N none of them
+		if n.Internal {
+			rules = append(rules,
+				// iifname B oifname !N drop
+				concat(ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, b), notIn(expr.MetaKeyOIFNAME, n.Ifaces), drop()),
+				// oifname B iifname !N drop
+				concat(ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, b), notIn(expr.MetaKeyIIFNAME, n.Ifaces), drop()),
+			)
+		}
+		// iifname B oifname !N oifname @ifaces drop
 		rules = append(rules, concat(
-			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge),
-			ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpNeq, n.Bridge),
+			ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, b),
+			notIn(expr.MetaKeyOIFNAME, n.Ifaces),
 			[]expr.Any{
-				&expr.Ct{Register: reg, Key: expr.CtKeySTATE},
-				&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
-					Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitINVALID | expr.CtStateBitUNTRACKED), Xor: make([]byte, 4)},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: make([]byte, 4)},
+				&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg},
+				&expr.Lookup{SourceRegister: reg, SetName: ifaces.Name, SetID: ifaces.ID},
 			},
 			drop(),
-		), concat(
-			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge),
-			ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpNeq, n.Bridge),
-			ctBitsZero(expr.CtKeySTATUS, ipsDstNAT),
-			ctBitsZero(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
-			drop(),
 		))
+		if !n.Internal && !n.Routed {
+			// Connections from elsewhere into the network only through a published port (the ports
+			// table's DNAT), or as replies (established and related, which also covers ICMP errors).
+			// Hairpin traffic enters from the network itself and the host's own from no interface, so
+			// neither meets this rule. IPv4 and IPv6 alike: no family match.
+			// A packet without a conntrack entry (invalid, untracked) has no status to test, and the
+			// status rule would not match it, so the first rule drops those.
+			//
+			// oifname B iifname !N ct state invalid,untracked drop
+			// oifname B iifname !N ct status & dnat == 0 ct state & (established|related) == 0 drop
+			rules = append(rules, concat(
+				ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, b),
+				notIn(expr.MetaKeyIIFNAME, n.Ifaces),
+				[]expr.Any{
+					&expr.Ct{Register: reg, Key: expr.CtKeySTATE},
+					&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+						Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitINVALID | expr.CtStateBitUNTRACKED), Xor: make([]byte, 4)},
+					&expr.Cmp{Op: expr.CmpOpNeq, Register: reg, Data: make([]byte, 4)},
+				},
+				drop(),
+			), concat(
+				ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, b),
+				notIn(expr.MetaKeyIIFNAME, n.Ifaces),
+				ctBitsZero(expr.CtKeySTATUS, ipsDstNAT),
+				ctBitsZero(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+				drop(),
+			))
+		}
 	}
 	return rules
+}
+
+// notIn matches packets whose interface (key: iifname or oifname) is none of names.
+func notIn(key expr.MetaKey, names []string) []expr.Any {
+	var out []expr.Any
+	for _, name := range names {
+		out = append(out, ifnameCmp(key, expr.CmpOpNeq, name)...)
+	}
+	return out
 }
 
 // inputRules keep an internal network's sandboxes off the host itself: forward rules alone would
@@ -192,27 +206,29 @@ func inputRules(n Network) [][]expr.Any {
 		return nil
 	}
 	var rules [][]expr.Any
-	for _, typ := range []byte{135, 136} { // nd-neighbor-solicit, nd-neighbor-advert
-		// iifname B icmpv6 type T accept
+	for _, b := range n.Ifaces {
+		for _, typ := range []byte{135, 136} { // nd-neighbor-solicit, nd-neighbor-advert
+			// iifname B icmpv6 type T accept
+			rules = append(rules, concat(
+				ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, b),
+				[]expr.Any{
+					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{unix.NFPROTO_IPV6}},
+					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{unix.IPPROTO_ICMPV6}},
+					&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{typ}},
+					&expr.Verdict{Kind: expr.VerdictAccept},
+				},
+			))
+		}
+		// iifname B ct state & (established|related) == 0 drop
 		rules = append(rules, concat(
-			ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge),
-			[]expr.Any{
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{unix.NFPROTO_IPV6}},
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{unix.IPPROTO_ICMPV6}},
-				&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: reg, Data: []byte{typ}},
-				&expr.Verdict{Kind: expr.VerdictAccept},
-			},
+			ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, b),
+			ctBitsZero(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
+			drop(),
 		))
 	}
-	// iifname B ct state & (established|related) == 0 drop
-	rules = append(rules, concat(
-		ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, n.Bridge),
-		ctBitsZero(expr.CtKeySTATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED),
-		drop(),
-	))
 	return rules
 }
 
@@ -227,15 +243,17 @@ func ctBitsZero(key expr.CtKey, mask uint32) []expr.Any {
 }
 
 func postroutingRules(n Network) [][]expr.Any {
-	if !n.Masquerade || n.Internal {
+	// Without an interface of its own there is no "leaving the network" to tell from traffic between
+	// its sandboxes, so such a network gets no masquerade from here.
+	if !n.Masquerade || n.Internal || len(n.Ifaces) == 0 {
 		return nil
 	}
 	rules := make([][]expr.Any, 0, len(n.Subnets))
 	for _, p := range n.Subnets {
-		// meta nfproto ipvX ip[6] saddr S oifname != B masquerade
+		// meta nfproto ipvX ip[6] saddr S oifname !N masquerade
 		rules = append(rules, concat(
 			saddrMatch(p),
-			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpNeq, n.Bridge),
+			notIn(expr.MetaKeyOIFNAME, n.Ifaces),
 			[]expr.Any{&expr.Masq{}},
 		))
 	}
@@ -243,22 +261,24 @@ func postroutingRules(n Network) [][]expr.Any {
 }
 
 // hairpinRules masquerade connections from a network's pods that were translated (a published port
-// or a service reached through a host address) back to a pod on the same bridge. Without it the
+// or a service reached through a host address) back to a pod on the same network. Without it the
 // target would answer the client directly over the bridge, from an address the client never asked.
 // Unlike postroutingRules they apply whatever Masquerade says, since no traffic leaves the network.
 func hairpinRules(n Network) [][]expr.Any {
 	if n.Internal {
 		return nil
 	}
-	rules := make([][]expr.Any, 0, len(n.Subnets))
-	for _, p := range n.Subnets {
-		// ct status dnat meta nfproto ipvX ip[6] saddr S oifname B masquerade
-		rules = append(rules, concat(
-			ctStatusDNAT(),
-			saddrMatch(p),
-			ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, n.Bridge),
-			[]expr.Any{&expr.Masq{}},
-		))
+	rules := make([][]expr.Any, 0, len(n.Subnets)*len(n.Ifaces))
+	for _, b := range n.Ifaces {
+		for _, p := range n.Subnets {
+			// ct status dnat meta nfproto ipvX ip[6] saddr S oifname B masquerade
+			rules = append(rules, concat(
+				ctStatusDNAT(),
+				saddrMatch(p),
+				ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, b),
+				[]expr.Any{&expr.Masq{}},
+			))
+		}
 	}
 	return rules
 }
