@@ -67,8 +67,8 @@ func WithNoSync() BoltOption { return func(b *Bolt) { b.noSync = true } }
 // WithWatchInterval sets how often a Watch polls the file for changes (default 100ms).
 func WithWatchInterval(d time.Duration) BoltOption { return func(b *Bolt) { b.pollEach = d } }
 
-// WithChangeLog keeps the changes of the last n revisions (at least 1) for watchers, instead of
-// DefaultChangeLog. A watcher further behind is told to re-list (ErrCompacted). Processes sharing a file
+// WithChangeLog keeps the changes of the last n revisions (at least 1; up to n/8, at most 64, more
+// between trims) for watchers, instead of DefaultChangeLog. A watcher further behind is told to re-list (ErrCompacted). Processes sharing a file
 // should agree on n: each trims the log to its own.
 func WithChangeLog(n int) BoltOption {
 	return func(b *Bolt) { b.logKeep = max(int64(n), 1) }
@@ -651,14 +651,16 @@ func appendChange(buf []byte, op Op) []byte {
 
 // logChanges records the changes of revision rev and trims the log to the last logKeep revisions.
 // Every revision has an entry (empty if its transaction changed nothing), so the log holds exactly the
-// revisions after the compact revision.
+// revisions after the compact revision. It is trimmed in batches of up to 64 revisions (an eighth of
+// the log if that is less), so that most writes do not also rewrite its oldest page.
 func (b *Bolt) logChanges(tx *bolt.Tx, rev int64, changes []byte) error {
 	lb := tx.Bucket(logBucket)
+	lb.FillPercent = 1 // appended at the end, trimmed at the start: full pages stay full
 	if err := lb.Put(revBytes(rev), changes); err != nil {
 		return err
 	}
 	compact := compactRev(tx)
-	if rev-compact <= b.logKeep {
+	if rev-compact <= b.logKeep+min(64, b.logKeep/8) {
 		return nil
 	}
 	upTo := rev - b.logKeep
