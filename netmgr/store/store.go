@@ -67,7 +67,8 @@ type CompactedError struct {
 }
 
 func (e *CompactedError) Error() string {
-	return fmt.Sprintf("watch after revision %d: %v at revision %d: re-list and watch from the list's revision", e.Asked, ErrCompacted, e.Rev)
+	return fmt.Sprintf("watch after revision %d: %v (the store keeps the changes after revision %d): re-list and watch from the list's revision",
+		e.Asked, ErrCompacted, e.Rev)
 }
 
 // Unwrap makes errors.Is(err, ErrCompacted) true.
