@@ -67,9 +67,9 @@ func WithNoSync() BoltOption { return func(b *Bolt) { b.noSync = true } }
 // WithWatchInterval sets how often a Watch polls the file for changes (default 100ms).
 func WithWatchInterval(d time.Duration) BoltOption { return func(b *Bolt) { b.pollEach = d } }
 
-// WithChangeLog keeps the changes of the last n revisions (at least 1; up to n/8, at most 64, more
-// between trims) for watchers, instead of DefaultChangeLog. A watcher further behind is told to re-list (ErrCompacted). Processes sharing a file
-// should agree on n: each trims the log to its own.
+// WithChangeLog keeps the changes of the last n revisions for watchers (at least 1, and up to n/8 but
+// at most 64 more between trims), instead of DefaultChangeLog. A watcher further behind is told to
+// re-list (ErrCompacted). Processes sharing a file should agree on n: each trims the log to its own.
 func WithChangeLog(n int) BoltOption {
 	return func(b *Bolt) { b.logKeep = max(int64(n), 1) }
 }
@@ -864,7 +864,7 @@ func (b *Bolt) decodeChanges(evs []Event, rev int64, v, prefix []byte) ([]Event,
 				return evs, bad()
 			}
 			e.Type = EventPut
-			e.KV.Value = append([]byte{}, val...)
+			e.KV.Value = append([]byte(nil), val...) // as Get gives it: nil when empty
 		case changeDel:
 			e.Type = EventDelete
 		default:
