@@ -59,10 +59,12 @@ func Absent(key string) Cmp { return Cmp{Key: key} }
 
 // CompactedError ends a Watch that asked for changes the store no longer keeps: the changes up to and
 // including revision Rev are gone from its history. The watcher has missed changes and must re-list:
-// List gives the state and its revision, and a Watch from that revision goes on from there. (A Watch
-// from Rev itself would work too while Rev is kept, but the changes the watcher missed are lost.)
+// List gives the state and its revision, and a Watch from that revision goes on from there.
+//
+// On etcd, whose watches start at a revision rather than after it, Rev is the WatchResponse's
+// CompactRevision minus one.
 type CompactedError struct {
-	Rev   int64 // the newest revision no longer kept: a Watch from Rev or later replays
+	Rev   int64 // the newest revision no longer kept: a Watch from Rev or later can replay, for now
 	Asked int64 // the revision the watch was to go on after
 }
 
@@ -151,7 +153,8 @@ type Store interface {
 	//   - any other failure is also one EventError, and the channel closes after it;
 	//   - when ctx ends the channel closes, with no event.
 	//
-	// Watch itself returns an error only when it cannot start (a closed store, an ended ctx).
+	// Watch itself returns an error only when it cannot start: a closed store, an ended ctx, a negative
+	// rev, or (for rev 0) a store it cannot read.
 	Watch(ctx context.Context, prefix string, rev int64) (<-chan Event, error)
 	Close() error
 }
