@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,7 +25,9 @@ import (
 var (
 	kvBucket   = []byte("kv")
 	metaBucket = []byte("meta")
+	logBucket  = []byte("log") // revision (8 bytes, big-endian) -> the changes of that revision
 	revKey     = []byte("rev")
+	compactKey = []byte("compact") // in meta: the newest revision trimmed from the log
 )
 
 // Bolt is a Store on one bbolt file. The file is opened only for the duration of each call, under a
@@ -34,14 +37,25 @@ var (
 // Waiting for that lock, or for another call of this process, ends with the caller's context. A file
 // that is damaged (truncated, overwritten, emptied) gives an error wrapping [ErrCorrupt] rather than a
 // panic or a fault; only a missing file is a new, empty store.
+//
+// Every transaction that writes also records its changes, in the same bbolt transaction, in a change
+// log of the last [WithChangeLog] revisions (10000 by default); Watch polls the file and reads that log,
+// so a watcher sees every change in order, from any process, as long as it is no further behind. Bolt
+// has no leases: [Leases] refuses it, and a Put with a lease is ErrNotSupported.
 type Bolt struct {
-	path     string
-	sem      chan struct{} // one call of this process at a time; the flock serialises processes
-	closed   atomic.Bool
-	noSync   bool
-	pollEach time.Duration
-	log      *slog.Logger
+	path      string
+	sem       chan struct{} // one call of this process at a time; the flock serialises processes
+	closed    atomic.Bool
+	done      chan struct{} // closed by Close, to end watches at once
+	closeOnce sync.Once
+	noSync    bool
+	pollEach  time.Duration
+	logKeep   int64
+	log       *slog.Logger
 }
+
+// DefaultChangeLog is how many revisions of changes a Bolt keeps for watchers by default.
+const DefaultChangeLog = 10000
 
 // BoltOption configures a Bolt store.
 type BoltOption func(*Bolt)
@@ -53,13 +67,21 @@ func WithNoSync() BoltOption { return func(b *Bolt) { b.noSync = true } }
 // WithWatchInterval sets how often a Watch polls the file for changes (default 100ms).
 func WithWatchInterval(d time.Duration) BoltOption { return func(b *Bolt) { b.pollEach = d } }
 
+// WithChangeLog keeps the changes of the last n revisions for watchers (at least 1, and up to n/8 but
+// at most 64 more between trims), instead of DefaultChangeLog. A watcher further behind is told to
+// re-list (ErrCompacted). Processes sharing a file should agree on n: each trims the log to its own.
+func WithChangeLog(n int) BoltOption {
+	return func(b *Bolt) { b.logKeep = max(int64(n), 1) }
+}
+
 // WithLogger logs a call that has waited a second for the file's lock, naming the holder when it can.
 func WithLogger(l *slog.Logger) BoltOption { return func(b *Bolt) { b.log = l } }
 
 // OpenBolt returns a Store on the bbolt file at path, creating it if it does not exist. It does not
 // wait: if another process holds the file's lock, the file is checked by the first call instead.
 func OpenBolt(path string, opts ...BoltOption) (*Bolt, error) {
-	b := &Bolt{path: path, sem: make(chan struct{}, 1), pollEach: 100 * time.Millisecond}
+	b := &Bolt{path: path, sem: make(chan struct{}, 1), done: make(chan struct{}), pollEach: 100 * time.Millisecond,
+		logKeep: DefaultChangeLog}
 	for _, o := range opts {
 		o(b)
 	}
@@ -81,7 +103,7 @@ func OpenBolt(path string, opts ...BoltOption) (*Bolt, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	defer f.Close()
-	if err := b.check(f); err != nil {
+	if _, err := b.check(f); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -142,11 +164,45 @@ func ensureBuckets(tx *bolt.Tx) error {
 			}
 		}
 	}
+	if tx.Bucket(logBucket) != nil {
+		return nil
+	}
+	// A file from before the change log: its history starts now, and the tombstones that told
+	// watchers of deletions then are replaced by the log.
+	if _, err := tx.CreateBucket(logBucket); err != nil {
+		return err
+	}
+	mb := tx.Bucket(metaBucket)
+	if rev := storeRev(tx); rev > 0 {
+		if err := mb.Put(compactKey, revBytes(rev)); err != nil {
+			return err
+		}
+	}
+	var old [][]byte
+	c := mb.Cursor()
+	for k, _ := c.Seek([]byte("del/")); k != nil && bytes.HasPrefix(k, []byte("del/")); k, _ = c.Next() {
+		old = append(old, append([]byte(nil), k...))
+	}
+	for _, k := range old {
+		if err := mb.Delete(k); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 // with runs fn in a read or write transaction on a freshly opened file, holding the file lock.
 func (b *Bolt) with(ctx context.Context, write bool, fn func(*bolt.Tx) error) error {
+	return b.locked(ctx, write, func() error {
+		if err := b.prepare(); err != nil {
+			return err
+		}
+		return b.access(write, fn)
+	})
+}
+
+// locked runs fn holding this process's turn and the file lock.
+func (b *Bolt) locked(ctx context.Context, write bool, fn func() error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -161,10 +217,7 @@ func (b *Bolt) with(ctx context.Context, write bool, fn func(*bolt.Tx) error) er
 		lf.Close()
 		<-b.sem
 	}()
-	if err := b.prepare(); err != nil {
-		return err
-	}
-	return b.access(write, fn)
+	return fn()
 }
 
 // Waiting for the lock: a second of it is logged; the blocking flock runs in a goroutine so that the
@@ -321,7 +374,7 @@ func (b *Bolt) access(write bool, fn func(*bolt.Tx) error) (err error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := b.check(f); err != nil {
+			if _, err := b.check(f); err != nil {
 				f.Close()
 				return nil, err
 			}
@@ -396,18 +449,19 @@ func readMeta(buf []byte) (meta, bool) {
 }
 
 // check rejects what bbolt would map without question and then fault on: an empty or short file, and
-// one shorter than its meta page says (truncated). It reads only the two meta pages.
-func (b *Bolt) check(f *os.File) error {
+// one shorter than its meta page says (truncated). It reads only the two meta pages, and returns the
+// one bbolt would use.
+func (b *Bolt) check(f *os.File) (meta, error) {
 	corrupt := func(format string, a ...any) error {
 		return &CorruptError{Path: b.path, Reason: fmt.Sprintf(format, a...)}
 	}
 	fi, err := f.Stat()
 	if err != nil {
-		return err
+		return meta{}, err
 	}
 	size := fi.Size()
 	if size == 0 {
-		return corrupt("the file is empty")
+		return meta{}, corrupt("the file is empty")
 	}
 	buf := make([]byte, 4096)
 	n, _ := f.ReadAt(buf, 0)
@@ -426,7 +480,7 @@ func (b *Bolt) check(f *os.File) error {
 		}
 	}
 	if !ok0 && !ok1 {
-		return corrupt("no valid meta page (file of %d bytes)", size)
+		return meta{}, corrupt("no valid meta page (file of %d bytes)", size)
 	}
 	m := m0
 	if !ok0 || (ok1 && m1.txid > m0.txid) {
@@ -434,18 +488,18 @@ func (b *Bolt) check(f *os.File) error {
 	}
 	ps := int64(m.pageSize)
 	if ps < 1024 {
-		return corrupt("meta page %d gives a page size of %d", m.txid%2, ps)
+		return meta{}, corrupt("meta page %d gives a page size of %d", m.txid%2, ps)
 	}
 	if size < 2*ps {
-		return corrupt("truncated to %d bytes", size)
+		return meta{}, corrupt("truncated to %d bytes", size)
 	}
 	if m.pgid < 2 || m.root >= m.pgid || (m.freelist >= m.pgid && m.freelist != noFreelist) {
-		return corrupt("meta page %d is inconsistent", m.txid%2)
+		return meta{}, corrupt("meta page %d is inconsistent", m.txid%2)
 	}
 	if need := int64(m.pgid) * ps; size < need {
-		return corrupt("truncated to %d bytes, its meta page says %d", size, need)
+		return meta{}, corrupt("truncated to %d bytes, its meta page says %d", size, need)
 	}
-	return nil
+	return m, nil
 }
 
 func decode(k, v []byte) KV {
@@ -509,6 +563,12 @@ func (b *Bolt) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 
 // Txn implements Store.
 func (b *Bolt) Txn(ctx context.Context, cmps []Cmp, ops []Op) error {
+	for _, op := range ops {
+		if op.Lease != NoLease {
+			return fmt.Errorf("%w: put %s with lease %d: the bolt store has no leases: node liveness needs a cluster store such as etcd",
+				ErrNotSupported, op.Key, op.Lease)
+		}
+	}
 	return b.with(ctx, true, func(tx *bolt.Tx) error {
 		if err := ensureBuckets(tx); err != nil {
 			return err
@@ -528,121 +588,299 @@ func (b *Bolt) Txn(ctx context.Context, cmps []Cmp, ops []Op) error {
 			return nil
 		}
 		rev := storeRev(tx) + 1
-		if rev%tombstoneEvery == 0 {
-			if err := compactTombstones(tx, rev-tombstoneKeep); err != nil {
-				return err
-			}
-		}
-		var rb [8]byte
-		binary.BigEndian.PutUint64(rb[:], uint64(rev))
-		if err := tx.Bucket(metaBucket).Put(revKey, rb[:]); err != nil {
+		rb := revBytes(rev)
+		if err := tx.Bucket(metaBucket).Put(revKey, rb); err != nil {
 			return err
 		}
+		var changes []byte
 		for _, op := range ops {
 			if op.Delete {
+				if bk.Get([]byte(op.Key)) == nil {
+					continue // no change, no event
+				}
 				if err := bk.Delete([]byte(op.Key)); err != nil {
 					return err
 				}
-				// Deletions are remembered with their revision so that watchers polling the file see them.
-				if err := tx.Bucket(metaBucket).Put([]byte("del/"+op.Key), rb[:]); err != nil {
-					return err
-				}
+				changes = appendChange(changes, op)
 				continue
 			}
 			val := make([]byte, 8+len(op.Value))
-			copy(val, rb[:])
+			copy(val, rb)
 			copy(val[8:], op.Value)
 			if err := bk.Put([]byte(op.Key), val); err != nil {
 				return err
 			}
-			_ = tx.Bucket(metaBucket).Delete([]byte("del/" + op.Key))
+			changes = appendChange(changes, op)
 		}
-		return nil
+		return b.logChanges(tx, rev, changes)
 	})
 }
 
-// Tombstones of deleted keys let polling watchers see deletions. Every tombstoneEvery revisions those
-// older than tombstoneKeep revisions are dropped, bounding the file; a watcher that far behind misses
-// deletions, as an etcd watcher does after compaction.
+func revBytes(rev int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(rev)) }
+
+// revOf decodes a log key; 0 for anything else.
+func revOf(k []byte) int64 {
+	if len(k) != 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(k))
+}
+
+// The change log holds, for every revision, the changes of its transaction in op order, each as a
+// kind byte (changePut, changeDel), the key's length (uvarint) and key, and for a put the value's
+// length (uvarint) and value.
 const (
-	tombstoneEvery = 1024
-	tombstoneKeep  = 16384
+	changePut = 'p'
+	changeDel = 'd'
 )
 
-func compactTombstones(tx *bolt.Tx, before int64) error {
-	c := tx.Bucket(metaBucket).Cursor()
-	p := []byte("del/")
+func appendChange(buf []byte, op Op) []byte {
+	kind := byte(changePut)
+	if op.Delete {
+		kind = changeDel
+	}
+	buf = append(buf, kind)
+	buf = binary.AppendUvarint(buf, uint64(len(op.Key)))
+	buf = append(buf, op.Key...)
+	if !op.Delete {
+		buf = binary.AppendUvarint(buf, uint64(len(op.Value)))
+		buf = append(buf, op.Value...)
+	}
+	return buf
+}
+
+// logChanges records the changes of revision rev and trims the log to the last logKeep revisions.
+// Every revision has an entry (empty if its transaction changed nothing), so the log holds exactly the
+// revisions after the compact revision. It is trimmed in batches of up to 64 revisions (an eighth of
+// the log if that is less), so that most writes do not also rewrite its oldest page.
+func (b *Bolt) logChanges(tx *bolt.Tx, rev int64, changes []byte) error {
+	lb := tx.Bucket(logBucket)
+	lb.FillPercent = 1 // appended at the end, trimmed at the start: full pages stay full
+	if err := lb.Put(revBytes(rev), changes); err != nil {
+		return err
+	}
+	compact := compactRev(tx)
+	if rev-compact <= b.logKeep+min(64, b.logKeep/8) {
+		return nil
+	}
+	upTo := rev - b.logKeep
 	var old [][]byte
-	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-		if len(v) == 8 && int64(binary.BigEndian.Uint64(v)) < before {
-			old = append(old, append([]byte(nil), k...))
-		}
+	c := lb.Cursor()
+	for k, _ := c.First(); k != nil && revOf(k) <= upTo; k, _ = c.Next() {
+		old = append(old, append([]byte(nil), k...))
 	}
 	for _, k := range old {
-		if err := tx.Bucket(metaBucket).Delete(k); err != nil {
+		if err := lb.Delete(k); err != nil {
 			return err
 		}
 	}
-	return nil
+	return tx.Bucket(metaBucket).Put(compactKey, revBytes(upTo))
 }
 
-// Watch implements Store by polling the file's revision; deletions are reported from tombstones, which
-// Compact trims.
+// compactRev is the newest revision whose changes are no longer in the log: 0 if it holds them all,
+// the store's revision for a file from before the log.
+func compactRev(tx *bolt.Tx) int64 {
+	mb := tx.Bucket(metaBucket)
+	if mb == nil {
+		return 0
+	}
+	if v := mb.Get(compactKey); len(v) == 8 {
+		return int64(binary.BigEndian.Uint64(v))
+	}
+	if tx.Bucket(logBucket) == nil {
+		return storeRev(tx)
+	}
+	return 0
+}
+
+// Watch implements Store. A goroutine polls the file every WithWatchInterval: when bbolt's commit
+// counter in the meta page is unchanged since the last look nothing was written, and the poll ends
+// there, without opening the database; else it reads the change log after the last revision seen. A
+// rev of 0 is read as the store's revision before Watch returns.
 func (b *Bolt) Watch(ctx context.Context, prefix string, rev int64) (<-chan Event, error) {
-	ch := make(chan Event, 64)
-	go func() {
-		defer close(ch)
-		t := time.NewTicker(b.pollEach)
-		defer t.Stop()
-		for {
-			var evs []Event
-			var now int64
-			err := b.with(ctx, false, func(tx *bolt.Tx) error {
-				now = storeRev(tx)
-				if now <= rev || tx.Bucket(kvBucket) == nil || tx.Bucket(metaBucket) == nil {
-					return nil
-				}
-				p := []byte(prefix)
-				c := tx.Bucket(kvBucket).Cursor()
-				for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-					if kv := decode(k, v); kv.Rev > rev {
-						evs = append(evs, Event{Type: EventPut, KV: kv})
-					}
-				}
-				dp := []byte("del/" + prefix)
-				c = tx.Bucket(metaBucket).Cursor()
-				for k, v := c.Seek(dp); k != nil && bytes.HasPrefix(k, dp); k, v = c.Next() {
-					if r := int64(binary.BigEndian.Uint64(v)); r > rev {
-						evs = append(evs, Event{Type: EventDelete, KV: KV{Key: string(k[4:]), Rev: r}})
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				return
-			}
-			if now > rev {
-				rev = now
-			}
-			for _, e := range evs {
-				select {
-				case ch <- e:
-				case <-ctx.Done():
-					return
-				}
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
+	if rev < 0 {
+		return nil, fmt.Errorf("%w: watch from revision %d", ErrInvalid, rev)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if b.closed.Load() {
+		return nil, ErrClosed
+	}
+	if rev == 0 {
+		if err := b.with(ctx, false, func(tx *bolt.Tx) error { rev = storeRev(tx); return nil }); err != nil {
+			return nil, err
 		}
-	}()
+	}
+	ch := make(chan Event, 64)
+	w := &watcher{b: b, prefix: []byte(prefix), after: rev}
+	go w.run(ctx, ch)
 	return ch, nil
 }
 
-// Close implements Store. The file is never held open between calls, so Close only refuses later calls.
+// watchBatch bounds the revisions one poll reads while it holds the lock.
+const watchBatch = 1000
+
+type watcher struct {
+	b      *Bolt
+	prefix []byte
+	after  int64     // every change up to this revision has been sent
+	high   int64     // the highest store revision seen, to notice a file that went back
+	seen   fileState // the file as of the last poll that caught up
+}
+
+// fileState tells whether a file may have changed: which file it is, and bbolt's commit counter.
+type fileState struct {
+	dev, ino uint64
+	txid     uint64
+}
+
+func (w *watcher) run(ctx context.Context, ch chan<- Event) {
+	defer close(ch)
+	t := time.NewTicker(w.b.pollEach)
+	defer t.Stop()
+	for {
+		evs, more, err := w.poll(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				select {
+				case ch <- Event{Type: EventError, Err: err}:
+				case <-ctx.Done():
+				}
+			}
+			return
+		}
+		for _, e := range evs {
+			select {
+			case ch <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if more {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.b.done:
+		case <-t.C:
+		}
+	}
+}
+
+// poll returns the events of the next revisions, and whether there are more to read now.
+func (w *watcher) poll(ctx context.Context) (evs []Event, more bool, err error) {
+	b := w.b
+	err = b.locked(ctx, false, func() error {
+		st, ok := b.peek()
+		if ok && st == w.seen {
+			return nil
+		}
+		if err := b.prepare(); err != nil {
+			return err
+		}
+		return b.access(false, func(tx *bolt.Tx) error {
+			now := storeRev(tx)
+			if now < w.high {
+				return fmt.Errorf("state file %s was replaced: its revision went back from %d to %d: %w",
+					b.path, w.high, now, &CompactedError{Rev: now, Asked: w.after})
+			}
+			w.high = now
+			if now <= w.after {
+				w.seen = st
+				return nil
+			}
+			if compact := compactRev(tx); w.after < compact {
+				return &CompactedError{Rev: compact, Asked: w.after}
+			}
+			c := tx.Bucket(logBucket).Cursor()
+			want := w.after + 1
+			for k, v := c.Seek(revBytes(want)); want <= now && want <= w.after+watchBatch; k, v = c.Next() {
+				if revOf(k) != want {
+					return &CorruptError{Path: b.path, Reason: fmt.Sprintf("its change log has no revision %d", want)}
+				}
+				if evs, err = b.decodeChanges(evs, want, v, w.prefix); err != nil {
+					return err
+				}
+				want++
+			}
+			w.after = want - 1
+			more = w.after < now
+			if !more {
+				w.seen = st
+			}
+			return nil
+		})
+	})
+	return evs, more, err
+}
+
+// peek reads which file is at the path and its commit counter, from its meta pages only; ok is false
+// when it cannot tell (then the file is opened, and that reports what is wrong).
+func (b *Bolt) peek() (fileState, bool) {
+	f, err := os.Open(b.path)
+	if err != nil {
+		return fileState{}, false
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fileState{}, false
+	}
+	m, err := b.check(f)
+	if err != nil {
+		return fileState{}, false
+	}
+	return fileState{dev: st.Dev, ino: st.Ino, txid: m.txid}, true
+}
+
+// decodeChanges appends the events under prefix of the log entry of revision rev.
+func (b *Bolt) decodeChanges(evs []Event, rev int64, v, prefix []byte) ([]Event, error) {
+	bad := func() error {
+		return &CorruptError{Path: b.path, Reason: fmt.Sprintf("its change log entry for revision %d is damaged", rev)}
+	}
+	field := func() ([]byte, bool) {
+		n, l := binary.Uvarint(v)
+		if l <= 0 || n > uint64(len(v)-l) {
+			return nil, false
+		}
+		f := v[l : l+int(n)]
+		v = v[l+int(n):]
+		return f, true
+	}
+	for len(v) > 0 {
+		kind := v[0]
+		v = v[1:]
+		key, ok := field()
+		if !ok {
+			return evs, bad()
+		}
+		e := Event{KV: KV{Key: string(key), Rev: rev}}
+		switch kind {
+		case changePut:
+			val, ok := field()
+			if !ok {
+				return evs, bad()
+			}
+			e.Type = EventPut
+			e.KV.Value = append([]byte(nil), val...) // as Get gives it: nil when empty
+		case changeDel:
+			e.Type = EventDelete
+		default:
+			return evs, bad()
+		}
+		if bytes.HasPrefix(key, prefix) {
+			evs = append(evs, e)
+		}
+	}
+	return evs, nil
+}
+
+// Close implements Store. The file is never held open between calls, so Close only refuses later calls
+// and ends watches with ErrClosed.
 func (b *Bolt) Close() error {
 	b.closed.Store(true)
+	b.closeOnce.Do(func() { close(b.done) })
 	return nil
 }

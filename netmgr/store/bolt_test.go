@@ -11,8 +11,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 func open(t *testing.T) *Bolt {
@@ -179,31 +177,5 @@ func TestWatch(t *testing.T) {
 		if g == "put other" {
 			t.Fatalf("event outside prefix: %v", got)
 		}
-	}
-}
-
-func TestTombstonesAreCompacted(t *testing.T) {
-	ctx := context.Background()
-	b, err := OpenBolt(filepath.Join(t.TempDir(), "s.db"), WithNoSync())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < tombstoneKeep+2*tombstoneEvery; i++ {
-		k := fmt.Sprintf("k/%d", i)
-		if err := b.Txn(ctx, nil, []Op{Del(k)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var n int
-	_ = b.with(ctx, false, func(tx *bolt.Tx) error {
-		return tx.Bucket(metaBucket).ForEach(func(k, v []byte) error {
-			if len(k) > 4 && string(k[:4]) == "del/" {
-				n++
-			}
-			return nil
-		})
-	})
-	if n > tombstoneKeep+tombstoneEvery {
-		t.Fatalf("%d tombstones kept, want at most %d", n, tombstoneKeep+tombstoneEvery)
 	}
 }
