@@ -70,7 +70,7 @@ func BenchmarkWatchPoll(b *testing.B) {
 // BenchmarkTxnRewrite rewrites 100 records of 300 bytes (about a sandbox's), after 11000 writes, so
 // with a full change log of each size.
 func BenchmarkTxnRewrite(b *testing.B) {
-	for _, keep := range []int{1000, DefaultChangeLog} {
+	for _, keep := range []int{DefaultChangeLog, 10 * DefaultChangeLog} {
 		b.Run(fmt.Sprintf("log=%d", keep), func(b *testing.B) {
 			s, _ := OpenBolt(filepath.Join(b.TempDir(), "s.db"), WithNoSync(), WithChangeLog(keep))
 			ctx := context.Background()

@@ -55,7 +55,7 @@ type Bolt struct {
 }
 
 // DefaultChangeLog is how many revisions of changes a Bolt keeps for watchers by default.
-const DefaultChangeLog = 10000
+const DefaultChangeLog = 1000
 
 // BoltOption configures a Bolt store.
 type BoltOption func(*Bolt)

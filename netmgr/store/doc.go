@@ -19,7 +19,7 @@
 // it without one.
 //
 // [Bolt] records every transaction's changes in a change log in the same bbolt transaction, keeping the
-// last 10000 revisions ([WithChangeLog]); a watcher polls the file ([WithWatchInterval]), and a poll
+// last 1000 revisions ([WithChangeLog]); a watcher polls the file ([WithWatchInterval]), and a poll
 // that finds nothing written reads only the file's meta page.
 //
 // # Leases
