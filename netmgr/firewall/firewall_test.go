@@ -17,6 +17,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/netmgr/netmgr/internal/testutil"
 )
 
 // newNetNS returns a fresh network namespace that lives until the test ends.
@@ -25,9 +27,7 @@ import (
 // back, it stays locked and dies with the goroutine.
 func newNetNS(t *testing.T) netns.NsHandle {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	testutil.RequireRoot(t)
 	type result struct {
 		ns  netns.NsHandle
 		err error
