@@ -20,12 +20,11 @@ import (
 // It knows only the operations the Firewall uses, and answers any other with EOPNOTSUPP, so that a
 // new kind of message fails the tests instead of being ignored.
 type fakeKernel struct {
-	mu      sync.Mutex
-	tables  []*fakeTable
-	handle  uint64
-	batches int      // transactions committed
-	sent    []string // the type of every message received, batch markers left out
-	failOn  string   // a message type to refuse with ENOMEM, failing its batch
+	mu     sync.Mutex
+	tables []*fakeTable
+	handle uint64
+	sent   []string // the type of every message received, batch markers left out
+	failOn string   // a message type to refuse with ENOMEM, failing its batch
 }
 
 type fakeTable struct {
@@ -111,7 +110,6 @@ func (k *fakeKernel) batch(req []netlink.Message) ([]netlink.Message, error) {
 			return nltest.Error(int(errno), []netlink.Message{m})
 		}
 	}
-	k.batches++
 	ack := netlink.Message{
 		Header: netlink.Header{Type: netlink.Error, Sequence: req[1].Header.Sequence, PID: req[1].Header.PID},
 		Data:   make([]byte, 4), // errno 0
