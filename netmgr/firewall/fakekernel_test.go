@@ -254,7 +254,7 @@ func (k *fakeKernel) apply(m netlink.Message) unix.Errno {
 		tableAttr = unix.NFTA_RULE_TABLE
 	case unix.NFT_MSG_NEWSET:
 		tableAttr = unix.NFTA_SET_TABLE
-	case unix.NFT_MSG_NEWSETELEM:
+	case unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM:
 		tableAttr = unix.NFTA_SET_ELEM_LIST_TABLE
 	default:
 		return unix.EOPNOTSUPP
@@ -318,10 +318,13 @@ func (k *fakeKernel) apply(m netlink.Message) unix.Errno {
 	case unix.NFT_MSG_NEWSET:
 		name := p.str(unix.NFTA_SET_NAME)
 		if t.set(name, 0) != nil {
-			return unix.EEXIST
+			if m.Header.Flags&netlink.Excl != 0 {
+				return unix.EEXIST
+			}
+			return 0 // kept, with its elements
 		}
 		t.sets = append(t.sets, &fakeSet{name: name, id: p.u32(unix.NFTA_SET_ID), attrs: without(p.attrs, unix.NFTA_SET_ID)})
-	case unix.NFT_MSG_NEWSETELEM:
+	case unix.NFT_MSG_NEWSETELEM, unix.NFT_MSG_DELSETELEM:
 		s := t.set(p.str(unix.NFTA_SET_ELEM_LIST_SET), p.u32(unix.NFTA_SET_ELEM_LIST_SET_ID))
 		if s == nil {
 			return unix.ENOENT
@@ -330,12 +333,35 @@ func (k *fakeKernel) apply(m netlink.Message) unix.Errno {
 		if err != nil {
 			return unix.EINVAL
 		}
-		for i := range elems {
+		for _, e := range elems {
 			// google/nftables numbers the elements of a request; the kernel's dump calls each
 			// NFTA_LIST_ELEM.
-			elems[i].Type = unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM
+			e.Type = unix.NLA_F_NESTED | unix.NFTA_LIST_ELEM
+			key, data, errno := elemKeyData(e)
+			if errno != 0 {
+				return errno
+			}
+			i := slices.IndexFunc(s.elems, func(x netlink.Attribute) bool {
+				k, _, _ := elemKeyData(x)
+				return string(k) == string(key)
+			})
+			switch {
+			case typ == unix.NFT_MSG_DELSETELEM && i < 0:
+				return unix.ENOENT
+			case typ == unix.NFT_MSG_DELSETELEM:
+				s.elems = slices.Delete(s.elems, i, i+1)
+			case i < 0:
+				s.elems = append(s.elems, e)
+			case m.Header.Flags&netlink.Excl != 0:
+				return unix.EEXIST
+			default:
+				// The kernel accepts the same element again, and refuses a key that maps to
+				// other data.
+				if _, old, _ := elemKeyData(s.elems[i]); string(old) != string(data) {
+					return unix.EEXIST
+				}
+			}
 		}
-		s.elems = append(s.elems, elems...)
 	}
 	return 0
 }
@@ -446,7 +472,7 @@ func (k *fakeKernel) get(m netlink.Message) ([]netlink.Message, unix.Errno) {
 }
 
 // kernelExprs rewrites a rule's expressions as a dump returns them: a lookup names its set, and the
-// set id that referred to a set of the same batch is gone.
+// set id that referred to a set of the same batch is gone; a nat gives its ranges in full.
 func kernelExprs(attrs []netlink.Attribute) ([]netlink.Attribute, unix.Errno) {
 	attrs = slices.Clone(attrs)
 	for i, a := range attrs {
@@ -463,16 +489,21 @@ func kernelExprs(attrs []netlink.Attribute) ([]netlink.Attribute, unix.Errno) {
 				return nil, unix.EINVAL
 			}
 			p := parsed{attrs: fields}
-			if p.str(unix.NFTA_EXPR_NAME) != "lookup" {
-				continue
-			}
 			data, err := netlink.UnmarshalAttributes(p.bytes(unix.NFTA_EXPR_DATA))
 			if err != nil {
 				return nil, unix.EINVAL
 			}
+			switch p.str(unix.NFTA_EXPR_NAME) {
+			case "lookup":
+				data = without(data, unix.NFTA_LOOKUP_SET_ID)
+			case "nat":
+				data = kernelNAT(data)
+			default:
+				continue
+			}
 			for k := range fields {
 				if fields[k].Type&attrTypeMask == unix.NFTA_EXPR_DATA {
-					fields[k] = netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_EXPR_DATA, Data: marshal(without(data, unix.NFTA_LOOKUP_SET_ID))}
+					fields[k] = netlink.Attribute{Type: unix.NLA_F_NESTED | unix.NFTA_EXPR_DATA, Data: marshal(data)}
 				}
 			}
 			exprs[j].Data, exprs[j].Length = marshal(fields), 0 // a zero Length is recomputed
@@ -488,4 +519,44 @@ func marshal(attrs []netlink.Attribute) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// elemKeyData returns the key and data of a set element (NFTA_LIST_ELEM), as their raw attributes.
+func elemKeyData(e netlink.Attribute) (key, data []byte, errno unix.Errno) {
+	attrs, err := netlink.UnmarshalAttributes(e.Data)
+	if err != nil {
+		return nil, nil, unix.EINVAL
+	}
+	p := parsed{attrs: attrs}
+	if !p.has(unix.NFTA_SET_ELEM_KEY) {
+		return nil, nil, unix.EINVAL
+	}
+	return p.bytes(unix.NFTA_SET_ELEM_KEY), p.bytes(unix.NFTA_SET_ELEM_DATA), 0
+}
+
+// kernelNAT is a nat expression as nft_nat_dump returns it: a range given by its first register
+// ends in the same register, and the flags say which ranges there are.
+func kernelNAT(data []netlink.Attribute) []netlink.Attribute {
+	p := parsed{attrs: data}
+	flags := p.u32(unix.NFTA_NAT_FLAGS)
+	for _, r := range []struct {
+		min, max uint16
+		flag     uint32
+	}{
+		{unix.NFTA_NAT_REG_ADDR_MIN, unix.NFTA_NAT_REG_ADDR_MAX, unix.NF_NAT_RANGE_MAP_IPS},
+		{unix.NFTA_NAT_REG_PROTO_MIN, unix.NFTA_NAT_REG_PROTO_MAX, unix.NF_NAT_RANGE_PROTO_SPECIFIED},
+	} {
+		if !p.has(r.min) {
+			continue
+		}
+		flags |= r.flag
+		if !p.has(r.max) {
+			data = append(data, netlink.Attribute{Type: r.max, Data: p.bytes(r.min)})
+		}
+	}
+	data = without(data, unix.NFTA_NAT_FLAGS)
+	if flags != 0 {
+		data = append(data, netlink.Attribute{Type: unix.NFTA_NAT_FLAGS, Data: binary.BigEndian.AppendUint32(nil, flags)})
+	}
+	return data
 }

@@ -221,7 +221,7 @@ func TestApply(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, first, kc)
+	checkGolden(t, "apply.golden", first.String()+foreignString(t, kc))
 
 	fwd, post := first.chains[chainForward], first.chains[chainPostrouting]
 	if fwd == nil || fwd.Type != nftables.ChainTypeFilter || *fwd.Hooknum != *nftables.ChainHookForward ||

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
 
 	"github.com/netmgr/netmgr/internal/testutil"
@@ -100,6 +101,12 @@ func TestPortsAddRemove(t *testing.T) {
 	if got := list(); fmt.Sprint(got) != fmt.Sprint(want) || got[0].Owner != "web" {
 		t.Fatalf("Ports = %v, want %v", got, want)
 	}
+	// The no-root TestPortsRecorded checks the same file against a fakeKernel.
+	kc, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "ports.golden", portsString(t, kc))
 	rules := nftListTable(t, ns, PortsTableName)
 	// Adding again changes nothing, rules included.
 	if err := fw.AddPorts(ctx, all); err != nil {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
 )
 
 // The tests in this file need no root and no kernel: the Firewall talks to a fakeKernel. TestApply
@@ -98,16 +99,16 @@ func golden(t *testing.T, name, got string) {
 	}
 }
 
-// checkGolden compares what conn holds after Apply(netWeb, netIsolated) with testdata/apply.golden,
-// without ever rewriting it: for TestApply, against the kernel.
-func checkGolden(t *testing.T, rs ruleset, c *nftables.Conn) {
+// checkGolden compares got, read back from a kernel, with testdata/name, which the no-root tests
+// check against the fakeKernel; it never rewrites the file.
+func checkGolden(t *testing.T, name, got string) {
 	t.Helper()
-	want, err := os.ReadFile(filepath.Join("testdata", "apply.golden"))
+	want, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := rs.String() + foreignString(t, c); got != string(want) {
-		t.Errorf("the kernel holds another ruleset than testdata/apply.golden (which the no-root tests check):\ngot:\n%s\nwant:\n%s", got, want)
+	if got != string(want) {
+		t.Errorf("the kernel holds another ruleset than testdata/%s (which the no-root tests check):\ngot:\n%s\nwant:\n%s", name, got, want)
 	}
 }
 
@@ -247,4 +248,168 @@ func TestApplyRecorded(t *testing.T) {
 			t.Error("table present after Apply(nil)")
 		}
 	})
+}
+
+// portsString renders the ports table: its maps with their elements, sorted, and its chains with
+// their rules. It is "" if the table is absent.
+func portsString(t *testing.T, c *nftables.Conn) string {
+	t.Helper()
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	i := slices.IndexFunc(tables, func(tb *nftables.Table) bool { return tb.Name == PortsTableName })
+	if i < 0 {
+		return ""
+	}
+	tb := tables[i]
+	var b strings.Builder
+	sets, err := c.GetSets(tb)
+	if err != nil {
+		t.Fatalf("list sets: %v", err)
+	}
+	slices.SortFunc(sets, func(a, b *nftables.Set) int { return strings.Compare(a.Name, b.Name) })
+	for _, s := range sets {
+		fmt.Fprintf(&b, "map %s: %s -> %s (map %v, concatenation %v)\n", s.Name, s.KeyType.Name, s.DataType.Name, s.IsMap, s.Concatenation)
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			t.Fatalf("list elements of %s: %v", s.Name, err)
+		}
+		var lines []string
+		for _, e := range elems {
+			lines = append(lines, fmt.Sprintf("\t%x : %x %q\n", e.Key, e.Val, e.Comment))
+		}
+		slices.Sort(lines)
+		b.WriteString(strings.Join(lines, ""))
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("list chains: %v", err)
+	}
+	chains = slices.DeleteFunc(chains, func(ch *nftables.Chain) bool { return ch.Table.Name != PortsTableName })
+	slices.SortFunc(chains, func(a, b *nftables.Chain) int { return strings.Compare(a.Name, b.Name) })
+	for _, ch := range chains {
+		fmt.Fprintf(&b, "chain %s type %s hook %d priority %d policy %v\n", ch.Name, ch.Type, *ch.Hooknum, *ch.Priority, *ch.Policy)
+		rules, err := c.GetRules(tb, ch)
+		if err != nil {
+			t.Fatalf("list rules of %s: %v", ch.Name, err)
+		}
+		for _, r := range rules {
+			b.WriteString("\t")
+			for _, e := range r.Exprs {
+				fmt.Fprintf(&b, " %+v", e)
+			}
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+// TestPortsRecorded is TestPortsAddRemove without a kernel: maps, their elements and the DNAT
+// chains, read back from a fakeKernel, and compared with testdata/ports.golden, which
+// TestPortsAddRemove checks against the kernel.
+func TestPortsRecorded(t *testing.T) {
+	fw, k := newFakeFirewall(t)
+	c := fakeConn(t, k)
+	ctx := t.Context()
+	list := func() []Port {
+		t.Helper()
+		ps, err := fw.Ports(ctx)
+		if err != nil {
+			t.Fatalf("Ports: %v", err)
+		}
+		return ps
+	}
+	if ps := list(); len(ps) != 0 {
+		t.Fatalf("Ports without a table = %v", ps)
+	}
+	if err := fw.RemovePorts(ctx, []Port{portWeb}); err != nil {
+		t.Fatalf("RemovePorts without a table: %v", err)
+	}
+	all := []Port{portWeb, portWebUDP, portOnAddr, portWeb6, portOnAddr6}
+	if err := fw.AddPorts(ctx, all); err != nil {
+		t.Fatalf("AddPorts: %v", err)
+	}
+	want := slices.Clone(all)
+	sortPorts(want)
+	if got := list(); fmt.Sprint(got) != fmt.Sprint(want) || got[0].Owner != "web" {
+		t.Fatalf("Ports = %v, want %v", got, want)
+	}
+	table := portsString(t, c)
+	golden(t, "ports.golden", table)
+	if err := fw.AddPorts(ctx, all); err != nil {
+		t.Fatalf("AddPorts again: %v", err)
+	}
+	if again := portsString(t, c); again != table {
+		t.Errorf("second AddPorts changed the table:\n%s\nwas:\n%s", again, table)
+	}
+
+	// The same host port to another target is refused, and nothing of the batch is applied.
+	other := portWeb
+	other.Target = ap("10.2.0.3:80")
+	extra := Port{Protocol: "tcp", HostPort: 9999, Target: ap("10.2.0.3:99")}
+	if err := fw.AddPorts(ctx, []Port{extra, other}); !errors.Is(err, unix.EEXIST) {
+		t.Fatalf("AddPorts of a published host port to another target: %v, want EEXIST", err)
+	}
+	if got := list(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("failed AddPorts changed the ports: %v", got)
+	}
+	// Removing it as given leaves the other target's port alone.
+	if err := fw.RemovePorts(ctx, []Port{other}); err != nil {
+		t.Fatalf("RemovePorts of a port published to another target: %v", err)
+	}
+	if got := list(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("RemovePorts of another target's port changed the ports: %v", got)
+	}
+
+	for range 2 {
+		if err := fw.RemovePorts(ctx, []Port{portWeb, portOnAddr6}); err != nil {
+			t.Fatalf("RemovePorts: %v", err)
+		}
+	}
+	want = []Port{portWebUDP, portOnAddr, portWeb6}
+	sortPorts(want)
+	if got := list(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after RemovePorts: %v, want %v", got, want)
+	}
+
+	added, removed, err := fw.SyncPorts(ctx, []Port{portWeb, portWebUDP})
+	if err != nil {
+		t.Fatalf("SyncPorts: %v", err)
+	}
+	wantRemoved := []Port{portOnAddr, portWeb6}
+	sortPorts(wantRemoved)
+	if fmt.Sprint(added) != fmt.Sprint([]Port{portWeb}) || fmt.Sprint(removed) != fmt.Sprint(wantRemoved) {
+		t.Errorf("SyncPorts added %v and removed %v, want [%v] and %v", added, removed, portWeb, wantRemoved)
+	}
+
+	// Someone flushes the chains: EnsurePorts puts the rules back and keeps the ports.
+	k.mu.Lock()
+	for _, tb := range k.tables {
+		if tb.name == PortsTableName {
+			for _, ch := range tb.chains {
+				ch.rules = nil
+			}
+		}
+	}
+	k.mu.Unlock()
+	if err := fw.EnsurePorts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.AddPorts(ctx, all); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.RemovePorts(ctx, []Port{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := portsString(t, c); got != table {
+		t.Errorf("EnsurePorts after a flush and the same ports again give another table:\n%s\nwant:\n%s", got, table)
+	}
+
+	if err := fw.Apply(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if out := portsString(t, c); out != "" {
+		t.Errorf("ports table left after Apply(nil):\n%s", out)
+	}
 }
