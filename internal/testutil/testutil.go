@@ -174,9 +174,9 @@ func Listen(tb testing.TB, ns *sandbox.NetNS, addr string) string {
 }
 
 // ProbeDeadline bounds the retries of the probes that must succeed (Dial, Ping): on a loaded machine
-// the first packets of a new path can be lost to neighbour resolution, a bridge port still in its
-// forwarding delay or a rule transaction not yet visible, so a probe polls until it succeeds or this
-// much time has passed. It is long on purpose: a working path answers in milliseconds, and only a
+// the first packets of a new path can be lost to neighbour resolution or IPv6 duplicate address
+// detection, or meet a server not yet scheduled, so a probe polls until it succeeds or this much
+// time has passed. It is long on purpose: a working path answers in milliseconds, and only a
 // broken one waits it out.
 const ProbeDeadline = 10 * time.Second
 
@@ -199,14 +199,19 @@ func Dial(ns *sandbox.NetNS, addr string) (string, error) {
 	}
 }
 
-// DialBlocked tries once, for BlockedWindow, to connect from ns to addr. It returns nil if no
-// connection answered (dropped or refused), and an error naming what answered otherwise.
+// DialBlocked tries once, for BlockedWindow, to connect from ns to addr. It returns nil if the
+// network gave no connection (dropped, refused, unreachable), and an error if a connection answered
+// or the probe itself failed (it could not enter ns), which proves nothing either way.
 func DialBlocked(ns *sandbox.NetNS, addr string) error {
 	seen, err := dialOnce(ns, addr, BlockedWindow)
-	if err != nil {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return fmt.Errorf("dial %s connected (server saw %s), want blocked", addr, seen)
+	case errors.As(err, &ne):
 		return nil
 	}
-	return fmt.Errorf("dial %s connected (server saw %s), want blocked", addr, seen)
+	return fmt.Errorf("dial %s: %w (not a network error: the probe proves nothing)", addr, err)
 }
 
 func dialOnce(ns *sandbox.NetNS, addr string, window time.Duration) (string, error) {
