@@ -5,7 +5,7 @@ BIN     := $(CURDIR)/bin
 PKGS    := ./...
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all deps build containerd test unit bench lint demo demo-sandbox faults clean
+.PHONY: all deps build containerd test unit fuzz bench lint demo demo-sandbox faults clean
 
 all: build
 
@@ -24,7 +24,6 @@ $(CONTAINERD) &: go.mod go.sum
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 
-# Unit tests need no privileges; kernel tests need root and skip without it.
 # The Debian packages the tests, demo and benchmarks use (installed only if missing).
 deps:
 	@bash .ci/deps
@@ -32,10 +31,20 @@ deps:
 test: deps build containerd
 	$(GO) test -count=1 -timeout 20m $(PKGS)
 	$(GO) test -count=1 -tags podctl_pod ./examples/podctl/
+	$(MAKE) fuzz
 
+# Unit tests need no privileges: -short skips every kernel test (testutil.RequireRoot), also as
+# root. Without -short, kernel tests run where the process has CAP_NET_ADMIN and CAP_SYS_ADMIN.
 unit:
 	$(GO) test -count=1 -short $(PKGS)
 	$(GO) test -count=1 -short -tags podctl_pod ./examples/podctl/
+
+# Each fuzz target for FUZZTIME (go test fuzzes one target per run). A failing input is written to
+# the package's testdata/fuzz/FUZZNAME/: fix the parser and check the file in as a seed.
+FUZZTIME ?= 10s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePublish$$' -fuzztime $(FUZZTIME) ./netmgr/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseManifest$$' -fuzztime $(FUZZTIME) ./netmgr/pod/
 
 bench: build
 	@DEPS_BENCH=1 bash .ci/deps

@@ -55,8 +55,21 @@ func udpEcho(t *testing.T, ns *sandbox.NetNS, addr string) {
 	}()
 }
 
-// udpAsk sends datagrams from ns to addr until an answer comes (within about a second) and returns it.
+// udpAsk sends datagrams from ns to addr until an answer comes, for up to testutil.ProbeDeadline, and
+// returns it.
 func udpAsk(ns *sandbox.NetNS, addr string) (string, error) {
+	return udpAskFor(ns, addr, testutil.ProbeDeadline)
+}
+
+// udpBlocked is udpAsk for a port that must not answer: it watches for testutil.BlockedWindow.
+func udpBlocked(ns *sandbox.NetNS, addr string) error {
+	if seen, err := udpAskFor(ns, addr, testutil.BlockedWindow); err == nil {
+		return fmt.Errorf("udp %s answered %q, want blocked", addr, seen)
+	}
+	return nil
+}
+
+func udpAskFor(ns *sandbox.NetNS, addr string, wait time.Duration) (string, error) {
 	var conn net.Conn
 	if err := ns.Do(func() (err error) {
 		conn, err = net.Dial("udp", addr)
@@ -66,9 +79,11 @@ func udpAsk(ns *sandbox.NetNS, addr string) (string, error) {
 	}
 	defer conn.Close()
 	buf := make([]byte, 64)
-	for i := 0; i < 5; i++ {
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); {
 		if _, err := conn.Write([]byte("ping")); err != nil {
-			return "", err
+			// An ICMP port unreachable (the server not up yet) fails the next write: try again.
+			time.Sleep(100 * time.Millisecond)
+			continue
 		}
 		_ = conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		if n, err := conn.Read(buf); err == nil {
@@ -149,8 +164,8 @@ func TestPublishedPorts(t *testing.T) {
 	udp("sibling pod, hairpin", bns, "192.0.2.1:5353", gw)
 	tcp("the pod itself, hairpin", ans, "192.0.2.1:8080", gw)
 	udp("the pod itself, hairpin", ans, "192.0.2.1:5353", gw)
-	if _, err := testutil.Dial(e.host, "127.0.0.1:8081"); err == nil {
-		t.Error("a port published on 192.0.2.1 answered on 127.0.0.1")
+	if err := testutil.DialBlocked(e.host, "127.0.0.1:8081"); err != nil {
+		t.Errorf("a port published on 192.0.2.1 answered on 127.0.0.1: %v", err)
 	}
 
 	// A second publish of a published port is refused; another protocol is another port.
@@ -175,11 +190,11 @@ func TestPublishedPorts(t *testing.T) {
 	if err := e.m.DeleteSandbox(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := testutil.Dial(out.NS, "192.0.2.1:8080"); err == nil {
-		t.Error("port 8080 still answers after the sandbox was removed")
+	if err := testutil.DialBlocked(out.NS, "192.0.2.1:8080"); err != nil {
+		t.Errorf("port 8080 still answers after the sandbox was removed: %v", err)
 	}
-	if _, err := udpAsk(out.NS, "192.0.2.1:5353"); err == nil {
-		t.Error("udp port 5353 still answers after the sandbox was removed")
+	if err := udpBlocked(out.NS, "192.0.2.1:5353"); err != nil {
+		t.Errorf("udp port 5353 still answers after the sandbox was removed: %v", err)
 	}
 	table := e.portsTable(t)
 	for _, s := range []string{"8080", "8081", "5353", "9000", "9001", "9002", "owner=a", a.Attachments[0].IPv4.Addr().String()} {
@@ -359,7 +374,7 @@ func TestPublishRecover(t *testing.T) {
 	if kvs, _, _ := e.rt.List(ctx, "ports/"); len(kvs) != 0 {
 		t.Errorf("port keys after rolling back a's create: %v", kvs)
 	}
-	if _, err := testutil.Dial(out.NS, "192.0.2.1:8080"); err == nil {
-		t.Error("port 8080 answers after its sandbox was rolled back")
+	if err := testutil.DialBlocked(out.NS, "192.0.2.1:8080"); err != nil {
+		t.Errorf("port 8080 answers after its sandbox was rolled back: %v", err)
 	}
 }

@@ -9,13 +9,13 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
 func requireRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	t.Helper()
+	testutil.RequireRoot(t)
 }
 
 func selfInode(t *testing.T) uint64 {

@@ -14,21 +14,55 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/sandbox"
 )
 
-// RequireRoot skips the test unless it runs as root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
+// RequireRoot skips a kernel test (one that creates namespaces, links or rules) under -short, and
+// unless the process holds CAP_NET_ADMIN and CAP_SYS_ADMIN in its effective capability set. It asks
+// for capabilities, not for uid 0: root in an unprivileged container lacks them, and the test would
+// fail instead of skipping. `make unit` (go test -short) therefore runs no kernel test, even as root.
 func RequireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates network namespaces")
+	if testing.Short() {
+		tb.Skip("kernel test: skipped with -short")
 	}
+	if missing := MissingCaps(); len(missing) > 0 {
+		tb.Skipf("kernel test: needs %s in the effective capability set", strings.Join(missing, " and "))
+	}
+}
+
+// RequireNetAdmin is RequireRoot under the name of what it checks.
+func RequireNetAdmin(tb testing.TB) {
+	tb.Helper()
+	RequireRoot(tb)
+}
+
+// MissingCaps returns the names of the capabilities that kernel tests need (CAP_NET_ADMIN,
+// CAP_SYS_ADMIN) and the calling thread's effective set lacks; all of them if it cannot tell.
+func MissingCaps() []string {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return []string{"CAP_NET_ADMIN", "CAP_SYS_ADMIN"}
+	}
+	var missing []string
+	for _, c := range []struct {
+		name string
+		bit  uint
+	}{{"CAP_NET_ADMIN", unix.CAP_NET_ADMIN}, {"CAP_SYS_ADMIN", unix.CAP_SYS_ADMIN}} {
+		if data[c.bit/32].Effective&(1<<(c.bit%32)) == 0 {
+			missing = append(missing, c.name)
+		}
+	}
+	return missing
 }
 
 // NewNS creates a pinned namespace under a temporary directory and removes it at cleanup.
@@ -139,18 +173,58 @@ func Listen(tb testing.TB, ns *sandbox.NetNS, addr string) string {
 	return ln.Addr().String()
 }
 
-// Dial connects from ns to addr (a Listen server) and returns the remote address the server saw.
+// ProbeDeadline bounds the retries of the probes that must succeed (Dial, Ping): on a loaded machine
+// the first packets of a new path can be lost to neighbour resolution or IPv6 duplicate address
+// detection, or meet a server not yet scheduled, so a probe polls until it succeeds or this much
+// time has passed. It is long on purpose: a working path answers in milliseconds, and only a
+// broken one waits it out.
+const ProbeDeadline = 10 * time.Second
+
+// BlockedWindow is how long DialBlocked and PingBlocked watch a path that must stay closed. A blocked
+// probe cannot be retried into success, so it gets one fixed window; pair every such assertion with
+// a probe that must succeed (the same source elsewhere, or the same target from elsewhere), so that
+// a path broken for every reason does not pass it vacuously.
+const BlockedWindow = 2 * time.Second
+
+// Dial connects from ns to addr (a Listen server) and returns the remote address the server saw. It
+// retries until a connection answers or ProbeDeadline passes, and then returns the last error.
 func Dial(ns *sandbox.NetNS, addr string) (string, error) {
+	deadline := time.Now().Add(ProbeDeadline)
+	for {
+		seen, err := dialOnce(ns, addr, BlockedWindow)
+		if err == nil || time.Now().After(deadline) {
+			return seen, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// DialBlocked tries once, for BlockedWindow, to connect from ns to addr. It returns nil if the
+// network gave no connection (dropped, refused, unreachable), and an error if a connection answered
+// or the probe itself failed (it could not enter ns), which proves nothing either way.
+func DialBlocked(ns *sandbox.NetNS, addr string) error {
+	seen, err := dialOnce(ns, addr, BlockedWindow)
+	var ne net.Error
+	switch {
+	case err == nil:
+		return fmt.Errorf("dial %s connected (server saw %s), want blocked", addr, seen)
+	case errors.As(err, &ne):
+		return nil
+	}
+	return fmt.Errorf("dial %s: %w (not a network error: the probe proves nothing)", addr, err)
+}
+
+func dialOnce(ns *sandbox.NetNS, addr string, window time.Duration) (string, error) {
 	var c net.Conn
 	err := ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", addr, 2*time.Second)
+		c, err = net.DialTimeout("tcp", addr, window)
 		return err
 	})
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(window + time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return "", err
@@ -158,26 +232,46 @@ func Dial(ns *sandbox.NetNS, addr string) (string, error) {
 	return strings.TrimSpace(line), nil
 }
 
-// Ping sends ICMP echo requests from ns to ip with busybox ping, and returns nil on a reply.
+// Ping sends ICMP echo requests from ns to ip with busybox ping, and returns nil on a reply. It
+// retries until a reply comes or ProbeDeadline passes.
 func Ping(ns *sandbox.NetNS, ip string) error {
+	deadline := time.Now().Add(ProbeDeadline)
+	for {
+		err := pingOnce(ns, ip, BlockedWindow)
+		if err == nil || errors.Is(err, exec.ErrNotFound) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// PingBlocked sends one echo request from ns to ip and waits BlockedWindow for a reply. It returns
+// nil if none came, and an error if one did.
+func PingBlocked(ns *sandbox.NetNS, ip string) error {
+	err := pingOnce(ns, ip, BlockedWindow)
+	if errors.Is(err, exec.ErrNotFound) {
+		return err
+	}
+	if err != nil {
+		return nil
+	}
+	return fmt.Errorf("ping %s answered, want blocked", ip)
+}
+
+func pingOnce(ns *sandbox.NetNS, ip string, window time.Duration) error {
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
 		return fmt.Errorf("ping needs busybox (apt-get install busybox-static): %w", err)
 	}
 	var out []byte
-	// Up to three tries; the first echo may be lost to neighbour resolution on a loaded machine.
-	for try := 0; try < 3; try++ {
-		err = ns.Do(func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			var err error
-			out, err = exec.CommandContext(ctx, bb, "ping", "-c", "1", "-W", "2", ip).CombinedOutput()
-			return err
-		})
-		if err == nil {
-			return nil
-		}
-	}
+	err = ns.Do(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), window+5*time.Second)
+		defer cancel()
+		var err error
+		secs := strconv.Itoa(max(1, int(window/time.Second)))
+		out, err = exec.CommandContext(ctx, bb, "ping", "-c", "1", "-W", secs, ip).CombinedOutput()
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("ping %s: %v: %s", ip, err, strings.TrimSpace(string(out)))
 	}

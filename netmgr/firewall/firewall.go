@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
+	"github.com/mdlayher/netlink/nltest"
 	"golang.org/x/sys/unix"
 )
 
@@ -78,6 +79,10 @@ type Firewall struct {
 	closed bool
 	// legacyWarned is the list of iptables-legacy tables last warned about.
 	legacyWarned string
+
+	// testDial, for tests only, stands in for the kernel: every netlink request goes to it
+	// instead of a socket (nftables.WithTestDial), so that rule generation is tested without root.
+	testDial nltest.Func
 }
 
 // New returns a Firewall that programs the namespace whose netns file
@@ -227,7 +232,10 @@ func (f *Firewall) do(ctx context.Context, fn func(*nftables.Conn) error) (err e
 			return nil
 		}),
 	}
-	if f.nsFd >= 0 {
+	switch {
+	case f.testDial != nil:
+		opts = append(opts, nftables.WithTestDial(f.testDial))
+	case f.nsFd >= 0:
 		opts = append(opts, nftables.WithNetNSFd(f.nsFd))
 	}
 	c, err := nftables.New(opts...)
@@ -239,7 +247,7 @@ func (f *Firewall) do(ctx context.Context, fn func(*nftables.Conn) error) (err e
 			err = errors.Join(err, fmt.Errorf("close netlink socket: %w", cerr))
 		}
 	}()
-	if dl, ok := ctx.Deadline(); ok {
+	if dl, ok := ctx.Deadline(); ok && f.testDial == nil { // a test socket has no deadlines
 		if err := sock.SetDeadline(dl); err != nil {
 			return fmt.Errorf("set netlink socket deadline: %w", err)
 		}

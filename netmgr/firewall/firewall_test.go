@@ -17,6 +17,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/netmgr/netmgr/internal/testutil"
 )
 
 // newNetNS returns a fresh network namespace that lives until the test ends.
@@ -25,9 +27,7 @@ import (
 // back, it stays locked and dies with the goroutine.
 func newNetNS(t *testing.T) netns.NsHandle {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	testutil.RequireRoot(t)
 	type result struct {
 		ns  netns.NsHandle
 		err error
@@ -92,6 +92,12 @@ func readRuleset(t *testing.T, ns netns.NsHandle) (ruleset, bool) {
 	if err != nil {
 		t.Fatalf("open nftables conn: %v", err)
 	}
+	return readRulesetFrom(t, c)
+}
+
+// readRulesetFrom is readRuleset over c, a kernel's or a fakeKernel's connection.
+func readRulesetFrom(t *testing.T, c *nftables.Conn) (ruleset, bool) {
+	t.Helper()
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		t.Fatalf("list tables: %v", err)
@@ -210,6 +216,12 @@ func TestApply(t *testing.T) {
 		t.Fatal("table absent after Apply")
 	}
 	t.Logf("ruleset:\n%s", first)
+	// The no-root TestApplyRecorded checks the same file against a fakeKernel.
+	kc, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "apply.golden", first.String()+foreignString(t, kc))
 
 	fwd, post := first.chains[chainForward], first.chains[chainPostrouting]
 	if fwd == nil || fwd.Type != nftables.ChainTypeFilter || *fwd.Hooknum != *nftables.ChainHookForward ||

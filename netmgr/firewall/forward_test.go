@@ -10,14 +10,17 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/netmgr/netmgr/internal/testutil"
 )
 
+// A probe that must pass polls until testutil.ProbeDeadline; one that must be blocked watches for
+// testutil.BlockedWindow. Each blocked probe here is paired with one that must pass.
 const (
-	passWait  = 2 * time.Second
-	blockWait = 500 * time.Millisecond
+	passWait  = testutil.ProbeDeadline
+	blockWait = testutil.BlockedWindow
 )
 
 // inHost runs a command in ns through nsenter, or skips the test if the command is not installed.

@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
+
+	"github.com/netmgr/netmgr/internal/testutil"
 )
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
@@ -98,6 +101,12 @@ func TestPortsAddRemove(t *testing.T) {
 	if got := list(); fmt.Sprint(got) != fmt.Sprint(want) || got[0].Owner != "web" {
 		t.Fatalf("Ports = %v, want %v", got, want)
 	}
+	// The no-root TestPortsRecorded checks the same file against a fakeKernel.
+	kc, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "ports.golden", portsString(t, kc))
 	rules := nftListTable(t, ns, PortsTableName)
 	// Adding again changes nothing, rules included.
 	if err := fw.AddPorts(ctx, all); err != nil {
@@ -225,8 +234,19 @@ func tcpEcho(t *testing.T, ns netns.NsHandle, addr netip.Addr, port uint16) {
 }
 
 // reach connects (tcp) or sends (udp) from ns to dst and returns what the echo server saw, or "".
-func reach(t *testing.T, ns netns.NsHandle, proto string, dst netip.AddrPort) string {
+// It tries again until an answer comes or wait has passed: give testutil.ProbeDeadline to a probe
+// that must pass and testutil.BlockedWindow to one that must be blocked.
+func reach(t *testing.T, ns netns.NsHandle, proto string, dst netip.AddrPort, wait time.Duration) string {
 	t.Helper()
+	for deadline := time.Now().Add(wait); ; {
+		if seen := reachOnce(ns, proto, dst); seen != "" || time.Now().After(deadline) {
+			return seen
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func reachOnce(ns netns.NsHandle, proto string, dst netip.AddrPort) string {
 	var conn net.Conn
 	err := inNS(ns, func() (err error) {
 		conn, err = net.DialTimeout(proto, dst.String(), 700*time.Millisecond)
@@ -314,7 +334,11 @@ func TestPortsTraffic(t *testing.T) {
 		{"host-address port on 127.0.0.1", host, "tcp", netip.AddrPortFrom(lo, 8081), ""},
 	}
 	for _, c := range cases {
-		if got := reach(t, c.from, c.proto, c.dst); got != c.seen {
+		wait := testutil.ProbeDeadline
+		if c.seen == "" {
+			wait = testutil.BlockedWindow
+		}
+		if got := reach(t, c.from, c.proto, c.dst, wait); got != c.seen {
 			t.Errorf("%s (%s %s): seen as %q, want %q", c.what, c.proto, c.dst, got, c.seen)
 		}
 	}
@@ -323,7 +347,7 @@ func TestPortsTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range cases[:3] {
-		if got := reach(t, c.from, c.proto, c.dst); got != "" {
+		if got := reach(t, c.from, c.proto, c.dst, testutil.BlockedWindow); got != "" {
 			t.Errorf("%s after RemovePorts: still answered, seen as %q", c.what, got)
 		}
 	}

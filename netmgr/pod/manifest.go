@@ -77,14 +77,18 @@ func ParseManifest(data []byte) (*Spec, error) {
 		return nil, bad("spec.initContainers are not supported")
 	}
 	s := &Spec{Name: m.Metadata.Name, Labels: m.Metadata.Labels, Hostname: m.Spec.Hostname}
-	for i, mc := range m.Spec.Containers {
+	for _, mc := range m.Spec.Containers {
 		c := ContainerSpec{Name: mc.Name, Image: mc.Image, Command: mc.Command, Args: mc.Args}
-		for _, e := range mc.Env {
+		for j, e := range mc.Env {
 			if e.ValueFrom != nil {
 				return nil, bad("container %q: env %q: valueFrom is not supported", mc.Name, e.Name)
 			}
 			if e.Name == "" {
-				return nil, bad("container %q: env entry #%d has no name", mc.Name, i+1)
+				return nil, bad("container %q: env entry #%d has no name", mc.Name, j+1)
+			}
+			if strings.Contains(e.Name, "=") {
+				// NAME=VALUE would split elsewhere, and the container see another variable.
+				return nil, bad("container %q: env %q: a name cannot hold '='", mc.Name, e.Name)
 			}
 			c.Env = append(c.Env, e.Name+"="+e.Value)
 		}
