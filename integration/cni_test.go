@@ -485,8 +485,8 @@ func testCNIChainPortmap(t *testing.T, bin string) {
 	if err := h.remove(c, "web", pod.Path()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := testutil.Dial(out.NS, target); err == nil {
-		t.Errorf("port %s still forwarded after DEL", target)
+	if err := testutil.DialBlocked(out.NS, target); err != nil {
+		t.Errorf("port %s after DEL: %v", target, err)
 	}
 }
 
@@ -518,8 +518,8 @@ func testCNIPortMappings(t *testing.T, bin string) {
 	if err := h.remove(c, "web", web.Path()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := testutil.Dial(out.NS, target); err == nil {
-		t.Errorf("port %s still forwarded after DEL", target)
+	if err := testutil.DialBlocked(out.NS, target); err != nil {
+		t.Errorf("port %s after DEL: %v", target, err)
 	}
 	// Freed by DEL: the other pod gets it now.
 	if _, err := h.setup(c, "other", other, ports); err != nil {

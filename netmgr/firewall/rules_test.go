@@ -136,7 +136,7 @@ func TestApplyRecorded(t *testing.T) {
 		t.Errorf("chain %s = %+v, want nat hook postrouting priority 100 policy accept", chainPostrouting, post)
 	}
 	if want := []string{"br-int", "br-web"}; !slices.Equal(first.bridges, want) {
-		t.Errorf("set %s = %q, want %q", setBridges, first.bridges, want)
+		t.Errorf("set %s = %q, want %q", setIfaces, first.bridges, want)
 	}
 	for _, c := range []struct {
 		chain string
@@ -177,7 +177,7 @@ func TestApplyRecorded(t *testing.T) {
 
 	t.Run("invalid input sends nothing", func(t *testing.T) {
 		bad := netWeb
-		bad.Bridge = "a-bridge-name-too-long"
+		bad.Ifaces = []string{"a-bridge-name-too-long"}
 		sent := len(k.sent)
 		if err := fw.Apply(ctx, []Network{netIsolated, bad}); !errors.Is(err, ErrInvalid) {
 			t.Fatalf("Apply(invalid) = %v, want ErrInvalid", err)
@@ -213,7 +213,7 @@ func TestApplyRecorded(t *testing.T) {
 			t.Errorf("input rules left of the internal network: %v", got)
 		}
 		if want := []string{"br-web"}; !slices.Equal(rs.bridges, want) {
-			t.Errorf("set %s = %q, want %q", setBridges, rs.bridges, want)
+			t.Errorf("set %s = %q, want %q", setIfaces, rs.bridges, want)
 		}
 		if f := foreignString(t, c); strings.Contains(f, "isolated") || !strings.Contains(f, "web") {
 			t.Errorf("foreign accepts after replacing the networks by web alone:\n%s", f)
