@@ -21,6 +21,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	// Every driver: `network create --driver D` offers all of them.
+	_ "github.com/netmgr/netmgr/drivers/all"
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/store"
 )
