@@ -5,7 +5,7 @@ BIN     := $(CURDIR)/bin
 PKGS    := ./...
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all deps build containerd test unit bench lint demo demo-sandbox faults clean
+.PHONY: all deps build containerd test unit bench bench-startup lint demo demo-sandbox faults clean
 
 all: build
 
@@ -44,6 +44,11 @@ unit:
 bench: build
 	@DEPS_BENCH=1 bash .ci/deps
 	bash bench/run.sh
+
+# Start-up alone (make bench runs it too): an empty Go program, podctl version and podctl network ls
+# side by side, medians and ratios (bench/out/startup.txt).
+bench-startup: build
+	bash bench/startup/run.sh
 
 lint:
 	$(GO) vet $(PKGS)

@@ -37,10 +37,34 @@ func TestEmbedderDeps(t *testing.T) {
 	root := RepoRoot()
 	dir := copyEmbedder(t, root)
 
-	deps := goListDeps(t, dir)
-	for _, want := range []string{"example.com/embedder", "github.com/netmgr/netmgr/netmgr", "github.com/netmgr/netmgr/drivers/bridge"} {
-		if _, ok := deps[want]; !ok {
-			t.Fatalf("go list -deps of the embedder lacks %s: the check below would prove nothing", want)
+	checkLight(t, dir, "example.com/embedder", "a program that imports only the Manager and the bridge driver",
+		"github.com/netmgr/netmgr/netmgr", "github.com/netmgr/netmgr/drivers/bridge")
+	// The pod facade too: its containerd Runtime is a package apart (netmgr/pod/containerd).
+	checkLight(t, dir, "github.com/netmgr/netmgr/netmgr/pod", "the pod facade (netmgr/pod)", "github.com/netmgr/netmgr/netmgr")
+
+	for _, v := range []struct{ name, ldflags string }{{"not stripped", ""}, {"stripped (-ldflags=-s -w)", "-s -w"}} {
+		bin := filepath.Join(t.TempDir(), "embedder")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags="+v.ldflags, "-o", bin, ".")
+		// Static, as make build builds podctl, so that the sizes compare.
+		cmd.Dir, cmd.Env = dir, append(embedderEnv(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build of the embedder: %v\n%s", err, out)
+		}
+		if fi, err := os.Stat(bin); err == nil {
+			t.Logf("embedder binary, %s: %.1f MiB", v.name, float64(fi.Size())/(1<<20))
+		}
+	}
+}
+
+// checkLight fails the test naming every package of the heavy modules that pkg, listed in the
+// module at dir, links, each with a chain of imports that pulls it in. want are packages pkg must link
+// (else the check proves nothing).
+func checkLight(t *testing.T, dir, pkg, what string, want ...string) {
+	t.Helper()
+	deps := goListDeps(t, dir, pkg)
+	for _, w := range append([]string{pkg}, want...) {
+		if _, ok := deps[w]; !ok {
+			t.Fatalf("go list -deps %s lacks %s: the check would prove nothing", pkg, w)
 		}
 	}
 	var bad []string
@@ -54,22 +78,9 @@ func TestEmbedderDeps(t *testing.T) {
 	if len(bad) > 0 {
 		var b strings.Builder
 		for _, p := range slices.Sorted(slices.Values(bad)) {
-			fmt.Fprintf(&b, "\n  %s (via %s)", p, strings.Join(importChain(deps, "example.com/embedder", p), " -> "))
+			fmt.Fprintf(&b, "\n  %s (via %s)", p, strings.Join(importChain(deps, pkg, p), " -> "))
 		}
-		t.Errorf("a program that imports only the Manager and the bridge driver links %d package(s) it must not:%s", len(bad), b.String())
-	}
-
-	for _, v := range []struct{ name, ldflags string }{{"not stripped", ""}, {"stripped (-ldflags=-s -w)", "-s -w"}} {
-		bin := filepath.Join(t.TempDir(), "embedder")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags="+v.ldflags, "-o", bin, ".")
-		// Static, as make build builds podctl, so that the sizes compare.
-		cmd.Dir, cmd.Env = dir, append(embedderEnv(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build of the embedder: %v\n%s", err, out)
-		}
-		if fi, err := os.Stat(bin); err == nil {
-			t.Logf("embedder binary, %s: %.1f MiB", v.name, float64(fi.Size())/(1<<20))
-		}
+		t.Errorf("%s links %d package(s) it must not:%s", what, len(bad), b.String())
 	}
 }
 
@@ -110,10 +121,13 @@ func embedderEnv() []string {
 	return append(os.Environ(), "GOFLAGS=-mod=mod", "GOWORK=off")
 }
 
-// goListDeps returns every package the program in dir links, each with its imports.
-func goListDeps(t *testing.T, dir string) map[string][]string {
+// goListDeps returns every package pkg links, listed in the module at dir, each with its imports.
+func goListDeps(t *testing.T, dir, pkg string) map[string][]string {
 	t.Helper()
-	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", ".")
+	if pkg == "example.com/embedder" {
+		pkg = "."
+	}
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}} {{join .Imports \" \"}}", pkg)
 	cmd.Dir, cmd.Env = dir, embedderEnv()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
