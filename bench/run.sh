@@ -59,6 +59,9 @@ bench_run nsenter --net="$NS" "$BIN" "${args[@]}"
 echo "bench: report written to $OUT" >&2
 # The others run through bench_run, so that a SIGINT or SIGTERM to this script reaches them at once
 # (each cleans up after itself) instead of waiting for them to finish.
+if [[ -x $PODCTL ]]; then
+	PODCTL=$PODCTL bench_run bash "$ROOT/bench/startup/run.sh" # empty Go program vs podctl version vs podctl network ls (bench/out/startup.txt)
+fi
 CNI_PLUGIN_DIR=$CNI_PLUGIN_DIR bench_run bash "$ROOT/bench/cni/run.sh"  # netmgr-cni vs the bridge plugin through go-cni (bench/out/cni.txt)
 if [[ -x $ROOT/bin/containerd ]]; then
 	"$GO" build -o "$WORK/podbench" ./bench/pod # built, not go run: the signal must reach the program

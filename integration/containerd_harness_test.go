@@ -14,7 +14,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
-	"github.com/netmgr/netmgr/netmgr/pod"
+	"github.com/netmgr/netmgr/netmgr/pod/containerd"
 )
 
 // podHost is a test host with a private containerd: pods run through podctl under nsenter in the
@@ -146,7 +146,7 @@ func (ph *podHost) assertPodsClean(t *testing.T, networks ...string) {
 		t.Errorf("pods left: %+v", ps)
 	}
 	ctx := namespaces.WithNamespace(context.Background(), ph.ctdNS)
-	rt, err := pod.NewContainerd(ctx, ph.ctd.Address, pod.WithNamespace(ph.ctdNS))
+	rt, err := containerd.New(ctx, ph.ctd.Address, containerd.WithNamespace(ph.ctdNS))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,17 @@ import (
 	"time"
 )
 
+// errorLines counts the lines of podctl's stderr that are not warnings.
+func errorLines(stderr string) int {
+	n := 0
+	for _, l := range strings.Split(strings.TrimSpace(stderr), "\n") {
+		if l != "" && !strings.HasPrefix(l, "level=WARN ") {
+			n++
+		}
+	}
+	return n
+}
+
 // TestFaultInjection is the SIGKILL fault injection of the QA report (FAULTS.md, "What held up"), as a
 // test: in a fresh test host, each round runs parallel podctl commands (sandbox create with
 // --publish, a dual-stack second network and --pause on some; sandbox rm, attach, detach; network
@@ -32,17 +43,6 @@ import (
 //	NETMGR_FAULT_SEED=S           replay the commands and kill choices of the run that logged seed S
 //	NETMGR_FAULT_PAR=N            parallel commands per round (default 16)
 //	NETMGR_FAULT_OPS=K,K...       only these kinds of command (create rm attach detach net-create net-rm gc)
-// errorLines counts the lines of podctl's stderr that are not warnings.
-func errorLines(stderr string) int {
-	n := 0
-	for _, l := range strings.Split(strings.TrimSpace(stderr), "\n") {
-		if l != "" && !strings.HasPrefix(l, "level=WARN ") {
-			n++
-		}
-	}
-	return n
-}
-
 func TestFaultInjection(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault injection runs for a minute; skipped with -short")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr/pod"
+	"github.com/netmgr/netmgr/netmgr/pod/containerd"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -307,7 +308,7 @@ spec:
 func TestPodRemains(t *testing.T) {
 	ph := newPodHost(t)
 	ctx := context.Background()
-	rt, err := pod.NewContainerd(ctx, ph.ctd.Address, pod.WithNamespace(ph.ctdNS), pod.WithDir(filepath.Join(ph.stateDir, "pods")))
+	rt, err := containerd.New(ctx, ph.ctd.Address, containerd.WithNamespace(ph.ctdNS), containerd.WithDir(filepath.Join(ph.stateDir, "pods")))
 	if err != nil {
 		t.Fatal(err)
 	}

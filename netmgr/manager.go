@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,11 +17,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
-	// The built-in drivers register themselves.
+	// Only bridge, the default driver, registers itself for every Manager: it links nothing the
+	// Manager does not link anyway (netlink, nftables). The other drivers (macvlan, cni, which links
+	// libcni and through it OpenTelemetry and net/http) are imported by the program that wants them,
+	// or all at once by drivers/all. Host and link are sandbox modes, not drivers.
 	_ "github.com/netmgr/netmgr/drivers/bridge"
-	_ "github.com/netmgr/netmgr/drivers/cni"
-	_ "github.com/netmgr/netmgr/drivers/host"
-	_ "github.com/netmgr/netmgr/drivers/link"
 	"github.com/netmgr/netmgr/netmgr/firewall"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
@@ -55,8 +56,9 @@ type Manager struct {
 	hh   *netlink.Handle
 	fw   *firewall.Firewall
 
-	drvMu   sync.Mutex
-	drivers map[string]drivers.Driver
+	drvMu     sync.Mutex
+	drivers   map[string]drivers.Driver
+	factories map[string]drivers.Factory // WithDriver: looked up before the global registry
 
 	ipMu    sync.Mutex
 	pending map[string]bool // ipam keys chosen by this process but not yet committed
@@ -109,6 +111,20 @@ func WithHostNetNS(path string) Option { return func(m *Manager) { m.hostPath = 
 // WithPauseBinary sets the pause binary started for sandboxes that ask for a pause process.
 func WithPauseBinary(path string) Option { return func(m *Manager) { m.pauseBin = path } }
 
+// WithDriver gives this Manager a driver under name, beside the global registry (drivers.Register)
+// and ahead of it: a name given here shadows a registered driver of the same name for this Manager
+// only. The factory is called once, on the driver's first use, with the Manager's environment. It
+// lets an embedder or a test run two Managers with different drivers in one process, or use a driver
+// without registering it globally. A nil factory or an empty name makes New fail with ErrInvalid.
+func WithDriver(name string, f drivers.Factory) Option {
+	return func(m *Manager) {
+		if m.factories == nil {
+			m.factories = map[string]drivers.Factory{}
+		}
+		m.factories[name] = f
+	}
+}
+
 // New opens (or creates) the state and returns a Manager. It repairs operations that a crashed
 // process left half done (see Recover), without a full scan of the kernel.
 func New(ctx context.Context, opts ...Option) (*Manager, error) {
@@ -125,6 +141,11 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
+	}
+	for name, f := range m.factories {
+		if name == "" || f == nil {
+			return nil, fmt.Errorf("%w: WithDriver(%q) needs a name and a factory", ErrInvalid, name)
+		}
 	}
 	if m.node == "" {
 		h, err := os.Hostname()
@@ -236,9 +257,12 @@ func (m *Manager) driver(name string) (drivers.Driver, error) {
 	if d := legacyModeDriver(name); d != nil {
 		return d, nil // a network an older netmgr recorded with driver host or link
 	}
-	f, ok := drivers.Lookup(name)
+	f, ok := m.factories[name]
 	if !ok {
-		return nil, fmt.Errorf("%w: unknown driver %q (available: %v)", ErrInvalid, name, drivers.Names())
+		f, ok = drivers.Lookup(name)
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown driver %q (available: %v)", ErrInvalid, name, m.driverNames())
 	}
 	d, err := f(drivers.Env{Host: m.host, HostHandle: m.hh, Logger: m.log})
 	if err != nil {
@@ -246,6 +270,18 @@ func (m *Manager) driver(name string) (drivers.Driver, error) {
 	}
 	m.drivers[name] = d
 	return d, nil
+}
+
+// driverNames returns the names of the drivers this Manager can use, sorted.
+func (m *Manager) driverNames() []string {
+	names := drivers.Names()
+	for n := range m.factories {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // OpenRuntimeStore opens the runtime state file, unsynced. If it was written during another boot,

@@ -19,7 +19,7 @@ func (m *Manager) collectLeftovers(ctx context.Context, rep *Report, links []net
 		byDriver[n.Driver] = append(byDriver[n.Driver], n.driverNetwork())
 	}
 	names := map[string]bool{}
-	for _, n := range drivers.Names() {
+	for _, n := range m.driverNames() {
 		names[n] = true
 	}
 	for n := range byDriver {

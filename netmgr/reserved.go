@@ -4,8 +4,6 @@ import (
 	"net/netip"
 
 	"github.com/netmgr/netmgr/drivers"
-	// The macvlan driver registers itself; it is built in like bridge, host and link.
-	_ "github.com/netmgr/netmgr/drivers/macvlan"
 )
 
 // reservedAddrs returns the addresses of rec's subnets that its driver keeps for itself

@@ -25,7 +25,7 @@ NS=$WORK/benchns
 
 echo "bench/cni: building netmgr-cni and the benchmark" >&2
 mkdir -p "$WORK/bin"
-"$GO" build -o "$WORK/bin/netmgr-cni" ./examples/netmgr-cni
+CGO_ENABLED=0 "$GO" build -o "$WORK/bin/netmgr-cni" ./examples/netmgr-cni # static, as make build builds it
 "$GO" build -o "$WORK/cnibench" ./bench/cni
 
 bench_netns "$NS"

@@ -33,6 +33,7 @@ import (
 	"github.com/netmgr/netmgr/integration"
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
+	"github.com/netmgr/netmgr/netmgr/pod/containerd"
 	"github.com/netmgr/netmgr/sandbox"
 )
 
@@ -98,7 +99,7 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, nm.DeleteNetwork(context.WithoutCancel(ctx), "bench")) }()
-	rt, err := pod.NewContainerd(ctx, ctd.Address, pod.WithNamespace(ctdNS), pod.WithDir(filepath.Join(work, "pods")))
+	rt, err := containerd.New(ctx, ctd.Address, containerd.WithNamespace(ctdNS), containerd.WithDir(filepath.Join(work, "pods")))
 	if err != nil {
 		return err
 	}

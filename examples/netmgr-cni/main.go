@@ -53,6 +53,9 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
+
+	// Every driver: a configuration's "driver" may name any of them.
+	_ "github.com/netmgr/netmgr/drivers/all"
 )
 
 // Version is set at build time with -ldflags "-X main.Version=...".

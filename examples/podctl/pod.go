@@ -17,6 +17,7 @@ import (
 
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
+	"github.com/netmgr/netmgr/netmgr/pod/containerd"
 )
 
 // rememberArgs is needed by the lean build only, which hands its arguments on to this one.
@@ -30,7 +31,7 @@ func newPodCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "pod", Short: "Run pods: a sandbox and its containers on containerd"}
 	groupCmd(c)
 	pf := c.PersistentFlags()
-	pf.StringVar(&ctdNamespace, "containerd-namespace", pod.DefaultNamespace, "containerd namespace of the pods' containers")
+	pf.StringVar(&ctdNamespace, "containerd-namespace", containerd.DefaultNamespace, "containerd namespace of the pods' containers")
 	c.AddCommand(newPodRunCmd(g), newPodLsCmd(g), newPodInspectCmd(g), newPodExecCmd(g), newPodLogsCmd(g),
 		newPodRestartCmd(g), newPodRmCmd(g))
 	return c
@@ -44,21 +45,21 @@ func (g *globals) containerdAddress() string {
 	if a := os.Getenv("CONTAINERD_ADDRESS"); a != "" {
 		return a
 	}
-	return pod.DefaultContainerdAddress
+	return containerd.DefaultAddress
 }
 
 // pods opens a netmgr Manager and a containerd runtime and returns the pod Manager over both. The
 // runtime is opened first, so that an unreachable containerd changes nothing.
 func (g *globals) pods(ctx context.Context, opts ...pod.Option) (*pod.Manager, func(), error) {
 	addr := g.containerdAddress()
-	copts := []pod.ContainerdOption{pod.WithNamespace(ctdNamespace), pod.WithDir(filepath.Join(g.stateDir, "pods"))}
+	copts := []containerd.Option{containerd.WithNamespace(ctdNamespace), containerd.WithDir(filepath.Join(g.stateDir, "pods"))}
 	var log *slog.Logger
 	if g.debug {
 		log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		copts = append(copts, pod.WithContainerdLogger(log))
+		copts = append(copts, containerd.WithLogger(log))
 		opts = append(opts, pod.WithLogger(log))
 	}
-	rt, err := pod.NewContainerd(ctx, addr, copts...)
+	rt, err := containerd.New(ctx, addr, copts...)
 	if err != nil {
 		if errors.Is(err, pod.ErrUnavailable) {
 			return nil, nil, fmt.Errorf("%w; start one with `make containerd` and `PATH=$PWD/bin:$PATH bin/containerd --address %s`, or give --containerd ADDR", err, addr)

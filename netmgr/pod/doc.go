@@ -1,6 +1,6 @@
 // Package pod runs pods: a netmgr sandbox, its network attachments, and the containers that share it,
-// started through a small [Runtime] interface. [NewContainerd] is the Runtime for a containerd 2.x
-// daemon.
+// started through a small [Runtime] interface. Package netmgr/pod/containerd is the Runtime for a
+// containerd 2.x daemon, apart so that a program that does not use it does not link containerd's client.
 //
 // A pod's network belongs to its sandbox, not to any container: every container joins the sandbox's
 // pinned network namespace (and, when the sandbox has a pause process, its UTS and IPC namespaces, so

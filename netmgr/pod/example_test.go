@@ -8,6 +8,7 @@ import (
 
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
+	"github.com/netmgr/netmgr/netmgr/pod/containerd"
 )
 
 // Run a pod of two containers on a bridge network, exec in one, restart the other, and remove it.
@@ -19,7 +20,7 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer nm.Close()
-	rt, err := pod.NewContainerd(ctx, pod.DefaultContainerdAddress)
+	rt, err := containerd.New(ctx, containerd.DefaultAddress)
 	if err != nil {
 		log.Fatal(err) // "container runtime unavailable: cannot reach containerd at ..."
 	}

@@ -11,7 +11,7 @@ import (
 var ErrUnavailable = errors.New("container runtime unavailable")
 
 // Runtime creates and runs containers. It is what the pod facade needs of a container runtime and no
-// more; NewContainerd returns the containerd one. Every method takes a container ID (see
+// more; netmgr/pod/containerd.New returns the containerd one. Every method takes a container ID (see
 // ContainerID). Delete and Stop treat a container that is already gone as done.
 type Runtime interface {
 	// Create records a container without starting it.

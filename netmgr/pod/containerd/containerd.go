@@ -1,4 +1,7 @@
-package pod
+// Package containerd is the pod facade's Runtime for a containerd 2.x daemon. It is a package of its
+// own so that a program using package pod (or only the Manager) with another runtime does not link
+// containerd's client, grpc and protobuf.
+package containerd
 
 import (
 	"context"
@@ -23,27 +26,30 @@ import (
 	"github.com/distribution/reference"
 
 	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/pod"
 	"github.com/netmgr/netmgr/sandbox/ctdopts"
 )
 
+var _ pod.Runtime = (*Runtime)(nil)
+
 // Defaults of the containerd Runtime.
 const (
-	DefaultContainerdAddress = "/run/containerd/containerd.sock"
-	DefaultNamespace         = "netmgr"
-	DefaultDir               = "/var/lib/netmgr/pods"
-	DefaultRuntimeName       = "io.containerd.runc.v2"
+	DefaultAddress     = "/run/containerd/containerd.sock"
+	DefaultNamespace   = "netmgr"
+	DefaultDir         = "/var/lib/netmgr/pods"
+	DefaultRuntimeName = "io.containerd.runc.v2"
 )
 
 // Labels the containerd Runtime sets on containers besides the pod facade's.
 const (
-	labelImage  = labelPrefix + "image"
-	labelRootFS = labelPrefix + "rootfs" // the lower directory of a local root filesystem's overlay
+	labelImage  = "netmgr.io/image"
+	labelRootFS = "netmgr.io/rootfs" // the lower directory of a local root filesystem's overlay
 )
 
-// Containerd is the Runtime for a containerd 2.x daemon. Containers live in one containerd namespace;
+// Runtime is the pod.Runtime for a containerd 2.x daemon. Containers live in one containerd namespace;
 // what containerd does not keep (the overlay layer over a local root filesystem, the log file, exec
 // FIFOs) lives in a directory per container under the Runtime's directory.
-type Containerd struct {
+type Runtime struct {
 	c           *client.Client
 	address     string
 	ns          string
@@ -53,33 +59,33 @@ type Containerd struct {
 	log         *slog.Logger
 }
 
-// ContainerdOption configures the containerd Runtime.
-type ContainerdOption func(*Containerd)
+// Option configures the containerd Runtime.
+type Option func(*Runtime)
 
 // WithNamespace sets the containerd namespace of the pods' containers. Default "netmgr".
-func WithNamespace(ns string) ContainerdOption { return func(c *Containerd) { c.ns = ns } }
+func WithNamespace(ns string) Option { return func(c *Runtime) { c.ns = ns } }
 
 // WithDir sets the directory of per-container files. Default /var/lib/netmgr/pods.
-func WithDir(dir string) ContainerdOption { return func(c *Containerd) { c.dir = dir } }
+func WithDir(dir string) Option { return func(c *Runtime) { c.dir = dir } }
 
 // WithRuntimeName sets containerd's runtime (shim) for new containers. Default io.containerd.runc.v2.
-func WithRuntimeName(name string) ContainerdOption { return func(c *Containerd) { c.runtime = name } }
+func WithRuntimeName(name string) Option { return func(c *Runtime) { c.runtime = name } }
 
 // WithSnapshotter sets the snapshotter that unpacks pulled images. Default: containerd's default.
-func WithSnapshotter(name string) ContainerdOption {
-	return func(c *Containerd) { c.snapshotter = name }
+func WithSnapshotter(name string) Option {
+	return func(c *Runtime) { c.snapshotter = name }
 }
 
-// WithContainerdLogger sets the structured logger. Default: discard.
-func WithContainerdLogger(l *slog.Logger) ContainerdOption { return func(c *Containerd) { c.log = l } }
+// WithLogger sets the structured logger. Default: discard.
+func WithLogger(l *slog.Logger) Option { return func(c *Runtime) { c.log = l } }
 
-// NewContainerd connects to the containerd daemon at address (a unix socket path) and checks that it
-// answers. An unreachable daemon is an error wrapping ErrUnavailable.
-func NewContainerd(ctx context.Context, address string, opts ...ContainerdOption) (*Containerd, error) {
+// New connects to the containerd daemon at address (a unix socket path) and checks that it
+// answers. An unreachable daemon is an error wrapping pod.ErrUnavailable.
+func New(ctx context.Context, address string, opts ...Option) (*Runtime, error) {
 	if address == "" {
-		address = DefaultContainerdAddress
+		address = DefaultAddress
 	}
-	r := &Containerd{address: address, ns: DefaultNamespace, dir: DefaultDir, runtime: DefaultRuntimeName}
+	r := &Runtime{address: address, ns: DefaultNamespace, dir: DefaultDir, runtime: DefaultRuntimeName}
 	for _, o := range opts {
 		o(r)
 	}
@@ -88,17 +94,17 @@ func NewContainerd(ctx context.Context, address string, opts ...ContainerdOption
 	}
 	sock := strings.TrimPrefix(address, "unix://")
 	if _, err := os.Stat(sock); err != nil {
-		return nil, fmt.Errorf("%w: cannot reach containerd at %s: %v", ErrUnavailable, address, unwrapPath(err))
+		return nil, fmt.Errorf("%w: cannot reach containerd at %s: %v", pod.ErrUnavailable, address, unwrapPath(err))
 	}
 	c, err := client.New(address, client.WithDefaultNamespace(r.ns), client.WithTimeout(5*time.Second))
 	if err != nil {
-		return nil, fmt.Errorf("%w: cannot reach containerd at %s: %v", ErrUnavailable, address, err)
+		return nil, fmt.Errorf("%w: cannot reach containerd at %s: %v", pod.ErrUnavailable, address, err)
 	}
 	vctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if _, err := c.Version(vctx); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("%w: cannot reach containerd at %s: %v", ErrUnavailable, address, grpcCause(err))
+		return nil, fmt.Errorf("%w: cannot reach containerd at %s: %v", pod.ErrUnavailable, address, grpcCause(err))
 	}
 	r.c = c
 	return r, nil
@@ -114,22 +120,22 @@ func grpcCause(err error) string {
 }
 
 // Close closes the connection to containerd. Containers keep running.
-func (r *Containerd) Close() error { return r.c.Close() }
+func (r *Runtime) Close() error { return r.c.Close() }
 
 // Client returns the containerd client, for callers that need more than the Runtime interface.
-func (r *Containerd) Client() *client.Client { return r.c }
+func (r *Runtime) Client() *client.Client { return r.c }
 
 // Namespace returns the containerd namespace the Runtime works in.
-func (r *Containerd) Namespace() string { return r.ns }
+func (r *Runtime) Namespace() string { return r.ns }
 
-func (r *Containerd) ctx(ctx context.Context) context.Context {
+func (r *Runtime) ctx(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, r.ns)
 }
 
-func (r *Containerd) containerDir(id string) string { return filepath.Join(r.dir, r.ns, id) }
+func (r *Runtime) containerDir(id string) string { return filepath.Join(r.dir, r.ns, id) }
 
-// Create implements Runtime.
-func (r *Containerd) Create(ctx context.Context, cfg ContainerConfig) (err error) {
+// Create implements pod.Runtime.
+func (r *Runtime) Create(ctx context.Context, cfg pod.ContainerConfig) (err error) {
 	ctx = r.ctx(ctx)
 	dir := r.containerDir(cfg.ID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -148,7 +154,7 @@ func (r *Containerd) Create(ctx context.Context, cfg ContainerConfig) (err error
 	var copts []client.NewContainerOpts
 	var sopts []oci.SpecOpts
 	var snapshot string
-	if root, ok := LocalRootFS(spec.Image); ok {
+	if root, ok := pod.LocalRootFS(spec.Image); ok {
 		if strings.ContainsAny(root, ",:") {
 			return fmt.Errorf("%w: root filesystem %q: an overlay lower directory cannot contain ',' or ':'", netmgr.ErrInvalid, root)
 		}
@@ -205,7 +211,7 @@ func (r *Containerd) Create(ctx context.Context, cfg ContainerConfig) (err error
 }
 
 // image finds a pulled image or pulls it.
-func (r *Containerd) image(ctx context.Context, ref string) (client.Image, error) {
+func (r *Runtime) image(ctx context.Context, ref string) (client.Image, error) {
 	named, err := reference.ParseDockerRef(ref)
 	if err != nil {
 		return nil, fmt.Errorf("%w: image %q: %v (a local root filesystem must be an absolute path or rootfs:/path)", netmgr.ErrInvalid, ref, err)
@@ -228,7 +234,7 @@ func (r *Containerd) image(ctx context.Context, ref string) (client.Image, error
 	return img, nil
 }
 
-func (r *Containerd) removeSnapshot(ctx context.Context, key string) error {
+func (r *Runtime) removeSnapshot(ctx context.Context, key string) error {
 	err := r.c.SnapshotService(r.snapshotterName()).Remove(ctx, key)
 	if errdefs.IsNotFound(err) {
 		return nil
@@ -236,7 +242,7 @@ func (r *Containerd) removeSnapshot(ctx context.Context, key string) error {
 	return err
 }
 
-func (r *Containerd) snapshotterName() string {
+func (r *Runtime) snapshotterName() string {
 	if r.snapshotter != "" {
 		return r.snapshotter
 	}
@@ -255,13 +261,13 @@ func containerdErr(err error) error {
 	case errdefs.IsInvalidArgument(err):
 		return fmt.Errorf("%w: %w", netmgr.ErrInvalid, err)
 	case errdefs.IsUnavailable(err):
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", pod.ErrUnavailable, err)
 	}
 	return err
 }
 
-// Start implements Runtime.
-func (r *Containerd) Start(ctx context.Context, id string) error {
+// Start implements pod.Runtime.
+func (r *Runtime) Start(ctx context.Context, id string) error {
 	ctx = r.ctx(ctx)
 	ctr, err := r.c.LoadContainer(ctx, id)
 	if err != nil {
@@ -306,9 +312,9 @@ func (r *Containerd) Start(ctx context.Context, id string) error {
 	return nil
 }
 
-// Stop implements Runtime. The exited task stays, so Status reports its exit code until Start or
+// Stop implements pod.Runtime. The exited task stays, so Status reports its exit code until Start or
 // Delete.
-func (r *Containerd) Stop(ctx context.Context, id string, grace time.Duration) error {
+func (r *Runtime) Stop(ctx context.Context, id string, grace time.Duration) error {
 	ctx = r.ctx(ctx)
 	ctr, err := r.c.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
@@ -366,8 +372,8 @@ func stopTask(ctx context.Context, t client.Task, grace time.Duration) error {
 	}
 }
 
-// Delete implements Runtime.
-func (r *Containerd) Delete(ctx context.Context, id string) error {
+// Delete implements pod.Runtime.
+func (r *Runtime) Delete(ctx context.Context, id string) error {
 	ctx = r.ctx(ctx)
 	var errs []error
 	ctr, err := r.c.LoadContainer(ctx, id)
@@ -400,8 +406,8 @@ func (r *Containerd) Delete(ctx context.Context, id string) error {
 	return nil
 }
 
-// Exec implements Runtime.
-func (r *Containerd) Exec(ctx context.Context, id string, p ExecConfig) (int, error) {
+// Exec implements pod.Runtime.
+func (r *Runtime) Exec(ctx context.Context, id string, p pod.ExecConfig) (int, error) {
 	ctx = r.ctx(ctx)
 	ctr, err := r.c.LoadContainer(ctx, id)
 	if err != nil {
@@ -472,8 +478,8 @@ func (r *Containerd) Exec(ctx context.Context, id string, p ExecConfig) (int, er
 	return int(code), nil
 }
 
-// Logs implements Runtime.
-func (r *Containerd) Logs(ctx context.Context, id string, w io.Writer, follow bool) error {
+// Logs implements pod.Runtime.
+func (r *Runtime) Logs(ctx context.Context, id string, w io.Writer, follow bool) error {
 	if _, err := r.c.LoadContainer(r.ctx(ctx), id); err != nil {
 		return containerdErr(err)
 	}
@@ -508,24 +514,24 @@ func (r *Containerd) Logs(ctx context.Context, id string, w io.Writer, follow bo
 	}
 }
 
-// Status implements Runtime.
-func (r *Containerd) Status(ctx context.Context, id string) (ContainerStatus, error) {
+// Status implements pod.Runtime.
+func (r *Runtime) Status(ctx context.Context, id string) (pod.ContainerStatus, error) {
 	ctx = r.ctx(ctx)
 	ctr, err := r.c.LoadContainer(ctx, id)
 	if err != nil {
-		return ContainerStatus{}, containerdErr(err)
+		return pod.ContainerStatus{}, containerdErr(err)
 	}
 	return r.status(ctx, ctr)
 }
 
-func (r *Containerd) status(ctx context.Context, ctr client.Container) (ContainerStatus, error) {
+func (r *Runtime) status(ctx context.Context, ctr client.Container) (pod.ContainerStatus, error) {
 	info, err := ctr.Info(ctx, client.WithoutRefreshedMetadata)
 	if err != nil {
-		return ContainerStatus{}, containerdErr(err)
+		return pod.ContainerStatus{}, containerdErr(err)
 	}
-	s := ContainerStatus{
-		Name: info.Labels[LabelContainer], ID: info.ID, Pod: info.Labels[LabelPod],
-		Image: info.Labels[labelImage], State: StateCreated, Created: info.CreatedAt,
+	s := pod.ContainerStatus{
+		Name: info.Labels[pod.LabelContainer], ID: info.ID, Pod: info.Labels[pod.LabelPod],
+		Image: info.Labels[labelImage], State: pod.StateCreated, Created: info.CreatedAt,
 	}
 	t, err := ctr.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
@@ -543,29 +549,29 @@ func (r *Containerd) status(ctx context.Context, ctr client.Container) (Containe
 	}
 	switch st.Status {
 	case client.Running, client.Paused, client.Pausing:
-		s.State, s.PID = StateRunning, t.Pid()
+		s.State, s.PID = pod.StateRunning, t.Pid()
 	case client.Stopped:
-		s.State, s.ExitCode, s.ExitedAt = StateStopped, st.ExitStatus, st.ExitTime
+		s.State, s.ExitCode, s.ExitedAt = pod.StateStopped, st.ExitStatus, st.ExitTime
 	case client.Created:
-		s.State = StateCreated
+		s.State = pod.StateCreated
 	default:
-		s.State = StateUnknown
+		s.State = pod.StateUnknown
 	}
 	return s, nil
 }
 
-// List implements Runtime.
-func (r *Containerd) List(ctx context.Context, pod string) ([]ContainerStatus, error) {
+// List implements pod.Runtime.
+func (r *Runtime) List(ctx context.Context, podName string) ([]pod.ContainerStatus, error) {
 	ctx = r.ctx(ctx)
-	filter := `labels."` + LabelPod + `"`
-	if pod != "" {
-		filter += "==" + strconv.Quote(pod)
+	filter := `labels."` + pod.LabelPod + `"`
+	if podName != "" {
+		filter += "==" + strconv.Quote(podName)
 	}
 	ctrs, err := r.c.Containers(ctx, filter)
 	if err != nil {
 		return nil, containerdErr(err)
 	}
-	out := make([]ContainerStatus, 0, len(ctrs))
+	out := make([]pod.ContainerStatus, 0, len(ctrs))
 	for _, c := range ctrs {
 		s, err := r.status(ctx, c)
 		if errdefs.IsNotFound(err) || errors.Is(err, netmgr.ErrNotFound) {
@@ -578,4 +584,13 @@ func (r *Containerd) List(ctx context.Context, pod string) ([]ContainerStatus, e
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
+}
+
+// unwrapPath drops the *PathError wrapper whose text repeats the path.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
