@@ -81,19 +81,12 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 				return nil, fmt.Errorf("%w: interface %q exists in the sandbox", ErrExists, ep.IfName)
 			}
 		}
-		addrs, keys, err := m.allocate(ctx, ns.rec, spec.IPs)
-		release := func() {
-			m.ipMu.Lock()
-			for _, k := range keys {
-				delete(m.pending, k)
-			}
-			m.ipMu.Unlock()
-		}
+		alloc, err := m.allocate(ctx, ns.rec, spec.IPs, name)
 		if err != nil {
-			release()
 			return nil, err
 		}
-		ep.Addrs = addrs
+		release := func() { m.ipam.Release(alloc.Keys...) }
+		ep.Addrs = alloc.Addrs
 		if !ns.rec.Internal {
 			for j, sn := range ns.rec.Subnets {
 				if !hasGatewayFamily(rec.Endpoints, sn.Addr().Is4()) {
@@ -110,10 +103,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		rec.Endpoints = append(rec.Endpoints, ep)
 		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)}
 		ops := []store.Op{store.Put(kv.Key, mustJSON(rec)), store.Put(keyIntentSB+name, []byte(intentAttach+spec.Network))}
-		for _, k := range keys {
-			cmps = append(cmps, store.Absent(k))
-			ops = append(ops, store.Put(k, []byte(name)))
-		}
+		cmps, ops = append(cmps, alloc.Cmps...), append(ops, alloc.Ops...)
 		err = m.rt.Txn(ctx, cmps, ops)
 		release()
 		if err == nil {

@@ -23,6 +23,7 @@ import (
 	// or all at once by drivers/all. Host and link are sandbox modes, not drivers.
 	_ "github.com/netmgr/netmgr/drivers/bridge"
 	"github.com/netmgr/netmgr/netmgr/firewall"
+	"github.com/netmgr/netmgr/netmgr/ipam"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
 )
@@ -60,9 +61,7 @@ type Manager struct {
 	drivers   map[string]drivers.Driver
 	factories map[string]drivers.Factory // WithDriver: looked up before the global registry
 
-	ipMu    sync.Mutex
-	pending map[string]bool // ipam keys chosen by this process but not yet committed
-	cursor  map[string]string
+	ipam *ipam.Allocator // address choice: cursors and the keys chosen but not yet committed
 }
 
 // Option configures a Manager.
@@ -132,8 +131,7 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 		stateDir: DefaultStateDir,
 		runDir:   DefaultRunDir,
 		drivers:  map[string]drivers.Driver{},
-		pending:  map[string]bool{},
-		cursor:   map[string]string{},
+		ipam:     ipam.NewAllocator(),
 		pauseAt:  envPauseAt,
 	}
 	for _, o := range opts {

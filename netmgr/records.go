@@ -153,9 +153,13 @@ func (r *sandboxRecord) owned() bool { return r.Mode == ModeNetNS }
 // hasInterfaces reports whether netmgr plumbs interfaces into the sandbox's namespace.
 func (r *sandboxRecord) hasInterfaces() bool { return r.Mode == ModeNetNS || r.Mode == ModeExternal }
 
+// ipamKey is the key of an address allocated in a network; its value is the sandbox's name.
 func ipamKey(network string, a netip.Addr) string {
-	return keyIPAM + network + "/" + a.String()
+	return ipamPrefix(network) + a.String()
 }
+
+// ipamPrefix is the prefix of a network's address keys (ipam.Request.Prefix).
+func ipamPrefix(network string) string { return keyIPAM + network + "/" }
 
 func mustJSON(v any) []byte {
 	b, err := json.Marshal(v)

@@ -312,13 +312,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 	}
 
 	var pend []string
-	release = func() {
-		m.ipMu.Lock()
-		for _, k := range pend {
-			delete(m.pending, k)
-		}
-		m.ipMu.Unlock()
-	}
+	release = func() { m.ipam.Release(pend...) }
 	for i, as := range spec.Networks {
 		ns, err := m.readNetwork(ctx, as.Network)
 		if err != nil {
@@ -329,12 +323,12 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		if ep.IfName == "" {
 			ep.IfName = "eth" + strconv.Itoa(i)
 		}
-		addrs, keys, err := m.allocate(ctx, ns.rec, as.IPs)
-		pend = append(pend, keys...)
+		alloc, err := m.allocate(ctx, ns.rec, as.IPs, spec.Name)
 		if err != nil {
 			return nil, nil, nil, nil, release, err
 		}
-		ep.Addrs = addrs
+		pend = append(pend, alloc.Keys...)
+		ep.Addrs = alloc.Addrs
 		for j, sn := range ns.rec.Subnets {
 			if ns.rec.Internal {
 				break // no default route off an internal network
@@ -348,10 +342,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 			return nil, nil, nil, nil, release, err
 		}
 		ep.HostName, ep.MTU, ep.Routes = de.HostName, de.MTU, de.Routes
-		for _, k := range keys {
-			cmps = append(cmps, store.Absent(k))
-			ops = append(ops, store.Put(k, []byte(spec.Name)))
-		}
+		cmps, ops = append(cmps, alloc.Cmps...), append(ops, alloc.Ops...)
 		rec.Endpoints = append(rec.Endpoints, ep)
 	}
 	ifs := map[string]bool{}
@@ -406,83 +397,30 @@ func hasGatewayFamily(eps []endpointRecord, v4 bool) bool {
 	return false
 }
 
-// allocate chooses one address per subnet of the network: the requested static one for its family,
-// else the next free one after this process's cursor. The chosen keys are marked pending so that
-// concurrent goroutines of this process do not choose them too; the store's compare decides between
-// processes.
-func (m *Manager) allocate(ctx context.Context, rec *networkRecord, static []netip.Addr) ([]netip.Prefix, []string, error) {
+// allocate chooses one address per subnet of the network (ipam.Allocator: the requested static one
+// for its family, else the next free one after this process's cursor) for the sandbox owner. The chosen
+// keys stay pending in m.ipam until the caller releases them, after the transaction that commits the
+// allocation's Cmps and Ops with the sandbox record; the store's compare decides between processes.
+// A network without subnets in netmgr (its driver assigns the addresses) gets no allocation.
+func (m *Manager) allocate(ctx context.Context, rec *networkRecord, static []netip.Addr, owner string) (*ipam.Allocation, error) {
 	if len(rec.Subnets) == 0 {
 		if len(static) > 0 {
-			return nil, nil, fmt.Errorf("%w: network %q has no subnets in netmgr (its driver assigns the addresses); static addresses cannot be given", ErrInvalid, rec.Name)
+			return nil, fmt.Errorf("%w: network %q has no subnets in netmgr (its driver assigns the addresses); static addresses cannot be given", ErrInvalid, rec.Name)
 		}
-		return nil, nil, nil
+		return &ipam.Allocation{}, nil
 	}
-	used, _, err := m.rt.List(ctx, keyIPAM+rec.Name+"/")
-	if err != nil {
-		return nil, nil, err
-	}
-	takenSet := make(map[string]bool, len(used))
-	var highest = map[bool]netip.Addr{}
-	for _, kv := range used {
-		takenSet[kv.Key] = true
-		if a, err := netip.ParseAddr(lastSegment(kv.Key)); err == nil && a.Compare(highest[a.Is4()]) > 0 {
-			highest[a.Is4()] = a
-		}
-	}
-	staticFamily := map[bool]netip.Addr{}
-	for _, s := range static {
-		if o, dup := staticFamily[s.Is4()]; dup {
-			return nil, nil, fmt.Errorf("%w: %s and %s: at most one static address per family", ErrInvalid, o, s)
-		}
-		staticFamily[s.Is4()] = s
-		ok := false
-		for _, sn := range rec.Subnets {
-			if sn.Addr().Is4() == s.Is4() {
-				ok = true
-			}
-		}
-		if !ok {
-			return nil, nil, fmt.Errorf("%w: %s is not in any subnet of network %q (%v)", ErrInvalid, s, rec.Name, rec.Subnets)
-		}
-	}
-	reserved := m.reservedAddrs(rec)
-	m.ipMu.Lock()
-	defer m.ipMu.Unlock()
-	taken := func(a netip.Addr) bool {
-		k := ipamKey(rec.Name, a)
-		return takenSet[k] || m.pending[k] || reserved[a]
-	}
-	var addrs []netip.Prefix
-	var keys []string
+	pools := make([]ipam.Pool, len(rec.Subnets))
 	for i, sn := range rec.Subnets {
-		pool := ipam.Pool{Subnet: sn, Gateway: rec.Gateways[i]}
-		var a netip.Addr
-		for _, s := range static {
-			if s.Is4() == sn.Addr().Is4() {
-				a = s
-			}
-		}
-		if a.IsValid() {
-			if err := pool.Check(a, taken); err != nil {
-				return nil, keys, err
-			}
-		} else {
-			ck := rec.Name + "/" + strconv.FormatBool(sn.Addr().Is4())
-			cursor, _ := netip.ParseAddr(m.cursor[ck])
-			if !cursor.IsValid() {
-				cursor = highest[sn.Addr().Is4()]
-			}
-			if a, err = pool.Next(cursor, taken); err != nil {
-				return nil, keys, err
-			}
-			m.cursor[ck] = a.String()
-		}
-		k := ipamKey(rec.Name, a)
-		m.pending[k] = true
-		keys = append(keys, k)
-		addrs = append(addrs, netip.PrefixFrom(a, sn.Bits()))
+		pools[i] = ipam.Pool{Subnet: sn, Gateway: rec.Gateways[i]}
 	}
-	return addrs, keys, nil
+	return m.ipam.Allocate(ctx, m.rt, ipam.Request{
+		Name:     fmt.Sprintf("network %q", rec.Name),
+		Prefix:   ipamPrefix(rec.Name),
+		Pools:    pools,
+		Reserved: m.reservedAddrs(rec),
+		Static:   static,
+		Owner:    []byte(owner),
+	})
 }
 
 // plumbSandbox creates the kernel side of a reserved sandbox.
