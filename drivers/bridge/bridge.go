@@ -215,6 +215,11 @@ func (d *Driver) CreateNetwork(ctx context.Context, n *drivers.Network) (err err
 			return fmt.Errorf("set gateway %s on %s: %w", gw, name, err)
 		}
 	}
+	if created && hasIPv6(n) {
+		if err := d.noDAD(name); err != nil {
+			return err
+		}
+	}
 	if err := h.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring up bridge %s: %w", name, err)
 	}
@@ -347,6 +352,30 @@ func (d *Driver) enableForwarding(n *drivers.Network) error {
 		}
 		return nil
 	})
+}
+
+// noDAD turns duplicate address detection off on a bridge netmgr made, before it comes up, as the
+// gateway's global address already is (IFA_F_NODAD). Otherwise its link-local address is tentative
+// for a second or two, the host solicits a sandbox's address from :: when it forwards the first
+// packet to it, the sandbox takes that for another host's DAD probe and never answers, and the first
+// IPv6 connections from outside to a silent sandbox time out. The bridge is ours alone: no other
+// host on it can hold its addresses.
+func (d *Driver) noDAD(bridge string) error {
+	return d.env.Host.Do(func() error {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+bridge+"/accept_dad", []byte("0"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("create bridge %s: turn off DAD: %w", bridge, err)
+		}
+		return nil
+	})
+}
+
+func hasIPv6(n *drivers.Network) bool {
+	for _, sn := range n.Subnets {
+		if sn.Addr().Is6() {
+			return true
+		}
+	}
+	return false
 }
 
 func sysctlOn(path string) bool {
