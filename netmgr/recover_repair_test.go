@@ -1,7 +1,6 @@
 package netmgr_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,26 +21,8 @@ import (
 	"github.com/netmgr/netmgr/sandbox"
 )
 
-// syncBuffer is a log sink that tests read while a Manager writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // reopen opens a second Manager on e's state, as the next podctl command does, logging into log.
-func (e *env) reopen(t *testing.T, log *syncBuffer, opts ...netmgr.Option) *netmgr.Manager {
+func (e *env) reopen(t *testing.T, log *testutil.SyncBuffer, opts ...netmgr.Option) *netmgr.Manager {
 	t.Helper()
 	opts = append([]netmgr.Option{netmgr.WithStateDir(e.stateDir), netmgr.WithRunDir(e.runDir), netmgr.WithHostNetNS(e.host.Path()),
 		netmgr.WithLogger(slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelWarn})))}, opts...)
@@ -81,7 +61,7 @@ func TestRepairKeepsNetworkInUse(t *testing.T) {
 		e.network(t, "inuse", "10.61.0.0/24")
 		_, ns := e.sandbox(t, "a1", "inuse")
 		putKey(t, e.st, "intents/network/inuse", "create")
-		var log syncBuffer
+		var log testutil.SyncBuffer
 		m := e.reopen(t, &log)
 		if _, err := m.Network(ctx, "inuse"); err != nil {
 			t.Fatalf("network undone under its sandbox: %v", err)
@@ -128,7 +108,7 @@ func TestRepairKeepsNetworkInUse(t *testing.T) {
 			}
 		}()
 		putKey(t, e.st, "intents/network/ported", "create")
-		var log syncBuffer
+		var log testutil.SyncBuffer
 		m := e.reopen(t, &log)
 		if _, err := m.Network(ctx, "ported"); err != nil {
 			t.Fatalf("network undone with a port on its bridge: %v", err)
@@ -142,7 +122,7 @@ func TestRepairKeepsNetworkInUse(t *testing.T) {
 	t.Run("unused", func(t *testing.T) {
 		e.network(t, "idle", "10.61.2.0/24")
 		putKey(t, e.st, "intents/network/idle", "create")
-		var log syncBuffer
+		var log testutil.SyncBuffer
 		m := e.reopen(t, &log)
 		if _, err := m.Network(ctx, "idle"); !errors.Is(err, netmgr.ErrNotFound) {
 			t.Fatalf("unused network with a create intent not undone: %v", err)
@@ -170,7 +150,7 @@ func TestRepairKeepsSandboxInUse(t *testing.T) {
 			t.Fatal(err)
 		}
 		putKey(t, e.rt, "intents/sandbox/target", "create")
-		var log syncBuffer
+		var log testutil.SyncBuffer
 		m := e.reopen(t, &log)
 		for _, n := range []string{"target", "joiner"} {
 			if _, err := m.Sandbox(ctx, n); err != nil {
@@ -196,7 +176,7 @@ func TestRepairKeepsSandboxInUse(t *testing.T) {
 		s, ns := e.sandbox(t, "busy", "sbuse")
 		sleep := startIn(t, ns, "sleep", "600")
 		putKey(t, e.rt, "intents/sandbox/busy", "create")
-		var log syncBuffer
+		var log testutil.SyncBuffer
 		m := e.reopen(t, &log)
 		if _, err := m.Sandbox(ctx, "busy"); err != nil {
 			t.Fatalf("sandbox undone with a process in it: %v", err)
@@ -218,7 +198,7 @@ func TestRepairKeepsSandboxInUse(t *testing.T) {
 	t.Run("unused", func(t *testing.T) {
 		s, _ := e.sandbox(t, "idle", "sbuse")
 		putKey(t, e.rt, "intents/sandbox/idle", "create")
-		var log syncBuffer
+		var log testutil.SyncBuffer
 		m := e.reopen(t, &log)
 		if _, err := m.Sandbox(ctx, "idle"); !errors.Is(err, netmgr.ErrNotFound) {
 			t.Fatalf("unused sandbox with a create intent not undone: %v", err)
@@ -318,7 +298,7 @@ func TestRepairAfterRebootUndoesCreate(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				var log syncBuffer
+				var log testutil.SyncBuffer
 				m := e.reopen(t, &log)
 				if _, err := m.Network(ctx, "flaky"); !errors.Is(err, netmgr.ErrNotFound) {
 					t.Fatalf("interrupted create adopted after a reboot: %v", err)

@@ -1,14 +1,12 @@
 package firewall
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/vishvananda/netns"
@@ -226,24 +224,6 @@ func TestForeignForwardDrop(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestForeignLegacyWarning: iptables-legacy's chains are invisible to nftables and netmgr cannot add
 // accepts there without shelling out; with legacy tables in the host namespace, Apply says so.
 func TestForeignLegacyWarning(t *testing.T) {
@@ -252,7 +232,7 @@ func TestForeignLegacyWarning(t *testing.T) {
 	if out, err := inHost(t, host, "iptables-legacy", "-P", "FORWARD", "DROP"); err != nil {
 		t.Skipf("iptables-legacy: %v %s", err, out)
 	}
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	fw, err := New(int(host), slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)

@@ -1,18 +1,18 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/netmgr/netmgr/internal/testutil"
 )
 
 // holdLock takes the store file's lock from another open file, as another process would, until the
@@ -95,7 +95,7 @@ func TestLockWaitSlowIsLogged(t *testing.T) {
 		t.Skip("waits over a second")
 	}
 	path := filepath.Join(t.TempDir(), "s.db")
-	var logb syncBuffer
+	var logb testutil.SyncBuffer
 	b, err := OpenBolt(path, WithLogger(slog.New(slog.NewTextHandler(&logb, nil))))
 	if err != nil {
 		t.Fatal(err)
@@ -118,23 +118,6 @@ func TestLockWaitSlowIsLogged(t *testing.T) {
 	if l := logb.String(); !strings.Contains(l, "file="+path) || !strings.Contains(l, "level=WARN") {
 		t.Errorf("log %q does not name the file", l)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestLockWaitBehindOtherCall: a call queued in this process behind another that waits for the lock
