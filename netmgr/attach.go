@@ -240,6 +240,12 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 // first remaining endpoint whose network has a gateway of that family, as Docker does on a network
 // disconnect, so that the sandbox keeps its way out. keep's records are updated to match.
 func (m *Manager) moveDefaultRoutes(ctx context.Context, name string, drop *endpointRecord, keep []endpointRecord, sb *sandbox.NetNS) {
+	var h *netlink.Handle // opened once, only if a route is to move
+	defer func() {
+		if h != nil {
+			h.Close()
+		}
+	}()
 	for _, old := range drop.Gateways {
 		if hasGatewayFamily(keep, old.Is4()) {
 			continue // another endpoint has that family's route already
@@ -250,16 +256,18 @@ func (m *Manager) moveDefaultRoutes(ctx context.Context, name string, drop *endp
 			if !ok {
 				continue
 			}
-			h, err := sb.NewHandle()
-			if err != nil {
-				m.log.Warn("cannot move the default route", "sandbox", name, "error", err)
-				return
+			if h == nil {
+				var err error
+				if h, err = sb.NewHandle(); err != nil {
+					m.log.Warn("cannot move the default route", "sandbox", name, "error", err)
+					return
+				}
 			}
+			route := drivers.DefaultRoutes([]netip.Addr{gw})
 			link, err := h.LinkByName(e.IfName)
 			if err == nil {
-				err = h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: drivers.IPNet(defaultRoute(old.Is4())), Gw: gw.AsSlice()})
+				err = h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: drivers.IPNet(route[0].Dst), Gw: gw.AsSlice()})
 			}
-			h.Close()
 			if err != nil && !errors.Is(err, unix.EEXIST) {
 				m.log.Warn("cannot move the default route", "sandbox", name, "interface", e.IfName, "gateway", gw, "error", err)
 				continue
@@ -267,7 +275,7 @@ func (m *Manager) moveDefaultRoutes(ctx context.Context, name string, drop *endp
 			if err == nil {
 				e.Gateways = append(e.Gateways, gw)
 				if e.Routes != nil {
-					e.Routes = append(e.Routes, drivers.DefaultRoutes([]netip.Addr{gw})...)
+					e.Routes = append(e.Routes, route...)
 				}
 				m.log.Info("default route moved", "sandbox", name, "interface", e.IfName, "gateway", gw)
 			}
@@ -294,13 +302,6 @@ func (m *Manager) endpointGateway(ctx context.Context, e *endpointRecord, v4 boo
 		}
 	}
 	return netip.Addr{}, false
-}
-
-func defaultRoute(v4 bool) netip.Prefix {
-	if v4 {
-		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
-	}
-	return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 }
 
 // detachEndpoint has the endpoint's driver undo it. The network is the recorded one if it is still the

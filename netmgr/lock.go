@@ -75,14 +75,3 @@ func (m *Manager) tryLock(name string) (*fileLock, error) {
 func (m *Manager) tryLockShared(name string) (*fileLock, error) {
 	return m.locks().Lock(context.Background(), name, flock.Shared|flock.NoWait)
 }
-
-// tryLockExisting is tryLock for an object whose lock file must already exist: an operation creates it
-// before recording its intent and removes it only after clearing the intent, so a missing file means
-// the intent's owner has finished, and creating the file anew would only leave it behind.
-func (m *Manager) tryLockExisting(name string) (*fileLock, error) {
-	l, err := m.locks().Lock(context.Background(), name, flock.Exclusive|flock.NoWait|flock.NoCreate)
-	if errors.Is(err, flock.ErrNoFile) {
-		return nil, ErrBusy
-	}
-	return l, err
-}

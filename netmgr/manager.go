@@ -184,7 +184,7 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 	} else {
 		// A store given by the caller may be shared by several hosts.
 		m.shared = true
-		m.rt = newNodeStore(m.rt, m.node)
+		m.rt = store.WithPrefix(m.rt, keyNodes+m.node+"/")
 	}
 	var err error
 	if m.hostPath == "" {
@@ -206,13 +206,10 @@ func New(ctx context.Context, opts ...Option) (*Manager, error) {
 	}
 	// A state file that cannot be read (corrupt, or its lock not had before ctx ended) fails New with
 	// the store's own error, which names the file, instead of a warning and a second failure later.
-	for _, s := range []store.Store{m.st, m.rt} {
-		if _, _, err := s.List(ctx, keyIntents); err != nil {
-			m.Close()
-			return nil, err
-		}
-	}
-	if err := m.recoverIntents(ctx); err != nil {
+	if err := m.recoverIntents(ctx); errors.Is(err, errUnreadable) {
+		m.Close()
+		return nil, errors.Unwrap(err)
+	} else if err != nil {
 		m.log.Warn("repair of interrupted operations incomplete", "error", err)
 	}
 	return m, nil

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -123,8 +124,10 @@ const keyNetGuard = "guards/networks"
 // reserveNetwork validates spec against the other networks and records the network with a create
 // intent, reading again and retrying when a concurrent create committed first.
 func (m *Manager) reserveNetwork(ctx context.Context, spec NetworkSpec, drv drivers.Driver) (*networkRecord, *drivers.Network, error) {
+	// The host's routes are dumped at most once per create, however often a conflict makes it plan again.
+	hostRoutes := sync.OnceValue(m.hostRoutes)
 	for attempt := 0; ; attempt++ {
-		rec, dn, cmps, err := m.planNetwork(ctx, spec, drv)
+		rec, dn, cmps, err := m.planNetwork(ctx, spec, drv, hostRoutes)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -152,7 +155,7 @@ func (m *Manager) reserveNetwork(ctx context.Context, spec NetworkSpec, drv driv
 
 // planNetwork builds the record of a network to create from the networks recorded now, and the
 // compares that make its transaction fail if another create commits first.
-func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers.Driver) (*networkRecord, *drivers.Network, []store.Cmp, error) {
+func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers.Driver, hostRoutes func() []netip.Prefix) (*networkRecord, *drivers.Network, []store.Cmp, error) {
 	guard, err := m.st.Get(ctx, keyNetGuard)
 	guardCmp := store.Cmp{Key: keyNetGuard, Rev: guard.Rev}
 	if errors.Is(err, store.ErrNotFound) {
@@ -194,7 +197,7 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 	if providesAddresses(drv, rec) && (len(spec.Subnets) > 0 || len(spec.Gateways) > 0) {
 		return nil, nil, nil, fmt.Errorf("%w: driver %s assigns addresses itself; give no subnet or gateway", ErrInvalid, spec.Driver)
 	}
-	if err := m.chooseSubnets(rec, spec, taken, drv); err != nil {
+	if err := m.chooseSubnets(rec, spec, taken, drv, hostRoutes); err != nil {
 		return nil, nil, nil, err
 	}
 	dn := rec.driverNetwork()
@@ -211,7 +214,7 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 
 // chooseSubnets validates the requested subnets and gateways, or picks a free default subnet for
 // drivers that need one.
-func (m *Manager) chooseSubnets(rec *networkRecord, spec NetworkSpec, taken []netip.Prefix, drv drivers.Driver) error {
+func (m *Manager) chooseSubnets(rec *networkRecord, spec NetworkSpec, taken []netip.Prefix, drv drivers.Driver, hostRoutes func() []netip.Prefix) error {
 	seen := map[bool]bool{}
 	for _, sn := range spec.Subnets {
 		if !sn.IsValid() {
@@ -232,7 +235,7 @@ func (m *Manager) chooseSubnets(rec *networkRecord, spec NetworkSpec, taken []ne
 		rec.Subnets = append(rec.Subnets, sn)
 	}
 	if len(rec.Subnets) == 0 && !providesAddresses(drv, rec) {
-		sn, ok, err := m.defaultSubnet(drv, rec.driverNetwork(), taken)
+		sn, ok, err := m.defaultSubnet(drv, rec.driverNetwork(), taken, hostRoutes)
 		if err != nil {
 			return err
 		}
@@ -388,7 +391,7 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 
 // refuseInUse returns ErrInUse naming the sandboxes attached to the network, if any.
 func (m *Manager) refuseInUse(ctx context.Context, name string) error {
-	users, _, err := m.rt.List(ctx, keyIPAM+name+"/")
+	users, _, err := m.rt.List(ctx, ipamPrefix(name))
 	if err != nil {
 		return err
 	}
@@ -434,7 +437,7 @@ func (m *Manager) Network(ctx context.Context, name string) (*Network, error) {
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return nil, err
 	}
-	users, _, err := m.rt.List(ctx, keyIPAM+name+"/")
+	users, _, err := m.rt.List(ctx, ipamPrefix(name))
 	if err != nil {
 		return nil, err
 	}
@@ -449,7 +452,7 @@ func (m *Manager) Networks(ctx context.Context) ([]*Network, error) {
 	}
 	out := make([]*Network, 0, len(recs))
 	for _, r := range recs {
-		users, _, err := m.rt.List(ctx, keyIPAM+r.Name+"/")
+		users, _, err := m.rt.List(ctx, ipamPrefix(r.Name))
 		if err != nil {
 			return nil, err
 		}

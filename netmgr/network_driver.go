@@ -60,14 +60,14 @@ func (modeDriver) Detach(context.Context, *drivers.Network, *drivers.Endpoint, *
 
 // defaultSubnet picks a subnet for a network created without one, if its driver wants one
 // (drivers.DefaultSubnetter); ok is false when it does not.
-func (m *Manager) defaultSubnet(drv drivers.Driver, dn *drivers.Network, taken []netip.Prefix) (sn netip.Prefix, ok bool, err error) {
+func (m *Manager) defaultSubnet(drv drivers.Driver, dn *drivers.Network, taken []netip.Prefix, hostRoutes func() []netip.Prefix) (sn netip.Prefix, ok bool, err error) {
 	ds, ok := drv.(drivers.DefaultSubnetter)
 	if !ok {
 		return netip.Prefix{}, false, nil
 	}
 	pool, bits := ds.DefaultSubnet(dn)
 	// Like Docker, skip subnets the host already routes (a LAN in the default pool, a VPN).
-	sn, err = freeSubnet(pool, bits, append(taken, m.hostRoutes()...))
+	sn, err = freeSubnet(pool, bits, append(taken, hostRoutes()...))
 	return sn, true, err
 }
 

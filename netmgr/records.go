@@ -13,11 +13,10 @@ import (
 // Store keys. Everything about one object lives under its own key so that a transaction compares and
 // writes only what it touches.
 const (
-	keyNetworks  = "networks/"  // networks/NAME -> networkRecord
-	keySandboxes = "sandboxes/" // sandboxes/NAME -> sandboxRecord
-	keyIPAM      = "ipam/"      // ipam/NETWORK/ADDR -> sandbox name
-	keyJoins     = "joins/"     // joins/TARGET/NAME -> "" (link sandboxes of a target)
-	keyIntents   = "intents/"
+	keyNetworks  = "networks/"        // networks/NAME -> networkRecord
+	keySandboxes = "sandboxes/"       // sandboxes/NAME -> sandboxRecord
+	keyIPAM      = "ipam/"            // ipam/NETWORK/ADDR -> sandbox name
+	keyJoins     = "joins/"           // joins/TARGET/NAME -> "" (link sandboxes of a target)
 	keyIntentSB  = "intents/sandbox/" // intents/sandbox/NAME -> "create" | "delete"
 	keyIntentNet = "intents/network/" // intents/network/NAME -> "create" | "delete"
 )

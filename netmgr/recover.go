@@ -38,18 +38,31 @@ type Report struct {
 // (one List of the intents, normally empty) and runs in New.
 func (m *Manager) recoverIntents(ctx context.Context) error {
 	var rep Report
-	m.repairIntents(ctx, &rep)
+	if err := m.repairIntents(ctx, &rep); err != nil {
+		return unreadable{err}
+	}
 	if len(rep.Errors) > 0 {
 		return errors.New(strings.Join(rep.Errors, "; "))
 	}
 	return nil
 }
 
-func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
+// errUnreadable marks the error of a state file that could not even be listed (unreadable{err}
+// unwraps to the store's own error, which names the file).
+var errUnreadable = errors.New("state unreadable")
+
+type unreadable struct{ err error }
+
+func (u unreadable) Error() string        { return u.err.Error() }
+func (u unreadable) Unwrap() error        { return u.err }
+func (u unreadable) Is(target error) bool { return target == errUnreadable }
+
+// repairIntents repairs every interrupted operation it can lock; a store it cannot list is returned
+// as an error, per-object failures go to rep.
+func (m *Manager) repairIntents(ctx context.Context, rep *Report) error {
 	sbi, _, err := m.rt.List(ctx, keyIntentSB)
 	if err != nil {
-		rep.Errors = append(rep.Errors, err.Error())
-		return
+		return err
 	}
 	for _, kv := range sbi {
 		name := strings.TrimPrefix(kv.Key, keyIntentSB)
@@ -87,8 +100,7 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 	}
 	ni, _, err := m.st.List(ctx, keyIntentNet)
 	if err != nil {
-		rep.Errors = append(rep.Errors, err.Error())
-		return
+		return err
 	}
 	for _, kv := range ni {
 		name := strings.TrimPrefix(kv.Key, keyIntentNet)
@@ -118,6 +130,7 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) {
 			rep.Networks = append(rep.Networks, name)
 		}
 	}
+	return nil
 }
 
 // repairSandbox rolls an interrupted create back, or finishes an interrupted delete: both end with the
@@ -227,7 +240,9 @@ func (m *Manager) sandboxIntent(ctx context.Context, name string) bool {
 // Every repair is logged at Warn level.
 func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	rep := &Report{}
-	m.repairIntents(ctx, rep)
+	if err := m.repairIntents(ctx, rep); err != nil {
+		return rep, err
+	}
 
 	// Kernel inventory first (see above), then records; lock files likewise.
 	pins, _ := filepath.Glob(filepath.Join(m.runDir, "netns", "*"))

@@ -1,13 +1,15 @@
 package netmgr
 
 import (
+	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/netmgr/netmgr/internal/flock"
 )
 
 // Repair takes an object's lock without waiting and re-reads its intent under it: an intent still
@@ -43,10 +45,10 @@ func currentBoot() (string, time.Time) {
 	return bootID, bootStart
 }
 
-// networkIntent is the value to record for a network intent of kind (intentCreate, intentDelete): the
+// bootIntent is the value to record for a network intent of kind (intentCreate, intentDelete): the
 // kind and the boot it is recorded in, so that repair knows an intent of an earlier boot for what it
 // is even though its lock file vanished with that boot.
-func networkIntent(kind string) []byte {
+func bootIntent(kind string) []byte {
 	if id, _ := currentBoot(); id != "" {
 		return []byte(kind + " boot=" + id)
 	}
@@ -79,10 +81,10 @@ func intentNode(v string) string {
 	return ""
 }
 
-// networkIntent is networkIntent's value with the node that records it, on a store several hosts
+// networkIntent is bootIntent's value with the node that records it, on a store several hosts
 // may share: only that node repairs it (its lock file and its kernel objects are there).
 func (m *Manager) networkIntent(kind string) []byte {
-	v := networkIntent(kind)
+	v := bootIntent(kind)
 	if m.shared {
 		v = append(v, " node="+m.node...)
 	}
@@ -107,9 +109,9 @@ func fromEarlierBoot(intent string, created time.Time) bool {
 // object's record, asked for only when the file is missing. The caller re-reads the intent under the
 // lock, and removes the lock file again (unlock(true)) if it finds neither a record nor an intent.
 func (m *Manager) lockForRepair(name, intent string, created func() time.Time) (*fileLock, error) {
-	_, err := os.Stat(filepath.Join(m.runDir, "locks", name+".lock"))
-	if !errors.Is(err, os.ErrNotExist) {
-		return m.tryLockExisting(name)
+	l, err := m.locks().Lock(context.Background(), name, flock.Exclusive|flock.NoWait|flock.NoCreate)
+	if !errors.Is(err, flock.ErrNoFile) {
+		return l, err
 	}
 	if !fromEarlierBoot(intent, created()) {
 		return nil, ErrBusy

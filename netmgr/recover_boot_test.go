@@ -13,7 +13,7 @@ func TestIntentBoot(t *testing.T) {
 	if id == "" || start.IsZero() {
 		t.Skip("no boot id or btime in /proc")
 	}
-	if kind, boot := parseIntent(string(networkIntent(intentCreate))); kind != intentCreate || boot != id {
+	if kind, boot := parseIntent(string(bootIntent(intentCreate))); kind != intentCreate || boot != id {
 		t.Fatalf("networkIntent round trip: %q %q", kind, boot)
 	}
 	old, now := start.Add(-time.Hour), time.Now()
@@ -22,8 +22,8 @@ func TestIntentBoot(t *testing.T) {
 		created time.Time
 		want    bool
 	}{
-		{string(networkIntent(intentCreate)), old, false},
-		{string(networkIntent(intentDelete)), old, false},
+		{string(bootIntent(intentCreate)), old, false},
+		{string(bootIntent(intentDelete)), old, false},
 		{"create boot=another", now, true},
 		{"delete boot=another", now, true},
 		{"create", old, true},

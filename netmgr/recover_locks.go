@@ -27,7 +27,7 @@ func (m *Manager) lockFiles() map[string][]string {
 // recorded anything). known holds the names the records and intents read by Recover gave; each
 // candidate is locked without waiting and checked again in the store under the lock, and its file
 // removed only while held: a process that opened the file and waits for it finds, once it has the
-// lock, that the path names another file or none, and locks afresh (lockHow re-checks the inode).
+// lock, that the path names another file or none, and locks afresh (internal/flock re-checks the inode).
 func (m *Manager) gcLocks(ctx context.Context, rep *Report, files map[string][]string, known map[string]map[string]bool) {
 	for _, kind := range []string{"network", "sandbox"} {
 		for _, name := range files[kind] {

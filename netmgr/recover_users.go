@@ -23,7 +23,7 @@ import (
 // exclusive lock, so no attach can add one meanwhile.
 func (m *Manager) networkUsers(ctx context.Context, rec *networkRecord) ([]string, error) {
 	seen := map[string]bool{}
-	ipKVs, _, err := m.rt.List(ctx, keyIPAM+rec.Name+"/")
+	ipKVs, _, err := m.rt.List(ctx, ipamPrefix(rec.Name))
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,67 @@
+package store
+
+import (
+	"context"
+	"strings"
+)
+
+// WithPrefix returns s seen through a key prefix: every key a caller reads, compares, writes or
+// watches is prefix+key in s, and keys come back without it. Close does nothing (s is the caller's).
+// The Manager keeps each node's runtime records under nodes/NODE/ of a store several hosts share.
+func WithPrefix(s Store, prefix string) Store { return &prefixed{s: s, prefix: prefix} }
+
+type prefixed struct {
+	s      Store
+	prefix string
+}
+
+func (n *prefixed) Get(ctx context.Context, key string) (KV, error) {
+	kv, err := n.s.Get(ctx, n.prefix+key)
+	kv.Key = strings.TrimPrefix(kv.Key, n.prefix)
+	return kv, err
+}
+
+func (n *prefixed) List(ctx context.Context, prefix string) ([]KV, int64, error) {
+	kvs, rev, err := n.s.List(ctx, n.prefix+prefix)
+	for i := range kvs {
+		kvs[i].Key = strings.TrimPrefix(kvs[i].Key, n.prefix)
+	}
+	return kvs, rev, err
+}
+
+func (n *prefixed) Txn(ctx context.Context, cmps []Cmp, ops []Op) error {
+	pc := make([]Cmp, len(cmps))
+	for i, c := range cmps {
+		c.Key = n.prefix + c.Key
+		pc[i] = c
+	}
+	po := make([]Op, len(ops))
+	for i, o := range ops {
+		o.Key = n.prefix + o.Key
+		po[i] = o
+	}
+	return n.s.Txn(ctx, pc, po)
+}
+
+func (n *prefixed) Watch(ctx context.Context, prefix string, rev int64) (<-chan Event, error) {
+	in, err := n.s.Watch(ctx, n.prefix+prefix, rev)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan Event, cap(in))
+	go func() {
+		defer close(out)
+		for e := range in {
+			e.KV.Key = strings.TrimPrefix(e.KV.Key, n.prefix)
+			select {
+			case out <- e:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// Close does nothing: the underlying store is the caller's.
+func (n *prefixed) Close() error { return nil }
