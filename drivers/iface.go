@@ -88,7 +88,7 @@ func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
 // hasDefaultRoute reports whether the main routing table of h's namespace has a unicast default route
 // of family.
 func hasDefaultRoute(h *netlink.Handle, family int) (bool, error) {
-	routes, err := h.RouteList(nil, family)
+	routes, err := RetryDump(func() ([]netlink.Route, error) { return h.RouteList(nil, family) })
 	if err != nil {
 		return false, err
 	}

@@ -21,7 +21,7 @@ func (m *Manager) startPause(name, hostname string, ns *sandbox.NetNS) (*pauseRe
 	if err != nil {
 		return nil, err
 	}
-	p := &pauseRecord{PID: proc.PID, StartTime: proc.StartTime}
+	p := &proc
 	err = os.MkdirAll(filepath.Join(m.runDir, "pause"), 0o700)
 	if err == nil {
 		err = os.WriteFile(m.pauseFile(name), mustJSON(p), 0o600)
@@ -55,7 +55,7 @@ func (m *Manager) stopPause(rec *sandboxRecord) {
 		}
 		return
 	}
-	sandbox.Process{PID: pr.PID, StartTime: pr.StartTime}.Stop()
+	pr.Stop()
 }
 
 // unrecordedPauses lists processes of the pause binary inside the sandbox's own namespace.

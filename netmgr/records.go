@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/sandbox"
 )
 
 // Store keys. Everything about one object lives under its own key so that a transaction compares and
@@ -123,10 +124,8 @@ func (e *endpointRecord) driverEndpoint(sandbox string) *drivers.Endpoint {
 	}
 }
 
-type pauseRecord struct {
-	PID       int    `json:"pid"`
-	StartTime uint64 `json:"start_time"`
-}
+// pauseRecord is the sandbox's pause process as recorded (and in its pid file).
+type pauseRecord = sandbox.Process
 
 type sandboxRecord struct {
 	ID        string            `json:"id"`

@@ -97,7 +97,7 @@ func (m *Manager) pauseOf(rec *sandboxRecord) *pauseRecord {
 	if pr == nil {
 		return nil
 	}
-	if !(sandbox.Process{PID: pr.PID, StartTime: pr.StartTime}).Alive() {
+	if !pr.Alive() {
 		return nil
 	}
 	return pr

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -94,7 +95,7 @@ func ProcessesIn(path, exe string, except ...int) []int {
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
 		pid, err := strconv.Atoi(filepath.Base(p))
-		if err != nil || containsInt(except, pid) {
+		if err != nil || slices.Contains(except, pid) {
 			continue
 		}
 		var st unix.Stat_t
@@ -109,15 +110,6 @@ func ProcessesIn(path, exe string, except ...int) []int {
 		pids = append(pids, pid)
 	}
 	return pids
-}
-
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // procStartTime reads field 22 of /proc/PID/stat, which with the pid identifies a process.

@@ -321,19 +321,6 @@ func (d *Driver) enableForwarding(n *drivers.Network) error {
 			v6 = true
 		}
 	}
-	var skip map[string]bool
-	if v6 {
-		links, err := drivers.LinkList(d.env.HostHandle)
-		if err != nil {
-			return fmt.Errorf("enable forwarding: list links: %w", err)
-		}
-		skip = map[string]bool{}
-		for _, l := range links {
-			if a := l.Attrs(); strings.HasPrefix(a.Alias, ownerAliasPrefix) || a.MasterIndex != 0 || a.Flags&net.FlagLoopback != 0 {
-				skip[a.Name] = true
-			}
-		}
-	}
 	return d.env.Host.Do(func() error {
 		if v4 && !sysctlOn("/proc/sys/net/ipv4/ip_forward") {
 			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
@@ -343,6 +330,17 @@ func (d *Driver) enableForwarding(n *drivers.Network) error {
 		const all6 = "/proc/sys/net/ipv6/conf/all/forwarding"
 		if !v6 || sysctlOn(all6) {
 			return nil
+		}
+		// Only now, on the first IPv6 network of a host: the links whose accept_ra stays as it is.
+		links, err := drivers.LinkList(d.env.HostHandle)
+		if err != nil {
+			return fmt.Errorf("enable forwarding: list links: %w", err)
+		}
+		skip := map[string]bool{}
+		for _, l := range links {
+			if a := l.Attrs(); strings.HasPrefix(a.Alias, ownerAliasPrefix) || a.MasterIndex != 0 || a.Flags&net.FlagLoopback != 0 {
+				skip[a.Name] = true
+			}
 		}
 		if err := d.keepAcceptingRA(skip); err != nil {
 			return err

@@ -124,7 +124,7 @@ func (d *Driver) RestoreEndpoint(ctx context.Context, n *drivers.Network, ep *dr
 // (BridgePrefix) and the owner alias. gc removes such bridges when no network names them.
 func MarkedBridge(l netlink.Link) bool {
 	return l.Type() == "bridge" && strings.HasPrefix(l.Attrs().Name, BridgePrefix) &&
-		strings.HasPrefix(l.Attrs().Alias, ownerAlias(&drivers.Network{}))
+		strings.HasPrefix(l.Attrs().Alias, ownerAliasPrefix)
 }
 
 // NetworkUsers implements drivers.UsageReporter: the ports of n's bridge. On a bridge this driver made
@@ -145,15 +145,9 @@ func (d *Driver) NetworkUsers(ctx context.Context, n *drivers.Network) ([]string
 	ours := br.Attrs().Alias == ownerAlias(n)
 	// A dump interrupted by a concurrent change may miss ports; this answer decides whether a bridge
 	// is deleted, so it is asked again rather than trusted.
-	var links []netlink.Link
-	for try := 0; ; try++ {
-		links, err = h.LinkList()
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, netlink.ErrDumpInterrupted) || try == 9 {
-			return nil, fmt.Errorf("list links: %w", err)
-		}
+	links, err := drivers.LinkList(h)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
 	}
 	var users []string
 	for _, l := range links {

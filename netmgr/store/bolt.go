@@ -39,7 +39,7 @@ var (
 // panic or a fault; only a missing file is a new, empty store.
 //
 // Every transaction that writes also records its changes, in the same bbolt transaction, in a change
-// log of the last [WithChangeLog] revisions (10000 by default); Watch polls the file and reads that log,
+// log of the last [WithChangeLog] revisions (DefaultChangeLog by default); Watch polls the file and reads that log,
 // so a watcher sees every change in order, from any process, as long as it is no further behind. Bolt
 // has no leases: [Leases] refuses it, and a Put with a lease is ErrNotSupported.
 type Bolt struct {
