@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/store"
@@ -192,12 +194,29 @@ func TestCNIGuard(t *testing.T) {
 			t.Errorf("guarded panic: %#v, want code %d with the panic's message on one line", err, code)
 		}
 	}
+	// A real fault, as bbolt meets on a truncated state file: a read of a mapped page the file no
+	// longer has (SIGBUS). Without SetPanicOnFault it kills the process, test binary included.
 	fault := func(*skel.CmdArgs) error {
-		var p *int
-		return fmt.Errorf("%d", *p) // with SetPanicOnFault, a fault panics like a truncated mmap does
+		f, err := os.CreateTemp(t.TempDir(), "mapped")
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := f.Truncate(4096); err != nil {
+			return err
+		}
+		m, err := unix.Mmap(int(f.Fd()), 0, 4096, unix.PROT_READ, unix.MAP_SHARED)
+		if err != nil {
+			return err
+		}
+		defer unix.Munmap(m) //nolint:errcheck
+		if err := f.Truncate(0); err != nil {
+			return err
+		}
+		return fmt.Errorf("read %d past the end of the file", m[0])
 	}
-	if err := guard(types.ErrInternal, fault)(&skel.CmdArgs{}); cniCodeOf(err) != types.ErrInternal {
-		t.Errorf("guarded fault: %v", err)
+	if err := guard(types.ErrInternal, fault)(&skel.CmdArgs{}); cniCodeOf(err) != types.ErrInternal || !strings.Contains(err.Error(), "memory fault at") {
+		t.Errorf("guarded fault: %v, want code %d naming a memory fault", err, types.ErrInternal)
 	}
 	if err := guard(types.ErrInternal, func(*skel.CmdArgs) error { return nil })(&skel.CmdArgs{}); err != nil {
 		t.Errorf("guarded success: %v", err)
