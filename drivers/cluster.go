@@ -32,6 +32,16 @@ type NodeView struct {
 	Gateways []netip.Addr
 	// Underlay is the node's address that other nodes reach it by (the VTEP address of an overlay).
 	Underlay netip.Addr
+	// Attrs are what the node's driver published for its peers at Join (an overlay's VTEP MAC).
+	Attrs map[string]string `json:",omitempty"`
+}
+
+// PeerSyncer is implemented by cluster-scope drivers whose nodes must be told about each other (an
+// overlay's VTEPs, a routed network's next hops): SyncPeers makes this node's host side of n reach
+// exactly peers, adding what is missing and removing every peer entry no peer explains any more,
+// also ones left from before a restart. It is full-state and idempotent.
+type PeerSyncer interface {
+	SyncPeers(ctx context.Context, n *Network, self NodeView, peers []NodeView) error
 }
 
 // Joiner is implemented by drivers whose networks span nodes and need per-node plumbing: Join
@@ -44,6 +54,6 @@ type NodeView struct {
 // node (PrepareEndpoint, Attach) then see the node's subnet in n.Subnets and its gateways in
 // n.Gateways: netmgr allocates endpoint addresses from the node's view, never the cluster CIDR.
 type Joiner interface {
-	Join(ctx context.Context, n *Network, node NodeView) error
+	Join(ctx context.Context, n *Network, node *NodeView) error
 	Leave(ctx context.Context, n *Network, node NodeView) error
 }

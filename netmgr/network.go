@@ -87,6 +87,12 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 	if err != nil {
 		return nil, err
 	}
+	global := spansNodes(drv)
+	if global {
+		if err := m.refuseLocalStore(spec); err != nil {
+			return nil, err
+		}
+	}
 	l, err := m.lock(ctx, "network-"+spec.Name)
 	if err != nil {
 		return nil, err
@@ -101,12 +107,15 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 		return nil, err
 	}
 	m.step(StepNetworkReserved)
-	if err := drv.CreateNetwork(ctx, dn); err != nil {
-		return nil, m.rollbackNetwork(ctx, rec, err, &clean)
-	}
-	m.step(StepNetworkCreated)
-	if err := m.syncFirewall(ctx); err != nil {
-		return nil, m.rollbackNetwork(ctx, rec, err, &clean)
+	// A network that spans nodes has no plumbing until a node joins it (JoinNetwork).
+	if !global {
+		if err := drv.CreateNetwork(ctx, dn); err != nil {
+			return nil, m.rollbackNetwork(ctx, rec, err, &clean)
+		}
+		m.step(StepNetworkCreated)
+		if err := m.syncFirewall(ctx); err != nil {
+			return nil, m.rollbackNetwork(ctx, rec, err, &clean)
+		}
 	}
 	rec.Creating = false
 	if err := m.st.Txn(ctx, nil, []store.Op{store.Put(keyNetworks+spec.Name, mustJSON(rec)), store.Del(keyIntentNet + spec.Name)}); err != nil {
@@ -199,6 +208,15 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 	}
 	if err := m.chooseSubnets(rec, spec, taken, drv, hostRoutes); err != nil {
 		return nil, nil, nil, err
+	}
+	if spansNodes(drv) {
+		if len(spec.Gateways) > 0 {
+			return nil, nil, nil, fmt.Errorf("%w: a network that spans nodes has a gateway per node subnet; give no gateway", ErrInvalid)
+		}
+		if len(rec.Subnets) == 0 {
+			return nil, nil, nil, fmt.Errorf("%w: driver %s needs a cluster CIDR (--subnet)", ErrInvalid, spec.Driver)
+		}
+		rec.Gateways = nil // each node's subnet has its own
 	}
 	dn := rec.driverNetwork()
 	if err := drv.PrepareNetwork(dn, existing); err != nil {
@@ -410,6 +428,19 @@ func (m *Manager) finishNetworkDelete(ctx context.Context, rec *networkRecord) e
 	if err != nil {
 		return err
 	}
+	if spansNodes(drv) {
+		// Every node's agent leaves it when the record goes; this node's own host side goes now.
+		if j, err := m.joined(ctx, rec.Name); err == nil {
+			if err := drv.(drivers.Joiner).Leave(ctx, j.nodeNetwork().driverNetwork(), j.View); err != nil {
+				return err
+			}
+			if err := m.rt.Txn(ctx, nil, []store.Op{store.Del(keyJoined + rec.Name)}); err != nil {
+				return err
+			}
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+	}
 	if err := drv.DeleteNetwork(ctx, rec.driverNetwork()); err != nil {
 		return err
 	}
@@ -519,11 +550,25 @@ func (m *Manager) syncFirewall(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var nets []firewall.Network
+	joined, err := m.joinedRecords(ctx)
+	if err != nil {
+		return err
+	}
+	var local []*networkRecord
 	for _, r := range recs {
 		if m.foreign(r) {
 			continue // its bridge is on another host
 		}
+		if drv, err := m.driver(r.Driver); err == nil && spansNodes(drv) {
+			continue // the cluster's record: a node that joined the network has its own view below
+		}
+		local = append(local, r)
+	}
+	for _, j := range joined {
+		local = append(local, j.nodeNetwork())
+	}
+	var nets []firewall.Network
+	for _, r := range local {
 		drv, err := m.driver(r.Driver)
 		if err != nil {
 			continue

@@ -376,6 +376,9 @@ func (m *Manager) recoverNetworks(ctx context.Context, rep *Report, nets []*netw
 			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", n.Name, err))
 			continue
 		}
+		if spansNodes(drv) {
+			continue // its node plumbing is the agent's: JoinNetwork again re-creates it
+		}
 		l, err := m.tryLockShared("network-" + n.Name)
 		if err != nil {
 			continue // a create or delete is under way

@@ -115,6 +115,18 @@ type netState struct {
 }
 
 func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, error) {
+	if m.shared {
+		// A cluster-wide network this node joined is read from the node's own copy.
+		if j, err := m.joined(ctx, name); err == nil {
+			drv, err := m.driver(j.Network.Driver)
+			if err != nil {
+				return nil, err
+			}
+			return &netState{rec: j.nodeNetwork(), drv: drv}, nil
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
 	kv, err := m.st.Get(ctx, keyNetworks+name)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, fmt.Errorf("%w: no network named %q", ErrNotFound, name)
@@ -138,6 +150,9 @@ func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, erro
 	drv, err := m.driver(rec.Driver)
 	if err != nil {
 		return nil, err
+	}
+	if spansNodes(drv) {
+		return nil, m.notJoined(name)
 	}
 	return &netState{rec: &rec, kv: kv, drv: drv}, nil
 }
