@@ -34,7 +34,7 @@ func spansNodes(drv drivers.Driver) bool {
 // refuseLocalStore refuses a cluster-wide network on a store that only this host can see.
 func (m *Manager) refuseLocalStore(spec NetworkSpec) error {
 	if _, err := store.Leases(m.st); err != nil {
-		return fmt.Errorf("%w: driver %s makes networks that span nodes, which need a cluster store (such as --store etcd://HOST:2379): %v", ErrInvalid, spec.Driver, err)
+		return fmt.Errorf("%w: driver %s makes networks that span nodes: they need a cluster store (--store etcd://HOST:2379), and this one has no leases", ErrInvalid, spec.Driver)
 	}
 	return nil
 }

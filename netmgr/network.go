@@ -47,6 +47,9 @@ type Network struct {
 	Sandboxes []string          `json:"sandboxes"`
 	// Node is the host a local network belongs to on a store several hosts share (see WithNode).
 	Node string `json:"node,omitempty"`
+	// Scope is "local" for a network plumbed on one host, "global" for one that spans nodes (its
+	// Subnets are the cluster CIDR; each node that joins it has its own subnet out of them).
+	Scope string `json:"scope"`
 }
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
@@ -217,6 +220,7 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 			return nil, nil, nil, fmt.Errorf("%w: driver %s needs a cluster CIDR (--subnet)", ErrInvalid, spec.Driver)
 		}
 		rec.Gateways = nil // each node's subnet has its own
+		rec.Global = true
 	}
 	dn := rec.driverNetwork()
 	if err := drv.PrepareNetwork(dn, existing); err != nil {
@@ -513,7 +517,10 @@ func (r *networkRecord) public(users []store.KV) *Network {
 	n := &Network{
 		ID: r.ID, Name: r.Name, Driver: r.Driver, Subnets: r.Subnets, Gateways: r.Gateways,
 		Options: r.Options, Internal: r.Internal, MTU: r.MTU, Created: r.Created, Sandboxes: []string{},
-		Node: r.Node,
+		Node: r.Node, Scope: "local",
+	}
+	if r.Global {
+		n.Scope = "global"
 	}
 	if n.Subnets == nil {
 		n.Subnets = []netip.Prefix{}

@@ -55,6 +55,9 @@ type networkRecord struct {
 	// Node is the host a local network (bridge, macvlan: plumbing on one host) belongs to, on a store
 	// several hosts may share; "" on a host's own state file, and for networks of every node.
 	Node string `json:"node,omitempty"`
+	// Global marks a network that spans nodes (its driver is a drivers.Joiner): its subnets are the
+	// cluster CIDR, and each node that joins it has its own subnet out of them (JoinNetwork).
+	Global bool `json:"global,omitempty"`
 }
 
 // foreign reports whether the network is another node's local network: this node lists it but
