@@ -81,6 +81,9 @@ type globals struct {
 	output     string
 	debug      bool
 
+	// clusterStore and runtimeStore are open while a Manager on a cluster store is.
+	clusterStore, runtimeStore store.Store
+
 	stdout io.Writer
 	stderr io.Writer
 	// stop ends the SIGINT and SIGTERM handling that watchSignals started, if it did.
@@ -133,14 +136,14 @@ func newRootCmd(g *globals) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.stateDir, "state-dir", netmgr.DefaultStateDir, "directory of persistent state")
 	pf.StringVar(&g.runDir, "run-dir", netmgr.DefaultRunDir, "directory of runtime state (namespace pins, locks)")
-	pf.StringVar(&g.storeURL, "store", "", "state store URL: bolt://PATH (default: the bbolt file in --state-dir)")
+	pf.StringVar(&g.storeURL, "store", "", "state store URL: bolt://PATH, or a cluster's etcd://HOST:PORT[,HOST:PORT...][?prefix=/x&cacert=F&cert=F&key=F] (default: the bbolt file in --state-dir)")
 	pf.StringVar(&g.node, "node", "", "name of this node in a store several hosts share (default: the host name)")
 	pf.StringVar(&g.containerd, "containerd", "", "containerd socket address")
 	pf.StringVar(&g.pauseBin, "pause-binary", "", "pause binary for sandboxes created with --pause (default: pause next to podctl)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.BoolVar(&g.debug, "debug", false, "log debug messages to stderr")
 
-	root.AddCommand(newNetworkCmd(g), newSandboxCmd(g), newPodCmd(g), newGCCmd(g), newVersionCmd(g))
+	root.AddCommand(newNetworkCmd(g), newSandboxCmd(g), newPodCmd(g), newAgentCmd(g), newNodeCmd(g), newGCCmd(g), newVersionCmd(g))
 	return root
 }
 
@@ -256,27 +259,50 @@ func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) 
 		st = b
 		opts = append(opts, netmgr.WithStore(b))
 	default:
-		return nil, nil, fmt.Errorf("store URL %q: store URL scheme not supported yet (want bolt://PATH)", g.storeURL)
+		// A cluster store (etcd://): networks there, this node's runtime state in its own run dir, so
+		// that a sandbox on a joined network needs nothing but local state.
+		cs, err := g.openClusterStore(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := os.MkdirAll(g.runDir, 0o755); err != nil {
+			cs.Close()
+			return nil, nil, fmt.Errorf("create run dir: %w", err)
+		}
+		rt, err := netmgr.OpenRuntimeStore(ctx, filepath.Join(g.runDir, "runtime.db"))
+		if err != nil {
+			cs.Close()
+			return nil, nil, err
+		}
+		st, g.clusterStore, g.runtimeStore = cs, cs, rt
+		opts = append(opts, netmgr.WithStores(cs, rt))
 	}
 	m, err := netmgr.New(ctx, opts...)
 	if err != nil {
-		if st != nil {
-			st.Close()
-		}
+		g.closeStores(st)
 		return nil, nil, err
 	}
 	return m, func() {
 		m.Close()
-		if st != nil {
-			st.Close()
-		}
+		g.closeStores(st)
 	}, nil
 }
 
+func (g *globals) closeStores(st store.Store) {
+	if st != nil {
+		st.Close()
+	}
+	if g.runtimeStore != nil {
+		g.runtimeStore.Close()
+	}
+}
+
+
 // logger prints warnings (a repair of an interrupted operation, a long wait for another one) on stderr,
 // one line each and without timestamps; --debug adds everything else.
-func (g *globals) logger() *slog.Logger {
-	level := slog.LevelWarn
+func (g *globals) logger() *slog.Logger { return g.leveledLogger(slog.LevelWarn) }
+
+func (g *globals) leveledLogger(level slog.Level) *slog.Logger {
 	if g.debug {
 		level = slog.LevelDebug
 	}

@@ -27,16 +27,19 @@ func newPodCmd(g *globals) *cobra.Command {
 		Use:                "pod",
 		Short:              "Run pods: a sandbox and its containers on containerd (served by " + PodBinary + ")",
 		DisableFlagParsing: true,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			exe, err := os.Executable()
-			if err != nil {
-				return fmt.Errorf("pod: find own executable: %w", err)
-			}
-			path := filepath.Join(filepath.Dir(exe), PodBinary)
-			if _, err := os.Stat(path); err != nil {
-				return fmt.Errorf("pod commands need %s next to podctl (make build puts both in ./bin)", path)
-			}
-			return syscall.Exec(path, append([]string{"podctl"}, podArgs...), os.Environ())
-		},
+		RunE:               func(*cobra.Command, []string) error { return execFull("pod commands") },
 	}
+}
+
+// execFull replaces podctl with PodBinary, run with podctl's own arguments; what says what needs it.
+func execFull(what string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("%s: find own executable: %w", what, err)
+	}
+	path := filepath.Join(filepath.Dir(exe), PodBinary)
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("%s are served by %s, which is missing next to podctl (make build puts both in ./bin)", what, path)
+	}
+	return syscall.Exec(path, append([]string{"podctl"}, podArgs...), os.Environ())
 }

@@ -1,0 +1,382 @@
+// Package agent is the long-running part of a netmgr node: it registers the node in the cluster
+// store (a record kept alive by a short lease), leases the node's subnets of every network that spans
+// nodes, joins those networks through the Manager (which has the driver create the node's host side),
+// publishes what the drivers need their peers to know (an overlay's VTEP MAC), and keeps every joined
+// network's peers in step with the live nodes. Later controllers (services, DNS) run in the same
+// agent (Controller).
+//
+// The agent is a library type, so that a runtime embedding netmgr can run it in its own process;
+// `podctl agent` wraps it. When its context ends it stops and leaves the data path as it is: pods keep
+// talking, and the node's lease expires, so peers drop the node within the TTL.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/netmgr"
+	"github.com/netmgr/netmgr/netmgr/cluster"
+	"github.com/netmgr/netmgr/netmgr/ipam"
+	"github.com/netmgr/netmgr/netmgr/store"
+)
+
+// Controller is one more loop the agent runs beside its own (the service controller, the DNS
+// server). Run blocks until ctx ends; an error other than ctx's ends the agent.
+type Controller interface {
+	Name() string
+	Run(ctx context.Context, a *Agent) error
+}
+
+// Config configures an agent.
+type Config struct {
+	// Manager is this node's Manager; its network store must be Cluster (WithStores(cluster, local)).
+	Manager *netmgr.Manager
+	// Cluster is the cluster store (etcd): networks, node records, subnet leases.
+	Cluster store.Store
+	// Underlay is the address other nodes reach this node by.
+	Underlay netip.Addr
+	// TTL of the node's record (default cluster.DefaultTTL); Grace before a dead node's subnets may be
+	// taken over (default cluster.DefaultGrace).
+	TTL, Grace time.Duration
+	// Resync re-reads everything this often even when no change was seen (default 30 s).
+	Resync      time.Duration
+	Logger      *slog.Logger
+	Controllers []Controller
+}
+
+// Agent runs one node. Make it with New, run it with Run.
+type Agent struct {
+	cfg  Config
+	m    *netmgr.Manager
+	log  *slog.Logger
+	node string
+
+	member *cluster.Member
+
+	mu     sync.Mutex
+	nodes  []cluster.Node // the live nodes, as last seen
+	ready  chan struct{}
+	readyF bool
+}
+
+// New checks cfg. It touches nothing.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Manager == nil || cfg.Cluster == nil {
+		return nil, fmt.Errorf("%w: agent needs a Manager and a cluster store", netmgr.ErrInvalid)
+	}
+	if !cfg.Underlay.IsValid() {
+		return nil, fmt.Errorf("%w: agent needs this node's underlay address", netmgr.ErrInvalid)
+	}
+	if _, err := store.Leases(cfg.Cluster); err != nil {
+		return nil, fmt.Errorf("%w: agent: %v", netmgr.ErrInvalid, err)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = cluster.DefaultTTL
+	}
+	if cfg.Grace == 0 {
+		cfg.Grace = cluster.DefaultGrace
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{cfg: cfg, m: cfg.Manager, log: cfg.Logger, node: cfg.Manager.Node(), ready: make(chan struct{})}, nil
+}
+
+// Node is this agent's node name.
+func (a *Agent) Node() string { return a.node }
+
+// Manager is the node's Manager.
+func (a *Agent) Manager() *netmgr.Manager { return a.m }
+
+// Cluster is the cluster store.
+func (a *Agent) Cluster() store.Store { return a.cfg.Cluster }
+
+// Logger is the agent's logger.
+func (a *Agent) Logger() *slog.Logger { return a.log }
+
+// Ready is closed once the node is registered and every network that spans nodes is joined and its
+// peers programmed for the first time.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// Nodes returns the live nodes as the agent last saw them.
+func (a *Agent) Nodes() []cluster.Node {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.nodes)
+}
+
+// Run registers the node and runs until ctx ends (then it returns nil, leaving the data path and
+// letting the node's lease expire), or until registration or a controller fails. A name alive
+// elsewhere is refused (cluster.ErrExists).
+func (a *Agent) Run(ctx context.Context) error {
+	var err error
+	a.member, err = cluster.Register(ctx, a.cfg.Cluster, cluster.Node{Name: a.node, Address: a.cfg.Underlay},
+		cluster.WithTTL(a.cfg.TTL), cluster.WithGrace(a.cfg.Grace), cluster.WithLogger(a.log))
+	if err != nil {
+		return err
+	}
+	defer a.member.Close()
+	a.log.Info("node registered", "node", a.node, "underlay", a.cfg.Underlay, "ttl", a.cfg.TTL)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(a.cfg.Controllers))
+	var wg sync.WaitGroup
+	for _, c := range a.cfg.Controllers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.Run(ctx, a); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("controller %s: %w", c.Name(), err)
+			}
+		}()
+	}
+	defer wg.Wait()
+
+	nodes := cluster.WatchNodes(ctx, a.cfg.Cluster, cluster.WithLogger(a.log))
+	nets := watchKeys(ctx, a.cfg.Cluster, "networks/", a.log)
+	tick := time.NewTicker(a.cfg.Resync)
+	defer tick.Stop()
+	haveNodes := false
+	for {
+		select {
+		case <-ctx.Done():
+			a.log.Info("agent stopping; the data path stays", "node", a.node)
+			return nil
+		case err := <-errc:
+			return err
+		case ns, ok := <-nodes:
+			if !ok {
+				return nil
+			}
+			a.mu.Lock()
+			a.nodes = ns
+			a.mu.Unlock()
+			haveNodes = true
+			a.syncPeers(ctx)
+		case <-nets:
+			a.syncNetworks(ctx)
+			a.syncPeers(ctx)
+		case <-tick.C:
+			a.syncNetworks(ctx)
+			a.syncPeers(ctx)
+		}
+		if haveNodes && !a.readyF && a.converged(ctx) {
+			a.readyF = true
+			if err := a.member.SetReady(ctx, true); err != nil {
+				a.log.Warn("publish ready", "error", err)
+			}
+			close(a.ready)
+		}
+	}
+}
+
+// converged reports whether every network that spans nodes is joined here.
+func (a *Agent) converged(ctx context.Context) bool {
+	nets, err := a.m.Networks(ctx)
+	if err != nil {
+		return false
+	}
+	js, err := a.m.JoinedNetworks(ctx)
+	if err != nil {
+		return false
+	}
+	for _, n := range nets {
+		if n.Scope == "global" && !slices.ContainsFunc(js, func(j *netmgr.Joined) bool { return j.ID == n.ID }) {
+			return false
+		}
+	}
+	return true
+}
+
+// syncNetworks joins every network that spans nodes and leaves every joined one that is gone.
+func (a *Agent) syncNetworks(ctx context.Context) {
+	nets, err := a.m.Networks(ctx)
+	if err != nil {
+		a.log.Warn("list networks (retrying)", "error", err)
+		return
+	}
+	js, err := a.m.JoinedNetworks(ctx)
+	if err != nil {
+		a.log.Warn("list joined networks", "error", err)
+		return
+	}
+	want := map[string]*netmgr.Network{}
+	for _, n := range nets {
+		if n.Scope == "global" {
+			want[n.Name] = n
+		}
+	}
+	for _, j := range js {
+		if n, ok := want[j.Network]; ok && n.ID == j.ID {
+			continue
+		}
+		// Deleted from the cluster (or deleted and made again under the same name): leave it.
+		if err := a.m.LeaveNetwork(ctx, j.Network, true); err != nil {
+			a.log.Warn("leave network", "network", j.Network, "error", err)
+			continue
+		}
+		if _, ok := want[j.Network]; !ok {
+			if err := a.member.ReleaseSubnets(ctx, j.Network); err != nil {
+				a.log.Warn("release subnets", "network", j.Network, "error", err)
+			}
+		}
+		a.log.Info("network left", "network", j.Network)
+	}
+	for _, n := range want {
+		if err := a.join(ctx, n, js); err != nil {
+			a.log.Warn("join network (retrying)", "network", n.Name, "error", err)
+		}
+	}
+}
+
+// join leases the node's subnets of n and joins it (again: JoinNetwork is idempotent and repairs).
+func (a *Agent) join(ctx context.Context, n *netmgr.Network, js []*netmgr.Joined) error {
+	pools, err := Pools(n)
+	if err != nil {
+		return err
+	}
+	var hints []netip.Prefix
+	for _, j := range js {
+		if j.Network == n.Name {
+			hints = j.View.Subnets
+		}
+	}
+	subnets, err := a.member.LeaseSubnets(ctx, n.Name, pools, hints...)
+	if err != nil {
+		return err
+	}
+	view := drivers.NodeView{Node: a.node, Subnets: subnets, Underlay: a.cfg.Underlay}
+	for _, sn := range subnets {
+		view.Gateways = append(view.Gateways, sn.Masked().Addr().Next())
+	}
+	j, err := a.m.JoinNetwork(ctx, n.Name, view)
+	if err != nil {
+		return err
+	}
+	cur := a.member.Node().Networks[n.Name].Attrs
+	if !equalAttrs(cur, j.Attrs) {
+		if err := a.member.SetAttrs(ctx, n.Name, j.Attrs); err != nil {
+			a.log.Warn("publish attributes (retrying)", "network", n.Name, "error", err)
+		}
+	}
+	return nil
+}
+
+// Pools are the node subnet pools of a network that spans nodes: its CIDRs, cut at the node prefix
+// of its options (node-prefix for IPv4, default 24; node-prefix6 for IPv6, default 64).
+func Pools(n *netmgr.Network) ([]ipam.SubnetPool, error) {
+	var pools []ipam.SubnetPool
+	for _, c := range n.Subnets {
+		key, def := "node-prefix", 24
+		if c.Addr().Is6() {
+			key, def = "node-prefix6", 64
+		}
+		bits := def
+		if v, ok := n.Options[key]; ok {
+			b, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, fmt.Errorf("%w: network %q: option %s=%q is not a prefix length", netmgr.ErrInvalid, n.Name, key, v)
+			}
+			bits = b
+		}
+		p, err := ipam.NewSubnetPool(c, bits)
+		if err != nil {
+			return nil, err
+		}
+		pools = append(pools, p)
+	}
+	return pools, nil
+}
+
+// syncPeers programs every joined network's peers from the live nodes.
+func (a *Agent) syncPeers(ctx context.Context) {
+	js, err := a.m.JoinedNetworks(ctx)
+	if err != nil {
+		a.log.Warn("list joined networks", "error", err)
+		return
+	}
+	nodes := a.Nodes()
+	for _, j := range js {
+		var peers []drivers.NodeView
+		for _, nd := range nodes {
+			nn, ok := nd.Networks[j.Network]
+			if nd.Name == a.node || !ok || len(nn.Subnets) == 0 {
+				continue
+			}
+			peers = append(peers, drivers.NodeView{Node: nd.Name, Subnets: nn.Subnets, Underlay: nd.Address, Attrs: nn.Attrs})
+		}
+		if err := a.m.SyncPeers(ctx, j.Network, peers); err != nil {
+			a.log.Warn("sync peers (retrying)", "network", j.Network, "error", err)
+		}
+	}
+}
+
+func equalAttrs(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// watchKeys sends a signal (coalesced) after every change under prefix, and once at the start; it
+// follows the store through compaction and errors, re-listing after a backoff.
+func watchKeys(ctx context.Context, st store.Store, prefix string, log *slog.Logger) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		wait := 100 * time.Millisecond
+		for ctx.Err() == nil {
+			_, rev, err := st.List(ctx, prefix)
+			if err == nil {
+				poke()
+				var ch <-chan store.Event
+				ch, err = st.Watch(ctx, prefix, rev)
+				if err == nil {
+					wait = 100 * time.Millisecond
+					for ev := range ch {
+						if ev.Type == store.EventError {
+							err = ev.Err
+							break
+						}
+						poke()
+					}
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil && !errors.Is(err, store.ErrCompacted) {
+				log.Warn("watch networks (retrying)", "error", err, "in", wait)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				wait = min(2*wait, 5*time.Second)
+			}
+		}
+	}()
+	return out
+}
