@@ -297,7 +297,6 @@ func (g *globals) closeStores(st store.Store) {
 	}
 }
 
-
 // logger prints warnings (a repair of an interrupted operation, a long wait for another one) on stderr,
 // one line each and without timestamps; --debug adds everything else.
 func (g *globals) logger() *slog.Logger { return g.leveledLogger(slog.LevelWarn) }
