@@ -75,6 +75,11 @@ demo:
 demo-sandbox:
 	bash examples/demo-sandbox.sh
 
+# Pod networking across hosts: three host namespaces on an underlay, a private etcd, an agent per
+# host, an overlay network and a pod per host fetching from the others by pod IP; removes it all.
+demo-cluster:
+	bash examples/demo-cluster.sh $(DEMO_FLAGS)
+
 # The SIGKILL fault injection test alone (make test runs it too, for about a minute). For a soak run:
 # make faults FAULT_DURATION=10m; FAULT_SEED=S replays the commands and kills of a logged seed;
 # NETMGR_FAULT_OPS=create,rm (and the other knobs of integration/faults_test.go) pass through.

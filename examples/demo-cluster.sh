@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# make demo-cluster: pod networking across hosts. Three "hosts" (network namespaces, each with one
+# underlay interface on a shared segment, 198.18.0.0/24), a private etcd on host1, a node agent per
+# host (podctl agent), one overlay (VXLAN) network with cluster CIDR 10.244.0.0/16, and a pod on each
+# host: a sandbox running busybox httpd, and a client in it fetching from the pods on the other hosts by
+# pod IP. It prints the nodes, their subnets, the pods and the answers as they arrive, then removes
+# everything and exits 0.
+#
+# On real machines: run one etcd (or use yours), then on every machine
+#   podctl --store etcd://ETCD:2379 agent --underlay THIS_MACHINES_IP &
+# once, anywhere:
+#   podctl --store etcd://ETCD:2379 network create pods --driver overlay --subnet 10.244.0.0/16
+# and on any machine:
+#   podctl --store etcd://ETCD:2379 sandbox create web --network pods
+#
+#   bash examples/demo-cluster.sh [--keep]      leaves it running (remove with --clean DIR)
+#   bash examples/demo-cluster.sh --clean DIR
+set -Eeuo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/go/bin:$PATH
+
+KEEP=${KEEP:-0}
+CLEAN=
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--keep) KEEP=1 ;;
+	--clean) CLEAN=$2; shift ;;
+	*) echo "usage: $0 [--keep] | --clean DIR" >&2; exit 2 ;;
+	esac
+	shift
+done
+if [ "$(id -u)" != 0 ]; then
+	echo "demo-cluster: needs root (network namespaces)" >&2
+	exit 1
+fi
+HOSTS="host1 host2 host3"
+ETCD_EP=198.18.0.1:2379
+
+# on D HOST CMD...: runs CMD inside HOST's namespace.
+on() {
+	local d=$1 h=$2
+	shift 2
+	nsenter --net="$d/$h.ns" "$@"
+}
+# podctl_on D HOST ARGS...: podctl of HOST (its own state and run dirs, the cluster's etcd).
+podctl_on() {
+	local d=$1 h=$2
+	shift 2
+	on "$d" "$h" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo/" --node "$h" --state-dir "$d/$h/state" --run-dir "$d/$h/run" "$@"
+}
+
+# cleanup D: every step tolerates what is already gone.
+cleanup() {
+	set +e
+	local d=$1 p h
+	[ -n "$d" ] && [ -d "$d" ] || return 0
+	if [ -f "$d/pgids" ]; then
+		# Clients and servers first, agents last (SIGTERM: an agent leaves the data path as it is).
+		tac "$d/pgids" | while read -r p; do kill -TERM -- "-$p" 2>/dev/null || true; done
+		sleep 0.3
+	fi
+	for h in $HOSTS; do
+		[ -e "$d/$h.ns" ] || continue
+		if [ -n "$(pgrep -f "$d/www" 2>/dev/null)" ]; then pkill -KILL -f "$d/www" 2>/dev/null; fi
+		podctl_on "$d" "$h" sandbox rm web >/dev/null 2>&1
+	done
+	# The network's record is in etcd; deleting it there makes nothing more on the hosts, whose
+	# namespaces go below with every link in them.
+	podctl_on "$d" host1 network rm pods >/dev/null 2>&1
+	if [ -f "$d/pgids" ]; then
+		while read -r p; do kill -KILL -- "-$p" 2>/dev/null || true; done <"$d/pgids"
+	fi
+	awk -v w="$d/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || echo "demo-cluster: could not unmount $m" >&2
+	done
+	rm -rf "$d"
+}
+if [ -n "$CLEAN" ]; then
+	cleanup "$CLEAN"
+	echo "== removed the demo in $CLEAN"
+	exit 0
+fi
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need busybox || ! need nsenter || ! need unshare || ! need setsid || ! need timeout || ! need pgrep; then
+	echo "== installing busybox-static, util-linux, coreutils, procps"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static util-linux coreutils procps >/dev/null
+fi
+make -s build etcd
+
+D=$(mktemp -d /tmp/netmgr-cluster.XXXXXX)
+on_exit() {
+	local rc=$?
+	trap - ERR
+	trap '' INT TERM
+	if [ "$rc" != 0 ]; then
+		for f in "$D"/*.log; do [ -s "$f" ] && { echo "--- $f (last lines)"; tail -n 15 "$f"; }; done >&2
+	fi
+	cleanup "$D"
+	exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'echo "demo-cluster: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+bg() {
+	setsid "$@" &
+	echo $! >>"$D/pgids"
+}
+
+# The underlay: a bridge in a namespace of its own, and one veth per host.
+touch "$D/underlay.ns"
+unshare --net="$D/underlay.ns" true
+on "$D" underlay ip link add ul0 type bridge
+on "$D" underlay ip link set ul0 up
+i=0
+for h in $HOSTS; do
+	i=$((i + 1))
+	mkdir -p "$D/$h"
+	touch "$D/$h.ns"
+	unshare --net="$D/$h.ns" true
+	on "$D" underlay ip link add "ul-$h" type veth peer name eth0 netns "$D/$h.ns"
+	on "$D" underlay ip link set "ul-$h" master ul0 up
+	on "$D" "$h" ip addr add "198.18.0.$i/24" dev eth0
+	on "$D" "$h" ip link set eth0 up
+	on "$D" "$h" ip link set lo up
+done
+echo "== underlay 198.18.0.0/24: host1 .1, host2 .2, host3 .3; etcd on $ETCD_EP"
+
+bg nsenter --net="$D/host1.ns" ./bin/etcd --name demo --data-dir "$D/etcd" --unsafe-no-fsync \
+	--listen-client-urls "http://$ETCD_EP" --advertise-client-urls "http://$ETCD_EP" \
+	--listen-peer-urls http://198.18.0.1:2380 --initial-advertise-peer-urls http://198.18.0.1:2380 \
+	--initial-cluster demo=http://198.18.0.1:2380 --log-level warn --log-outputs stderr 2>"$D/etcd.log"
+for _ in $(seq 100); do
+	podctl_on "$D" host1 node ls >/dev/null 2>&1 && break
+	sleep 0.1
+done
+
+i=0
+for h in $HOSTS; do
+	i=$((i + 1))
+	bg nsenter --net="$D/$h.ns" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo/" --node "$h" \
+		--state-dir "$D/$h/state" --run-dir "$D/$h/run" agent --underlay "198.18.0.$i" --ttl 5s 2>"$D/agent-$h.log"
+done
+podctl_on "$D" host1 network create pods --driver overlay --subnet 10.244.0.0/16
+# Wait until every agent carries the network (its node record lists a subnet of it).
+for _ in $(seq 100); do
+	[ "$(podctl_on "$D" host1 -o json node ls | grep -c '"10\.244\.')" -ge 3 ] && break
+	sleep 0.1
+done
+echo
+podctl_on "$D" host1 node ls
+echo
+podctl_on "$D" host1 network ls
+
+declare -A IP
+for h in $HOSTS; do
+	podctl_on "$D" "$h" sandbox create web --network pods >/dev/null
+	IP[$h]=$(podctl_on "$D" "$h" -o json sandbox inspect web | sed -n 's/.*"ipv4": *"\([0-9.]*\)\/.*/\1/p' | head -1)
+	mkdir -p "$D/www/$h"
+	echo "hello from the pod on $h (${IP[$h]})" >"$D/www/$h/index.html"
+	bg nsenter --net="$D/$h.ns" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo/" --node "$h" --state-dir "$D/$h/state" --run-dir "$D/$h/run" \
+		sandbox exec web -- busybox httpd -f -p 8080 -h "$D/www/$h"
+done
+echo
+for h in $HOSTS; do echo "== pod web on $h: ${IP[$h]}"; done
+
+fetch() { podctl_on "$D" "$1" sandbox exec web -- timeout 3 busybox wget -qO- "$2" 2>/dev/null; }
+for h in $HOSTS; do
+	for _ in $(seq 50); do fetch "$h" "http://127.0.0.1:8080/" >/dev/null && break; sleep 0.1; done
+done
+ok=0 want=0
+for round in 1 2; do
+	for from in $HOSTS; do
+		for to in $HOSTS; do
+			[ "$from" = "$to" ] && continue
+			want=$((want + 1))
+			if a=$(fetch "$from" "http://${IP[$to]}:8080/"); then
+				ok=$((ok + 1))
+				echo "[$round] pod on $from -> ${IP[$to]} (on $to): $a"
+			else
+				echo "[$round] pod on $from -> ${IP[$to]} (on $to): FAILED"
+			fi
+		done
+	done
+done
+if [ "$ok" != "$want" ]; then
+	echo "demo-cluster: only $ok of $want fetches across hosts succeeded" >&2
+	exit 1
+fi
+echo
+if [ "$KEEP" = 1 ]; then
+	trap - EXIT
+	echo "== left running in $D; look around with e.g."
+	echo "   nsenter --net=$D/host1.ns ./bin/podctl --store 'etcd://$ETCD_EP?prefix=/demo/' --node host1 --state-dir $D/host1/state --run-dir $D/host1/run node ls"
+	echo "   remove it all with: bash examples/demo-cluster.sh --clean $D"
+else
+	echo "== $ok of $want fetches across hosts answered; removing pods, network, agents, etcd and the namespaces"
+fi
