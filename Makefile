@@ -5,7 +5,7 @@ BIN     := $(CURDIR)/bin
 PKGS    := ./...
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all deps build containerd test unit fuzz bench bench-startup lint demo demo-sandbox faults clean
+.PHONY: all deps build containerd test unit fuzz bench bench-startup lint demo demo-sandbox demo-cluster etcd faults clean
 
 all: build
 
