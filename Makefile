@@ -32,7 +32,7 @@ $(CONTAINERD) &: go.mod go.sum
 # cluster tests, benchmarks and demo (each starts its own, in a network namespace of its own). It is
 # built from tools/etcd, a module of its own: the server's dependencies (otel, bbolt) are newer than
 # the ones containerd and netmgr pin, and netmgr links only the client. TestServerVersionMatchesClient
-# keeps the two versions one. About 40 s on a cold build cache (2 cores), then from the cache.
+# keeps the two versions one. About a minute on a cold build cache (2 cores), then from the cache.
 ETCD := $(BIN)/etcd
 etcd: $(ETCD)
 $(ETCD): tools/etcd/go.mod tools/etcd/go.sum

@@ -403,3 +403,69 @@ func TestServerVersionMatchesClient(t *testing.T) {
 		t.Fatalf("go.mod pins the etcd client at %s, tools/etcd/go.mod the server at %s: keep them one version", client, server)
 	}
 }
+
+// store.Follow over etcd: a follower cut off while etcd compacts its history gets the compaction
+// signal when it comes back, re-lists, and hands the difference by value (the attribute change it
+// never saw, the delete, the new key; not the key changed and changed back).
+func TestFollowCompactedWhileDisconnected(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e := testutil.StartEtcd(t, testutil.EtcdOptions{})
+	cut := &cutter{dial: e.Dial}
+	w, err := New(ctx, Options{Endpoints: []string{e.Endpoint}, Prefix: "/follow/", Dialer: cut.Dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	s := open(t, e, "/follow/")
+	storetest.Txn(t, s, store.Put("nodes/a", []byte("mac=1")), store.Put("nodes/b", []byte("1")), store.Put("nodes/d", []byte("1")))
+	ups := make(chan string, 100)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- store.Follow(ctx, w, "nodes/", func(u store.Update) error {
+			var parts []string
+			for _, c := range u.Changes {
+				if c.Deleted {
+					parts = append(parts, "del "+c.KV.Key)
+				} else {
+					parts = append(parts, "put "+c.KV.Key+"="+string(c.KV.Value))
+				}
+			}
+			ups <- fmt.Sprintf("resync=%v %s", u.Resync, strings.Join(parts, ", "))
+			return nil
+		})
+	}()
+	next := func() string {
+		t.Helper()
+		select {
+		case u := <-ups:
+			return u
+		case err := <-errc:
+			t.Fatalf("Follow returned %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatal("no update in 30s")
+		}
+		return ""
+	}
+	if got := next(); got != "resync=true put nodes/a=mac=1, put nodes/b=1, put nodes/d=1" {
+		t.Fatalf("first update %q", got)
+	}
+	storetest.Txn(t, s, store.Put("nodes/c", []byte("1")))
+	if got := next(); got != "resync=false put nodes/c=1" {
+		t.Fatalf("watched update %q", got)
+	}
+	cut.Cut()
+	storetest.Txn(t, s, store.Put("nodes/a", []byte("mac=2")))
+	storetest.Txn(t, s, store.Del("nodes/b"))
+	storetest.Txn(t, s, store.Put("nodes/d", []byte("2")))
+	storetest.Txn(t, s, store.Put("nodes/d", []byte("1")))
+	e.Compact(0)
+	cut.Restore()
+	if got := next(); got != "resync=true put nodes/a=mac=2, del nodes/b" {
+		t.Fatalf("after the partition and compaction: %q", got)
+	}
+	storetest.Txn(t, s, store.Put("nodes/e", []byte("1")))
+	if got := next(); got != "resync=false put nodes/e=1" {
+		t.Fatalf("watched after the re-list: %q", got)
+	}
+}
