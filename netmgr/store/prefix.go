@@ -3,12 +3,36 @@ package store
 import (
 	"context"
 	"strings"
+	"time"
 )
 
 // WithPrefix returns s seen through a key prefix: every key a caller reads, compares, writes or
 // watches is prefix+key in s, and keys come back without it. Close does nothing (s is the caller's).
 // The Manager keeps each node's runtime records under nodes/NODE/ of a store several hosts share.
-func WithPrefix(s Store, prefix string) Store { return &prefixed{s: s, prefix: prefix} }
+// When s is a [Leaser], so is the view (leases are not keyed: the view's are s's).
+func WithPrefix(s Store, prefix string) Store {
+	p := &prefixed{s: s, prefix: prefix}
+	if l, ok := s.(Leaser); ok {
+		return &prefixedLeaser{prefixed: p, l: l}
+	}
+	return p
+}
+
+// prefixedLeaser is the prefixed view of a store that has leases.
+type prefixedLeaser struct {
+	*prefixed
+	l Leaser
+}
+
+func (p *prefixedLeaser) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
+	return p.l.Grant(ctx, ttl)
+}
+
+func (p *prefixedLeaser) KeepAlive(ctx context.Context, id LeaseID) error {
+	return p.l.KeepAlive(ctx, id)
+}
+
+func (p *prefixedLeaser) Revoke(ctx context.Context, id LeaseID) error { return p.l.Revoke(ctx, id) }
 
 type prefixed struct {
 	s      Store

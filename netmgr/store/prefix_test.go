@@ -58,3 +58,54 @@ func TestWithPrefix(t *testing.T) {
 		t.Fatalf("closing the view closed the store: %v", err)
 	}
 }
+
+// The prefixed view of a store with leases has them too (the Manager's node view over etcd), and
+// their leased keys live under the prefix; the view of a store without leases has none.
+func TestWithPrefixLeases(t *testing.T) {
+	ctx := context.Background()
+	inner := &fakeLeaser{Store: open(t)}
+	v := WithPrefix(inner, "nodes/a/")
+	l, err := Leases(v)
+	if err != nil {
+		t.Fatalf("Leases of the prefixed view of a Leaser: %v", err)
+	}
+	id, err := l.Grant(ctx, time.Second)
+	if err != nil || id != 42 || inner.granted != time.Second {
+		t.Fatalf("grant through the view: %v %v (inner got %s)", id, err, inner.granted)
+	}
+	if err := l.KeepAlive(ctx, id); err != nil || inner.kept != id {
+		t.Fatalf("keep-alive through the view: %v (inner kept %d)", err, inner.kept)
+	}
+	if err := l.Revoke(ctx, id); err != nil || inner.revoked != id {
+		t.Fatalf("revoke through the view: %v (inner revoked %d)", err, inner.revoked)
+	}
+	if err := v.Txn(ctx, nil, []Op{PutWithLease("node", []byte("up"), id)}); err != nil {
+		t.Fatal(err)
+	}
+	if inner.lastOps[0].Key != "nodes/a/node" || inner.lastOps[0].Lease != id {
+		t.Fatalf("leased put through the view: %+v", inner.lastOps)
+	}
+	if _, err := Leases(WithPrefix(open(t), "nodes/a/")); !errors.Is(err, ErrNotSupported) {
+		t.Fatalf("Leases of the prefixed view of bolt: %v, want ErrNotSupported", err)
+	}
+}
+
+// fakeLeaser records the lease calls and leased puts a view hands it (the real etcd store runs the
+// same through storetest in netmgr/store/etcd).
+type fakeLeaser struct {
+	Store
+	granted       time.Duration
+	kept, revoked LeaseID
+	lastOps       []Op
+}
+
+func (f *fakeLeaser) Grant(_ context.Context, ttl time.Duration) (LeaseID, error) {
+	f.granted = ttl
+	return 42, nil
+}
+func (f *fakeLeaser) KeepAlive(_ context.Context, id LeaseID) error { f.kept = id; return nil }
+func (f *fakeLeaser) Revoke(_ context.Context, id LeaseID) error    { f.revoked = id; return nil }
+func (f *fakeLeaser) Txn(_ context.Context, _ []Cmp, ops []Op) error {
+	f.lastOps = ops
+	return nil
+}
