@@ -23,18 +23,8 @@ func (d *Driver) Collect(ctx context.Context, in drivers.CollectInput) (drivers.
 	h := d.env.HostHandle
 	res.Links, res.Errors = drivers.CollectVeths(d.env, d.log, in, HostIfPrefix)
 
-	named := map[string]bool{}
-	for _, n := range in.Networks {
-		if b := n.Options["bridge"]; b != "" {
-			named[b] = true
-		}
-	}
-	ports := map[int][]string{}
-	for _, l := range in.Links {
-		if mi := l.Attrs().MasterIndex; mi != 0 {
-			ports[mi] = append(ports[mi], l.Attrs().Name)
-		}
-	}
+	named := drivers.OptionValues(in.Networks, "bridge")
+	ports := drivers.PortsByMaster(in.Links)
 	for _, l := range in.Links {
 		a := l.Attrs()
 		if !MarkedBridge(l) || named[a.Name] {

@@ -19,18 +19,8 @@ func (d *Driver) Collect(ctx context.Context, in drivers.CollectInput) (drivers.
 	var res drivers.CollectResult
 	res.Links, res.Errors = drivers.CollectVeths(d.env, d.log, in, HostIfPrefix)
 
-	named := map[string]bool{}
-	for _, n := range in.Networks {
-		if v := n.Options[OptVNI]; v != "" {
-			named[v] = true
-		}
-	}
-	ports := map[int][]string{}
-	for _, l := range in.Links {
-		if mi := l.Attrs().MasterIndex; mi != 0 {
-			ports[mi] = append(ports[mi], l.Attrs().Name)
-		}
-	}
+	named := drivers.OptionValues(in.Networks, OptVNI)
+	ports := drivers.PortsByMaster(in.Links)
 	for _, l := range in.Links {
 		a := l.Attrs()
 		var vni string
