@@ -43,3 +43,27 @@ type CollectResult struct {
 	Kept    []string // such devices left in place because something uses them
 	Errors  []error
 }
+
+// OptionValues is the set of the values that nets give option key (empty ones left out): the
+// device names or identifiers that recorded networks name, which Collect keeps.
+func OptionValues(nets []*Network, key string) map[string]bool {
+	named := map[string]bool{}
+	for _, n := range nets {
+		if v := n.Options[key]; v != "" {
+			named[v] = true
+		}
+	}
+	return named
+}
+
+// PortsByMaster maps the index of each link that is some link's master (a bridge) to the names of
+// its ports, among links.
+func PortsByMaster(links []netlink.Link) map[int][]string {
+	ports := map[int][]string{}
+	for _, l := range links {
+		if mi := l.Attrs().MasterIndex; mi != 0 {
+			ports[mi] = append(ports[mi], l.Attrs().Name)
+		}
+	}
+	return ports
+}

@@ -139,6 +139,10 @@ type FirewallSpec struct {
 	HostIfaces []string
 	// Masquerade SNATs traffic from the network's subnets leaving by other interfaces.
 	Masquerade bool
+	// NoMasqueradeTo are destinations Masquerade leaves alone although the traffic leaves by
+	// another interface: a cluster network's CIDR, so that pods on other nodes see the sender's own
+	// pod address.
+	NoMasqueradeTo []netip.Prefix
 	// Routed lets hosts that route the network's subnets via this host open connections to its
 	// sandboxes (gateway_mode=routed).
 	Routed bool

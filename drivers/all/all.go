@@ -16,4 +16,5 @@ import (
 	_ "github.com/netmgr/netmgr/drivers/host"
 	_ "github.com/netmgr/netmgr/drivers/link"
 	_ "github.com/netmgr/netmgr/drivers/macvlan"
+	_ "github.com/netmgr/netmgr/drivers/overlay"
 )

@@ -7,14 +7,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -300,71 +296,19 @@ func (d *Driver) unmarkedOwn(link netlink.Link, n *drivers.Network, legacy bool)
 	return true, nil
 }
 
-// enableForwarding switches on IP forwarding in the host namespace for the families the network uses.
-//
-// For IPv6 the switch is conf/all/forwarding, which also puts every interface into router mode: an
-// interface with accept_ra=1 then ignores router advertisements, and a host that took its default
-// route by SLAAC loses it when the route expires (REVIEW §1.10). Per-interface forwarding does not
-// help: it sets only the router/host behaviour, while the kernel forwards IPv6 only with
-// all/forwarding on (6.17's per-interface force_forwarding would have to be on the uplinks too). So,
-// as LXD and Incus do, before netmgr turns IPv6 forwarding on it raises accept_ra from 1 to 2
-// ("accept even when forwarding") on every interface of the host namespace but netmgr's own bridges,
-// bridge ports and loopback, and logs each. Interfaces made later take conf/default, which is left
-// alone so that netmgr's next bridges never accept advertisements from pods. Where IPv6 forwarding
-// is already on, someone else chose router mode, and nothing is changed.
+// enableForwarding switches on IP forwarding in the host namespace for the families the network
+// uses (drivers.EnableForwarding says how IPv6 forwarding keeps router advertisements accepted).
 func (d *Driver) enableForwarding(n *drivers.Network) error {
-	v4, v6 := false, false
-	for _, sn := range n.Subnets {
-		if sn.Addr().Is4() {
-			v4 = true
-		} else {
-			v6 = true
-		}
-	}
-	return d.env.Host.Do(func() error {
-		if v4 && !sysctlOn("/proc/sys/net/ipv4/ip_forward") {
-			if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-				return fmt.Errorf("enable forwarding: %w", err)
-			}
-		}
-		const all6 = "/proc/sys/net/ipv6/conf/all/forwarding"
-		if !v6 || sysctlOn(all6) {
-			return nil
-		}
-		// Only now, on the first IPv6 network of a host: the links whose accept_ra stays as it is.
-		links, err := drivers.LinkList(d.env.HostHandle)
-		if err != nil {
-			return fmt.Errorf("enable forwarding: list links: %w", err)
-		}
-		skip := map[string]bool{}
-		for _, l := range links {
-			if a := l.Attrs(); strings.HasPrefix(a.Alias, ownerAliasPrefix) || a.MasterIndex != 0 || a.Flags&net.FlagLoopback != 0 {
-				skip[a.Name] = true
-			}
-		}
-		if err := d.keepAcceptingRA(skip); err != nil {
-			return err
-		}
-		if err := os.WriteFile(all6, []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("enable forwarding: %w", err)
-		}
-		return nil
-	})
+	return drivers.EnableForwarding(d.env, d.log, n.Subnets)
 }
 
-// noDAD turns duplicate address detection off on a bridge netmgr made, before it comes up, as the
-// gateway's global address already is (IFA_F_NODAD). Otherwise its link-local address is tentative
-// for a second or two, the host solicits a sandbox's address from :: when it forwards the first
-// packet to it, the sandbox takes that for another host's DAD probe and never answers, and the first
-// IPv6 connections from outside to a silent sandbox time out. The bridge is ours alone: no other
-// host on it can hold its addresses.
+// noDAD turns duplicate address detection off on a bridge netmgr made, before it comes up
+// (drivers.NoDAD says why).
 func (d *Driver) noDAD(bridge string) error {
-	return d.env.Host.Do(func() error {
-		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+bridge+"/accept_dad", []byte("0"), 0o644); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("create bridge %s: turn off DAD: %w", bridge, err)
-		}
-		return nil
-	})
+	if err := drivers.NoDAD(d.env, bridge); err != nil {
+		return fmt.Errorf("create bridge %s: %w", bridge, err)
+	}
+	return nil
 }
 
 func hasIPv6(n *drivers.Network) bool {
@@ -374,43 +318,6 @@ func hasIPv6(n *drivers.Network) bool {
 		}
 	}
 	return false
-}
-
-func sysctlOn(path string) bool {
-	b, err := os.ReadFile(path)
-	return err == nil && len(b) > 0 && b[0] == '1'
-}
-
-// keepAcceptingRA sets accept_ra=2 on every interface of the current namespace that has accept_ra=1,
-// except those in skip; see enableForwarding. It runs inside Host.Do.
-func (d *Driver) keepAcceptingRA(skip map[string]bool) error {
-	const dir = "/proc/sys/net/ipv6/conf"
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("enable forwarding: %w", err)
-	}
-	for _, e := range ents {
-		name := e.Name()
-		if name == "all" || name == "default" || skip[name] {
-			continue
-		}
-		p := filepath.Join(dir, name, "accept_ra")
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue // the interface went away meanwhile
-		}
-		if strings.TrimSpace(string(b)) != "1" {
-			continue
-		}
-		if err := os.WriteFile(p, []byte("2"), 0o644); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			return fmt.Errorf("enable forwarding: keep accepting router advertisements on %s: %w", name, err)
-		}
-		d.log.Info("set accept_ra=2 so that the interface keeps accepting IPv6 router advertisements once forwarding is on", "ifname", name)
-	}
-	return nil
 }
 
 // DeleteNetwork implements drivers.Driver.
@@ -450,16 +357,13 @@ func (d *Driver) DeleteNetwork(ctx context.Context, n *drivers.Network) error {
 }
 
 // ownerAliasPrefix starts the alias of every bridge netmgr made.
-const ownerAliasPrefix = "netmgr:"
+const ownerAliasPrefix = drivers.OwnerAliasPrefix
 
 // ownerAlias is the interface alias of a bridge netmgr made for n.
-func ownerAlias(n *drivers.Network) string { return ownerAliasPrefix + n.ID }
+func ownerAlias(n *drivers.Network) string { return drivers.OwnerAlias(n) }
 
 // HostIfName derives the host-side veth name of an endpoint from its ID.
-func HostIfName(endpointID string) string {
-	sum := sha256.Sum256([]byte(endpointID))
-	return HostIfPrefix + hex.EncodeToString(sum[:])[:drivers.MaxIfNameLen-len(HostIfPrefix)]
-}
+func HostIfName(endpointID string) string { return drivers.HostIfName(HostIfPrefix, endpointID) }
 
 // PrepareEndpoint implements drivers.Driver.
 func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error {
@@ -480,97 +384,15 @@ func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error
 	return nil
 }
 
-// Attach implements drivers.Driver.
-func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.Endpoint, sb *sandbox.NetNS) (err error) {
-	hh := d.env.HostHandle
-	br, err := hh.LinkByName(n.Options["bridge"])
-	if err != nil {
-		return fmt.Errorf("attach %s: bridge %s: %w", ep.Sandbox, n.Options["bridge"], err)
-	}
-	sh, err := sb.Handle()
-	if err != nil {
-		return fmt.Errorf("attach %s: %w", ep.Sandbox, err)
-	}
-
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: ep.IfName, MTU: ep.MTU, TxQLen: -1},
-		PeerName:      ep.HostName,
-		PeerNamespace: netlink.NsFd(d.env.Host.Fd()),
-	}
-	if ep.MAC != "" {
-		veth.HardwareAddr, _ = net.ParseMAC(ep.MAC)
-	}
-	if err := sh.LinkAdd(veth); err != nil {
-		if errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("attach %s: %w: interface %s or %s exists", ep.Sandbox, drivers.ErrExists, ep.IfName, ep.HostName)
-		}
-		return fmt.Errorf("attach %s: create veth %s: %w", ep.Sandbox, ep.IfName, err)
-	}
-	d.log.Debug("veth created", "sandbox", ep.Sandbox, "ifname", ep.IfName, "host_ifname", ep.HostName)
-	defer func() {
-		if err != nil {
-			// Deleting one end deletes both; the sandbox side is enough even if the host side moved.
-			if l, lerr := sh.LinkByName(ep.IfName); lerr == nil {
-				if derr := sh.LinkDel(l); derr != nil {
-					d.log.Warn("rollback: delete veth", "sandbox", ep.Sandbox, "ifname", ep.IfName, "error", derr)
-				}
-			}
-		}
-	}()
-
-	host, err := hh.LinkByName(ep.HostName)
-	if err != nil {
-		return fmt.Errorf("attach %s: find %s: %w", ep.Sandbox, ep.HostName, err)
-	}
-	if err := hh.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
-		if errors.Is(err, unix.EXFULL) {
-			return fmt.Errorf("attach %s: %w: bridge %s has reached the kernel's limit of 1024 ports; put further sandboxes on another network", ep.Sandbox, drivers.ErrFull, n.Options["bridge"])
-		}
-		return fmt.Errorf("attach %s: add %s to bridge %s: %w", ep.Sandbox, ep.HostName, n.Options["bridge"], err)
-	}
-	if boolOpt(n, "hairpin", true) {
-		if err := hh.LinkSetHairpin(host, true); err != nil {
-			return fmt.Errorf("attach %s: hairpin on %s: %w", ep.Sandbox, ep.HostName, err)
-		}
-	}
-	if err := hh.LinkSetUp(host); err != nil {
-		return fmt.Errorf("attach %s: bring up %s: %w", ep.Sandbox, ep.HostName, err)
-	}
-
-	link, err := drivers.ConfigureInterface(sh, ep)
-	if err != nil {
-		return err
-	}
-	ep.MAC = link.Attrs().HardwareAddr.String()
-	return nil
+// Attach implements drivers.Driver: a veth pair with its host end on the bridge (drivers.AttachVeth).
+func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.Endpoint, sb *sandbox.NetNS) error {
+	return drivers.AttachVeth(d.env, d.log, n.Options["bridge"], boolOpt(n, "hairpin", true), ep, sb)
 }
 
-// Detach implements drivers.Driver. When the namespace is going, the veth dies with it: the kernel
-// batches that teardown, which costs about a twentieth of deleting the veth here (20 ms measured).
-// The host end is only set down (0.2 ms), so that if some process still holds the namespace, its
-// address, which netmgr is about to free, can no longer be reached on the bridge. Otherwise the host
-// end is deleted, which removes both ends.
+// Detach implements drivers.Driver (drivers.DetachVeth: the host end is only set down when the
+// namespace is going, and deleted otherwise).
 func (d *Driver) Detach(ctx context.Context, n *drivers.Network, ep *drivers.Endpoint, sb *sandbox.NetNS, opts drivers.DetachOptions) error {
-	if ep.HostName == "" {
-		return nil
-	}
-	link, err := d.env.HostHandle.LinkByName(ep.HostName)
-	if drivers.IsLinkNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("detach %s: find %s: %w", ep.Sandbox, ep.HostName, err)
-	}
-	if opts.NamespaceGoing && sb != nil {
-		if err := d.env.HostHandle.LinkSetDown(link); err != nil && !drivers.IsLinkNotFound(err) {
-			return fmt.Errorf("detach %s: set %s down: %w", ep.Sandbox, ep.HostName, err)
-		}
-		return nil
-	}
-	if err := d.env.HostHandle.LinkDel(link); err != nil && !drivers.IsLinkNotFound(err) {
-		return fmt.Errorf("detach %s: delete %s: %w", ep.Sandbox, ep.HostName, err)
-	}
-	return nil
+	return drivers.DetachVeth(d.env, ep, sb, opts)
 }
 
 // Firewall implements drivers.Firewaller: the bridge is the network's one host interface, and its

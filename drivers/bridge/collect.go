@@ -21,32 +21,10 @@ var _ drivers.Collector = (*Driver)(nil)
 func (d *Driver) Collect(ctx context.Context, in drivers.CollectInput) (drivers.CollectResult, error) {
 	var res drivers.CollectResult
 	h := d.env.HostHandle
-	for _, l := range in.Links {
-		name := l.Attrs().Name
-		if !strings.HasPrefix(name, HostIfPrefix) || l.Type() != "veth" || in.InUse[name] {
-			continue
-		}
-		// The kernel may be destroying it already, with its namespace: "not found" then is success.
-		if err := h.LinkDel(l); err != nil && !drivers.IsLinkNotFound(err) {
-			res.Errors = append(res.Errors, fmt.Errorf("delete %s: %w", name, err))
-			continue
-		}
-		d.log.Warn("gc: host interface no endpoint names deleted", "ifname", name)
-		res.Links = append(res.Links, name)
-	}
+	res.Links, res.Errors = drivers.CollectVeths(d.env, d.log, in, HostIfPrefix)
 
-	named := map[string]bool{}
-	for _, n := range in.Networks {
-		if b := n.Options["bridge"]; b != "" {
-			named[b] = true
-		}
-	}
-	ports := map[int][]string{}
-	for _, l := range in.Links {
-		if mi := l.Attrs().MasterIndex; mi != 0 {
-			ports[mi] = append(ports[mi], l.Attrs().Name)
-		}
-	}
+	named := drivers.OptionValues(in.Networks, "bridge")
+	ports := drivers.PortsByMaster(in.Links)
 	for _, l := range in.Links {
 		a := l.Attrs()
 		if !MarkedBridge(l) || named[a.Name] {

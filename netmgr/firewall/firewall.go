@@ -62,6 +62,11 @@ type Network struct {
 	// Masquerade SNATs traffic from Subnets leaving via any interface other
 	// than Ifaces. It has no effect on an Internal network.
 	Masquerade bool
+	// NoMasqueradeTo are destinations that Masquerade leaves alone although
+	// the traffic leaves by another interface: a cluster network's CIDR,
+	// whose pods on other hosts must see the sender's own pod address.
+	// Prefixes of a family the network has no subnet of are ignored.
+	NoMasqueradeTo []netip.Prefix
 	// Routed lets other interfaces open connections into Ifaces: a
 	// neighbour that routes Subnets via the host reaches every port of every
 	// sandbox. Without it only published ports (connections the ports table
@@ -307,6 +312,11 @@ func normalize(nets []Network) ([]Network, error) {
 		}
 		slices.SortFunc(subnets, comparePrefix)
 		n.Subnets = slices.Compact(subnets)
+		nm, err := normalizeNoMasquerade(n)
+		if err != nil {
+			return nil, err
+		}
+		n.NoMasqueradeTo = nm
 		out = append(out, n)
 	}
 	slices.SortFunc(out, func(a, b Network) int { return strings.Compare(a.Name, b.Name) })

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -250,14 +251,46 @@ func postroutingRules(n Network) [][]expr.Any {
 	}
 	rules := make([][]expr.Any, 0, len(n.Subnets))
 	for _, p := range n.Subnets {
-		// meta nfproto ipvX ip[6] saddr S oifname !N masquerade
+		// meta nfproto ipvX ip[6] saddr S oifname !N [ip[6] daddr != D]... masquerade
+		var keep []expr.Any
+		for _, d := range n.NoMasqueradeTo {
+			if d.Addr().Is4() == p.Addr().Is4() {
+				keep = append(keep, daddrNotIn(d)...)
+			}
+		}
 		rules = append(rules, concat(
 			saddrMatch(p),
 			notIn(expr.MetaKeyOIFNAME, n.Ifaces),
+			keep,
 			[]expr.Any{&expr.Masq{}},
 		))
 	}
 	return rules
+}
+
+// daddrNotIn matches packets whose destination address is outside p, in a rule that has matched
+// p's family already (saddrMatch): nft's "ip daddr != P".
+func daddrNotIn(p netip.Prefix) []expr.Any {
+	exprs := daddrMatch(p)[2:] // without the family check
+	exprs[len(exprs)-1].(*expr.Cmp).Op = expr.CmpOpNeq
+	return exprs
+}
+
+// normalizeNoMasquerade validates n.NoMasqueradeTo and returns it masked, sorted and without
+// duplicates, so that equal inputs give equal rulesets.
+func normalizeNoMasquerade(n Network) ([]netip.Prefix, error) {
+	if len(n.NoMasqueradeTo) == 0 {
+		return nil, nil
+	}
+	out := make([]netip.Prefix, 0, len(n.NoMasqueradeTo))
+	for _, p := range n.NoMasqueradeTo {
+		if !p.IsValid() || p.Addr().Is4In6() {
+			return nil, fmt.Errorf("network %q: no-masquerade destination %q is not a valid IPv4 or IPv6 prefix: %w", n.Name, p, ErrInvalid)
+		}
+		out = append(out, p.Masked())
+	}
+	slices.SortFunc(out, comparePrefix)
+	return slices.Compact(out), nil
 }
 
 // hairpinRules masquerade connections from a network's pods that were translated (a published port
