@@ -45,6 +45,7 @@ func (j *joinedRecord) nodeNetwork() *networkRecord {
 	r := j.Network
 	r.Subnets = j.View.Subnets
 	r.Gateways = j.View.Gateways
+	r.Cluster = j.Network.Subnets
 	return &r
 }
 

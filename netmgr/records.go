@@ -58,6 +58,9 @@ type networkRecord struct {
 	// Global marks a network that spans nodes (its driver is a drivers.Joiner): its subnets are the
 	// cluster CIDR, and each node that joins it has its own subnet out of them (JoinNetwork).
 	Global bool `json:"global,omitempty"`
+	// Cluster is set only in a joined network's node copy (joinedRecord.nodeNetwork): the cluster
+	// CIDRs, while Subnets are the node's.
+	Cluster []netip.Prefix `json:"-"`
 }
 
 // foreign reports whether the network is another node's local network: this node lists it but
@@ -79,7 +82,7 @@ func (r *networkRecord) driverNetwork() *drivers.Network {
 	return &drivers.Network{
 		ID: r.ID, Name: r.Name, Driver: r.Driver,
 		Subnets: r.Subnets, Gateways: r.Gateways, Options: opts,
-		Internal: r.Internal, MTU: r.MTU,
+		Internal: r.Internal, MTU: r.MTU, Cluster: r.Cluster,
 	}
 }
 

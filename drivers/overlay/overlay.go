@@ -802,6 +802,15 @@ func (d *Driver) Detach(ctx context.Context, n *drivers.Network, ep *drivers.End
 // own and traffic to or from any other network's is dropped; egress from the cluster CIDR that
 // leaves by another interface is masqueraded, except towards the cluster CIDR itself, so that pods
 // always see each other's own addresses.
+// clusterCIDRs are the network's cluster CIDRs: on a joined node n.Cluster (n.Subnets are the node's
+// own subnets there); before a join, as at create, n.Subnets.
+func clusterCIDRs(n *drivers.Network) []netip.Prefix {
+	if len(n.Cluster) > 0 {
+		return slices.Clone(n.Cluster)
+	}
+	return slices.Clone(n.Subnets)
+}
+
 func (d *Driver) Firewall(n *drivers.Network) (drivers.FirewallSpec, bool) {
 	p, err := paramsOf(n)
 	if err != nil {
@@ -814,7 +823,7 @@ func (d *Driver) Firewall(n *drivers.Network) (drivers.FirewallSpec, bool) {
 	return drivers.FirewallSpec{
 		HostIfaces:     []string{p.bridge, p.vxlan},
 		Masquerade:     masq && !n.Internal,
-		NoMasqueradeTo: slices.Clone(n.Subnets),
+		NoMasqueradeTo: clusterCIDRs(n),
 		PortTargets:    true,
 	}, true
 }

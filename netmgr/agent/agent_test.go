@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,7 +94,7 @@ func peerState(t *testing.T, h *host, sn netip.Prefix, underlay netip.Addr) (rou
 				neigh = true
 			}
 		}
-		fs, err := hh.NeighList(l.Attrs().Index, netlink.FAMILY_BRIDGE)
+		fs, err := hh.NeighList(l.Attrs().Index, syscall.AF_BRIDGE)
 		if err != nil {
 			t.Fatal(err)
 		}
