@@ -375,6 +375,18 @@ func TestOverlayThreeHosts(t *testing.T) {
 		if seen, err := testutil.Dial(pods[0].ns, srv); err != nil || seen != out.HostIP.String() {
 			t.Errorf("pod1 -> outside: seen as %q, %v; want the host's %s", seen, err, out.HostIP)
 		}
+		// A neighbour that routes the cluster CIDR via the host still opens no connection to a pod
+		// (the firewall's gateway_mode=nat rule covers the overlay's interfaces too).
+		oh, err := out.NS.Handle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := oh.RouteAdd(&netlink.Route{Dst: drivers.IPNet(n.Subnets[0]), Gw: out.HostIP.AsSlice()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := testutil.DialBlocked(out.NS, servers[0]); err != nil {
+			t.Errorf("outside -> pod1 with a route to the cluster CIDR: %v", err)
+		}
 	})
 
 	t.Run("1 MB with full-size segments", func(t *testing.T) {
