@@ -66,6 +66,8 @@ var (
 	_ drivers.PeerSyncer = (*Driver)(nil)
 	_ drivers.Firewaller = (*Driver)(nil)
 	_ drivers.Collector  = (*Driver)(nil)
+
+	_ drivers.EndpointRestorer = (*Driver)(nil)
 )
 
 // Driver implements drivers.Driver and the cluster abilities for VXLAN overlay networks.
@@ -790,6 +792,16 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 		return err
 	}
 	return drivers.AttachVeth(d.env, d.log, p.bridge, true, ep, sb)
+}
+
+// RestoreEndpoint implements drivers.EndpointRestorer: a host end put back on the node's bridge, or
+// a veth pair deleted by hand made again (drivers.RestoreVeth).
+func (d *Driver) RestoreEndpoint(ctx context.Context, n *drivers.Network, ep *drivers.Endpoint, sb *sandbox.NetNS) (bool, error) {
+	p, err := paramsOf(n)
+	if err != nil {
+		return false, err
+	}
+	return drivers.RestoreVeth(d.env, d.log, p.bridge, true, ep, sb)
 }
 
 // Detach implements drivers.Driver.

@@ -602,6 +602,39 @@ func TestOverlayThreeHosts(t *testing.T) {
 		}
 	})
 
+	t.Run("a veth deleted or cut off by hand is restored", func(t *testing.T) {
+		p := pods[0]
+		hostEnd, err := hosts[0].h.LinkByName(p.ep.HostName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hosts[0].h.LinkDel(hostEnd); err != nil {
+			t.Fatal(err)
+		}
+		mac := p.ep.MAC
+		if changed, err := hosts[0].d.RestoreEndpoint(ctx, p.n, p.ep, p.ns); err != nil || !changed {
+			t.Fatalf("RestoreEndpoint of a deleted veth = %v, %v; want true", changed, err)
+		}
+		if p.ep.MAC != mac {
+			t.Errorf("restored endpoint's MAC %s, was %s", p.ep.MAC, mac)
+		}
+		if hostEnd, err = hosts[0].h.LinkByName(p.ep.HostName); err != nil {
+			t.Fatal(err)
+		}
+		if err := hosts[0].h.LinkSetNoMaster(hostEnd); err != nil {
+			t.Fatal(err)
+		}
+		if changed, err := hosts[0].d.RestoreEndpoint(ctx, p.n, p.ep, p.ns); err != nil || !changed {
+			t.Fatalf("RestoreEndpoint of a veth off its bridge = %v, %v; want true", changed, err)
+		}
+		if changed, err := hosts[0].d.RestoreEndpoint(ctx, p.n, p.ep, p.ns); err != nil || changed {
+			t.Fatalf("RestoreEndpoint of an intact endpoint = %v, %v; want false", changed, err)
+		}
+		if seen, err := testutil.Dial(pods[1].ns, servers[0]); err != nil || seen != pods[1].ip.String() {
+			t.Errorf("pod2 -> restored pod1: %q, %v", seen, err)
+		}
+	})
+
 	t.Run("leave and collect leave nothing", func(t *testing.T) {
 		// A leftover of each kind on host 1: a veth of a pod whose record is gone, and the devices
 		// of a network deleted while the node was away.
