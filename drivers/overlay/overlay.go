@@ -791,6 +791,9 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 	if err != nil {
 		return err
 	}
+	if _, err := d.env.HostHandle.LinkByName(p.bridge); drivers.IsLinkNotFound(err) {
+		return fmt.Errorf("attach %s: %w: this host has not joined overlay network %q (no bridge %s): its node agent joins it", ep.Sandbox, drivers.ErrNotFound, n.Name, p.bridge)
+	}
 	return drivers.AttachVeth(d.env, d.log, p.bridge, true, ep, sb)
 }
 

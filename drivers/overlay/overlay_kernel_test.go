@@ -495,6 +495,17 @@ func TestOverlayThreeHosts(t *testing.T) {
 				t.Errorf("Join with %s: %v, want ErrInvalid", name, err)
 			}
 		}
+		// An attach on a host that has not joined is refused with one line and creates nothing.
+		other := *n
+		other.Options = map[string]string{OptVNI: "4321", OptPort: "4789", OptNodePrefix: "24"}
+		sb := testutil.NewNS(t, "unjoined")
+		ep := &drivers.Endpoint{ID: "ep-unjoined", Sandbox: "unjoined", IfName: "eth0", Addrs: pfx("10.60.1.99/24"), Gateways: views[0].Gateways}
+		if err := hosts[0].d.PrepareEndpoint(&other, ep); err != nil {
+			t.Fatal(err)
+		}
+		if err := hosts[0].d.Attach(ctx, &other, ep, sb); !errors.Is(err, drivers.ErrNotFound) || !strings.Contains(err.Error(), "not joined") {
+			t.Errorf("Attach to an overlay network this host has not joined: %v, want ErrNotFound saying so", err)
+		}
 		big := *n
 		big.MTU = 1500
 		v := views[0]
