@@ -10,8 +10,12 @@
 //     endpoints can be targets of published ports;
 //   - [NetworkRestorer], [EndpointRestorer], [UsageReporter], [Collector]: repair and garbage
 //     collection of the driver's own kernel objects;
-//   - [Allocator], [Joiner]: the cluster-wide allocation at network create and the per-node join
-//     and leave of cluster-scope networks (see cluster.go).
+//   - [Allocator], [Joiner], [PeerSyncer]: the cluster-wide allocation at network create, the
+//     per-node join and leave of cluster-scope networks (publishing [NodeView.Attrs] such as a VTEP
+//     MAC), and the full-state programming of a node's peers (see cluster.go).
+//
+// Drivers whose sandboxes sit on a Linux bridge share its host-side plumbing: [AttachVeth],
+// [DetachVeth], [EnableForwarding], [NoDAD] and [CollectVeths].
 //
 // The sandbox's routes are the driver's decision ([Endpoint.Routes]). Host and link are sandbox
 // modes (packages host and link), not drivers. Drivers never import package netmgr or its firewall:

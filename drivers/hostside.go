@@ -109,6 +109,69 @@ func AttachVeth(env Env, log *slog.Logger, bridge string, hairpin bool, ep *Endp
 	return nil
 }
 
+// RestoreVeth brings back an endpoint that AttachVeth plumbed onto bridge, for an EndpointRestorer,
+// and reports whether anything had to change. A host end that is off the bridge (the bridge was
+// re-created: a new bridge has no ports) is put back on it and set up. A host end that is gone was
+// deleted, and its sandbox end with it (a veth pair lives and dies as one): the pair is made again by
+// AttachVeth, with the recorded names, MAC, addresses and routes.
+func RestoreVeth(env Env, log *slog.Logger, bridge string, hairpin bool, ep *Endpoint, sb *sandbox.NetNS) (bool, error) {
+	if ep.HostName == "" {
+		return false, nil
+	}
+	hh := env.HostHandle
+	br, err := hh.LinkByName(bridge)
+	if err != nil {
+		return false, fmt.Errorf("restore %s: bridge %s: %w", ep.Sandbox, bridge, err)
+	}
+	host, err := hh.LinkByName(ep.HostName)
+	if IsLinkNotFound(err) {
+		sh, err := sb.Handle()
+		if err != nil {
+			return false, fmt.Errorf("restore %s: %w", ep.Sandbox, err)
+		}
+		if _, err := sh.LinkByName(ep.IfName); err == nil {
+			return false, fmt.Errorf("restore %s: %w: %s in the sandbox is not the endpoint's veth (its host end %s is gone); remove it and run gc again",
+				ep.Sandbox, ErrExists, ep.IfName, ep.HostName)
+		}
+		if err := AttachVeth(env, log, bridge, hairpin, ep, sb); err != nil {
+			return false, err
+		}
+		log.Debug("veth re-created", "sandbox", ep.Sandbox, "ifname", ep.IfName, "host_ifname", ep.HostName)
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("restore %s: find %s: %w", ep.Sandbox, ep.HostName, err)
+	}
+	if host.Type() != "veth" {
+		return false, fmt.Errorf("restore %s: %w: %s is a %s, not the endpoint's veth", ep.Sandbox, ErrExists, ep.HostName, host.Type())
+	}
+	changed := false
+	if host.Attrs().MasterIndex != br.Attrs().Index {
+		if err := hh.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
+			if errors.Is(err, unix.EXFULL) {
+				return false, fmt.Errorf("restore %s: %w: bridge %s has reached the kernel's limit of 1024 ports", ep.Sandbox, ErrFull, bridge)
+			}
+			return false, fmt.Errorf("restore %s: add %s to bridge %s: %w", ep.Sandbox, ep.HostName, bridge, err)
+		}
+		if hairpin {
+			if err := hh.LinkSetHairpin(host, true); err != nil {
+				return false, fmt.Errorf("restore %s: hairpin on %s: %w", ep.Sandbox, ep.HostName, err)
+			}
+		}
+		changed = true
+	}
+	if host.Attrs().Flags&net.FlagUp == 0 {
+		if err := hh.LinkSetUp(host); err != nil {
+			return false, fmt.Errorf("restore %s: bring up %s: %w", ep.Sandbox, ep.HostName, err)
+		}
+		changed = true
+	}
+	if changed {
+		log.Debug("host end back on its bridge", "sandbox", ep.Sandbox, "host_ifname", ep.HostName, "bridge", bridge)
+	}
+	return changed, nil
+}
+
 // DetachVeth removes the veth pair AttachVeth made. When the namespace is going, the veth dies with
 // it: the kernel batches that teardown, which costs about a twentieth of deleting the veth here (20
 // ms measured). The host end is only set down (0.2 ms), so that if some process still holds the

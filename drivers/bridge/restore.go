@@ -2,14 +2,12 @@ package bridge
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
 	"github.com/netmgr/netmgr/sandbox"
@@ -58,66 +56,10 @@ func (d *Driver) bridgeIntact(n *drivers.Network) bool {
 	return true
 }
 
-// RestoreEndpoint implements drivers.EndpointRestorer. A host end that is off the bridge (the bridge
-// was re-created: a new bridge has no ports) is put back on it and set up. A host end that is gone was
-// deleted, and its sandbox end with it (a veth pair lives and dies as one): the pair is made again by
-// Attach, with the recorded names, MAC, addresses and routes.
+// RestoreEndpoint implements drivers.EndpointRestorer (drivers.RestoreVeth: a host end off the
+// bridge is put back on it, a veth pair deleted by hand is made again).
 func (d *Driver) RestoreEndpoint(ctx context.Context, n *drivers.Network, ep *drivers.Endpoint, sb *sandbox.NetNS) (bool, error) {
-	if ep.HostName == "" {
-		return false, nil
-	}
-	hh := d.env.HostHandle
-	br, err := hh.LinkByName(n.Options["bridge"])
-	if err != nil {
-		return false, fmt.Errorf("restore %s: bridge %s: %w", ep.Sandbox, n.Options["bridge"], err)
-	}
-	host, err := hh.LinkByName(ep.HostName)
-	if drivers.IsLinkNotFound(err) {
-		sh, err := sb.Handle()
-		if err != nil {
-			return false, fmt.Errorf("restore %s: %w", ep.Sandbox, err)
-		}
-		if _, err := sh.LinkByName(ep.IfName); err == nil {
-			return false, fmt.Errorf("restore %s: %w: %s in the sandbox is not the endpoint's veth (its host end %s is gone); remove it and run gc again",
-				ep.Sandbox, drivers.ErrExists, ep.IfName, ep.HostName)
-		}
-		if err := d.Attach(ctx, n, ep, sb); err != nil {
-			return false, err
-		}
-		d.log.Debug("veth re-created", "sandbox", ep.Sandbox, "ifname", ep.IfName, "host_ifname", ep.HostName)
-		return true, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("restore %s: find %s: %w", ep.Sandbox, ep.HostName, err)
-	}
-	if host.Type() != "veth" {
-		return false, fmt.Errorf("restore %s: %w: %s is a %s, not the endpoint's veth", ep.Sandbox, drivers.ErrExists, ep.HostName, host.Type())
-	}
-	changed := false
-	if host.Attrs().MasterIndex != br.Attrs().Index {
-		if err := hh.LinkSetMasterByIndex(host, br.Attrs().Index); err != nil {
-			if errors.Is(err, unix.EXFULL) {
-				return false, fmt.Errorf("restore %s: %w: bridge %s has reached the kernel's limit of 1024 ports", ep.Sandbox, drivers.ErrFull, n.Options["bridge"])
-			}
-			return false, fmt.Errorf("restore %s: add %s to bridge %s: %w", ep.Sandbox, ep.HostName, n.Options["bridge"], err)
-		}
-		if boolOpt(n, "hairpin", true) {
-			if err := hh.LinkSetHairpin(host, true); err != nil {
-				return false, fmt.Errorf("restore %s: hairpin on %s: %w", ep.Sandbox, ep.HostName, err)
-			}
-		}
-		changed = true
-	}
-	if host.Attrs().Flags&net.FlagUp == 0 {
-		if err := hh.LinkSetUp(host); err != nil {
-			return false, fmt.Errorf("restore %s: bring up %s: %w", ep.Sandbox, ep.HostName, err)
-		}
-		changed = true
-	}
-	if changed {
-		d.log.Debug("host end back on its bridge", "sandbox", ep.Sandbox, "host_ifname", ep.HostName, "bridge", n.Options["bridge"])
-	}
-	return changed, nil
+	return drivers.RestoreVeth(d.env, d.log, n.Options["bridge"], boolOpt(n, "hairpin", true), ep, sb)
 }
 
 // MarkedBridge reports whether l is a bridge that this driver made for some network: a derived name

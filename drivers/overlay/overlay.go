@@ -66,6 +66,8 @@ var (
 	_ drivers.PeerSyncer = (*Driver)(nil)
 	_ drivers.Firewaller = (*Driver)(nil)
 	_ drivers.Collector  = (*Driver)(nil)
+
+	_ drivers.EndpointRestorer = (*Driver)(nil)
 )
 
 // Driver implements drivers.Driver and the cluster abilities for VXLAN overlay networks.
@@ -789,7 +791,20 @@ func (d *Driver) Attach(ctx context.Context, n *drivers.Network, ep *drivers.End
 	if err != nil {
 		return err
 	}
+	if _, err := d.env.HostHandle.LinkByName(p.bridge); drivers.IsLinkNotFound(err) {
+		return fmt.Errorf("attach %s: %w: this host has not joined overlay network %q (no bridge %s): its node agent joins it", ep.Sandbox, drivers.ErrNotFound, n.Name, p.bridge)
+	}
 	return drivers.AttachVeth(d.env, d.log, p.bridge, true, ep, sb)
+}
+
+// RestoreEndpoint implements drivers.EndpointRestorer: a host end put back on the node's bridge, or
+// a veth pair deleted by hand made again (drivers.RestoreVeth).
+func (d *Driver) RestoreEndpoint(ctx context.Context, n *drivers.Network, ep *drivers.Endpoint, sb *sandbox.NetNS) (bool, error) {
+	p, err := paramsOf(n)
+	if err != nil {
+		return false, err
+	}
+	return drivers.RestoreVeth(d.env, d.log, p.bridge, true, ep, sb)
 }
 
 // Detach implements drivers.Driver.

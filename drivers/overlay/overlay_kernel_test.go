@@ -375,6 +375,18 @@ func TestOverlayThreeHosts(t *testing.T) {
 		if seen, err := testutil.Dial(pods[0].ns, srv); err != nil || seen != out.HostIP.String() {
 			t.Errorf("pod1 -> outside: seen as %q, %v; want the host's %s", seen, err, out.HostIP)
 		}
+		// A neighbour that routes the cluster CIDR via the host still opens no connection to a pod
+		// (the firewall's gateway_mode=nat rule covers the overlay's interfaces too).
+		oh, err := out.NS.Handle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := oh.RouteAdd(&netlink.Route{Dst: drivers.IPNet(n.Subnets[0]), Gw: out.HostIP.AsSlice()}); err != nil {
+			t.Fatal(err)
+		}
+		if err := testutil.DialBlocked(out.NS, servers[0]); err != nil {
+			t.Errorf("outside -> pod1 with a route to the cluster CIDR: %v", err)
+		}
 	})
 
 	t.Run("1 MB with full-size segments", func(t *testing.T) {
@@ -483,6 +495,17 @@ func TestOverlayThreeHosts(t *testing.T) {
 				t.Errorf("Join with %s: %v, want ErrInvalid", name, err)
 			}
 		}
+		// An attach on a host that has not joined is refused with one line and creates nothing.
+		other := *n
+		other.Options = map[string]string{OptVNI: "4321", OptPort: "4789", OptNodePrefix: "24"}
+		sb := testutil.NewNS(t, "unjoined")
+		ep := &drivers.Endpoint{ID: "ep-unjoined", Sandbox: "unjoined", IfName: "eth0", Addrs: pfx("10.60.1.99/24"), Gateways: views[0].Gateways}
+		if err := hosts[0].d.PrepareEndpoint(&other, ep); err != nil {
+			t.Fatal(err)
+		}
+		if err := hosts[0].d.Attach(ctx, &other, ep, sb); !errors.Is(err, drivers.ErrNotFound) || !strings.Contains(err.Error(), "not joined") {
+			t.Errorf("Attach to an overlay network this host has not joined: %v, want ErrNotFound saying so", err)
+		}
 		big := *n
 		big.MTU = 1500
 		v := views[0]
@@ -587,6 +610,39 @@ func TestOverlayThreeHosts(t *testing.T) {
 		}
 		if _, err := testutil.Dial(pods[0].ns, servers[2]); err != nil {
 			t.Errorf("pod1 -> pod3 after node3 is back: %v", err)
+		}
+	})
+
+	t.Run("a veth deleted or cut off by hand is restored", func(t *testing.T) {
+		p := pods[0]
+		hostEnd, err := hosts[0].h.LinkByName(p.ep.HostName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hosts[0].h.LinkDel(hostEnd); err != nil {
+			t.Fatal(err)
+		}
+		mac := p.ep.MAC
+		if changed, err := hosts[0].d.RestoreEndpoint(ctx, p.n, p.ep, p.ns); err != nil || !changed {
+			t.Fatalf("RestoreEndpoint of a deleted veth = %v, %v; want true", changed, err)
+		}
+		if p.ep.MAC != mac {
+			t.Errorf("restored endpoint's MAC %s, was %s", p.ep.MAC, mac)
+		}
+		if hostEnd, err = hosts[0].h.LinkByName(p.ep.HostName); err != nil {
+			t.Fatal(err)
+		}
+		if err := hosts[0].h.LinkSetNoMaster(hostEnd); err != nil {
+			t.Fatal(err)
+		}
+		if changed, err := hosts[0].d.RestoreEndpoint(ctx, p.n, p.ep, p.ns); err != nil || !changed {
+			t.Fatalf("RestoreEndpoint of a veth off its bridge = %v, %v; want true", changed, err)
+		}
+		if changed, err := hosts[0].d.RestoreEndpoint(ctx, p.n, p.ep, p.ns); err != nil || changed {
+			t.Fatalf("RestoreEndpoint of an intact endpoint = %v, %v; want false", changed, err)
+		}
+		if seen, err := testutil.Dial(pods[1].ns, servers[0]); err != nil || seen != pods[1].ip.String() {
+			t.Errorf("pod2 -> restored pod1: %q, %v", seen, err)
 		}
 	})
 
