@@ -15,11 +15,13 @@ var ErrUnavailable = errors.New("clustertest: store unavailable")
 
 // Faulty wraps a store (and its Leaser) with faults a test switches on and off: the store down (every
 // call fails with ErrUnavailable and every open watch ends with it), watches cut, and new watches
-// held before they start (so that the history they need can be compacted meanwhile). It counts
+// held before they start (so that the history they need can be compacted meanwhile), and latency. It counts
 // keep-alives and the compaction errors its watches passed on.
 type Faulty struct {
 	s store.Store
 	l store.Leaser
+
+	latency atomic.Int64 // nanoseconds every call waits first
 
 	mu    sync.Mutex
 	down  bool
@@ -79,7 +81,14 @@ func (f *Faulty) ReleaseWatches() {
 	}
 }
 
+// SetLatency makes every call wait d first, as a store across a network does: it widens the window
+// between a read and the write that depends on it, where races happen.
+func (f *Faulty) SetLatency(d time.Duration) { f.latency.Store(int64(d)) }
+
 func (f *Faulty) fault() error {
+	if d := f.latency.Load(); d > 0 {
+		time.Sleep(time.Duration(d))
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {

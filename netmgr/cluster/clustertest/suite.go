@@ -290,6 +290,41 @@ func testDuplicateLiveName(e *env) {
 	m2.Close()
 	e.endLease(m2.Lease())
 	e.register(e.open(), "a", "198.18.0.4")
+
+	// Agents that claim one free name at once, on two clients: exactly one gets it.
+	var clients []store.Store
+	for range 2 {
+		f := NewFaulty(e.open())
+		f.SetLatency(time.Millisecond)
+		clients = append(clients, f)
+	}
+	const agents = 8
+	errs := make([]error, agents)
+	var wg sync.WaitGroup
+	for i := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := cluster.Register(e.ctx, clients[i%2], cluster.Node{Name: "b", Address: netip.AddrFrom4([4]byte{198, 18, 2, byte(i)})}, e.opts()...)
+			if err == nil {
+				e.t.Cleanup(m.Close)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, cluster.ErrExists):
+			e.t.Fatalf("concurrent register: %v", err)
+		}
+	}
+	if won != 1 {
+		e.t.Fatalf("%d agents registered node b at once, want 1 (errors %v)", won, errs)
+	}
 }
 
 // testLeaseLost: a lease that ends under a live agent (an outage longer than the TTL) is granted again
@@ -361,7 +396,12 @@ func testSameNameSameSubnet(e *env) {
 // nodes: every subnet goes to one node, the rest get ErrFull and keep nothing (not even the IPv6
 // subnet of the pool that had room).
 func testConcurrentUnique(e *env) {
-	s := []store.Store{e.open(), e.open()}
+	var s []store.Store
+	for range 2 {
+		f := NewFaulty(e.open())
+		f.SetLatency(time.Millisecond) // a store across a network: reads and writes far apart
+		s = append(s, f)
+	}
 	v6, v4 := pool(e.t, "fd00:2::/56", 64), pool(e.t, "10.2.0.0/20", 24) // 256 and 16 subnets
 	const n = 24
 	type result struct {
