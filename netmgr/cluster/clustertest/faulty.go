@@ -23,13 +23,15 @@ type Faulty struct {
 
 	latency atomic.Int64 // nanoseconds every call waits first
 
-	mu    sync.Mutex
-	down  bool
-	cut   chan struct{} // closed to end the watches open now
-	hold  chan struct{} // non-nil: new watches wait until it is closed
-	Held  atomic.Int64  // watches waiting on a hold now
-	Kept  atomic.Int64  // successful KeepAlive calls
-	Compd atomic.Int64  // watch events with ErrCompacted passed on
+	mu     sync.Mutex
+	down   bool
+	cut    chan struct{} // closed to end the watches open now
+	hold   chan struct{} // non-nil: new watches wait until it is closed
+	Held   atomic.Int64  // watches waiting on a hold now
+	Kept   atomic.Int64  // successful KeepAlive calls
+	Grants atomic.Int64  // successful Grant calls
+	Calls  atomic.Int64  // calls of any kind
+	Compd  atomic.Int64  // watch events with ErrCompacted passed on
 }
 
 var (
@@ -86,6 +88,7 @@ func (f *Faulty) ReleaseWatches() {
 func (f *Faulty) SetLatency(d time.Duration) { f.latency.Store(int64(d)) }
 
 func (f *Faulty) fault() error {
+	f.Calls.Add(1)
 	if d := f.latency.Load(); d > 0 {
 		time.Sleep(time.Duration(d))
 	}
@@ -195,7 +198,11 @@ func (f *Faulty) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, e
 	if err := f.fault(); err != nil {
 		return 0, err
 	}
-	return f.l.Grant(ctx, ttl)
+	id, err := f.l.Grant(ctx, ttl)
+	if err == nil {
+		f.Grants.Add(1)
+	}
+	return id, err
 }
 
 // KeepAlive implements store.Leaser.

@@ -43,6 +43,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"RegisterKeepAliveExpiry", testRegisterKeepAliveExpiry},
 		{"DuplicateLiveName", testDuplicateLiveName},
 		{"LeaseLostRegistersAgain", testLeaseLost},
+		{"NameTakenWhileAway", testNameTakenWhileAway},
 		{"SameNameSameSubnet", testSameNameSameSubnet},
 		{"ConcurrentLeasesUnique", testConcurrentUnique},
 		{"GracePeriodReclaim", testGraceReclaim},
@@ -346,6 +347,39 @@ func testLeaseLost(e *env) {
 	if !slices.Equal(got[0].Subnets(), subnets) {
 		e.t.Fatalf("subnets %v after registering again, want %v", got[0].Subnets(), subnets)
 	}
+}
+
+// testNameTakenWhileAway: an agent cut off longer than its TTL, whose name another agent registered
+// meanwhile, neither takes the record back nor grants leases while that one lives, and registers again
+// once it is gone.
+func testNameTakenWhileAway(e *env) {
+	f := NewFaulty(e.open())
+	m1 := e.register(f, "a", "198.18.0.1")
+	sa := e.lease(m1, "pods", pool(e.t, "10.1.0.0/16", 24))
+	f.SetDown(true)
+	e.advance(2 * e.b.TTL) // m1's lease ends
+	e.eventually("a's record gone", func() bool {
+		_, err := cluster.GetNode(e.ctx, e.open(), "a")
+		return errors.Is(err, cluster.ErrNotFound)
+	})
+	m2 := e.register(e.open(), "a", "198.18.0.2")
+	if got := e.lease(m2, "pods", pool(e.t, "10.1.0.0/16", 24)); !slices.Equal(got, sa) {
+		e.t.Fatalf("the name's subnet %v, want %v", got, sa)
+	}
+	grants := f.Grants.Load()
+	f.SetDown(false)
+	calls := f.Calls.Load()
+	e.eventually("m1 tried a few times", func() bool { return f.Calls.Load() > calls+6 })
+	n, err := cluster.GetNode(e.ctx, e.open(), "a")
+	if err != nil || n.Address != netip.MustParseAddr("198.18.0.2") || f.Grants.Load() != grants || m1.Lease() != store.NoLease {
+		e.t.Fatalf("while another agent holds the name: record %+v %v, %d grants, lease %d", n, err, f.Grants.Load()-grants, m1.Lease())
+	}
+	m2.Close()
+	e.endLease(m2.Lease())
+	e.eventually("m1 registered again", func() bool {
+		n, err := cluster.GetNode(e.ctx, e.open(), "a")
+		return err == nil && n.Address == netip.MustParseAddr("198.18.0.1") && slices.Equal(n.Subnets(), sa)
+	})
 }
 
 // testSameNameSameSubnet: a node back under its name (a new process) gets its subnets again; a free
