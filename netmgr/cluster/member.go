@@ -143,6 +143,12 @@ func Register(ctx context.Context, st store.Store, node Node, opts ...Option) (*
 		kick:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 	}
+	if _, err := m.claimCmp(ctx); err != nil { // refused before a lease is even granted
+		if errors.Is(err, ErrExists) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("register node %q: %w", node.Name, err)
+	}
 	lease, err := leaser.Grant(ctx, cfg.ttl)
 	if err != nil {
 		return nil, fmt.Errorf("register node %q: lease: %w", node.Name, err)

@@ -271,7 +271,11 @@ func testDuplicateLiveName(e *env) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	_, err = cluster.Register(e.ctx, s2, cluster.Node{Name: "a", Address: netip.MustParseAddr("198.18.0.2")}, e.opts()...)
+	f2 := NewFaulty(s2)
+	_, err = cluster.Register(e.ctx, f2, cluster.Node{Name: "a", Address: netip.MustParseAddr("198.18.0.2")}, e.opts()...)
+	if f2.Grants.Load() != 0 {
+		e.t.Errorf("the refused register granted %d leases", f2.Grants.Load())
+	}
 	want := `already exists: node "a" is alive, registered by another agent (underlay address 198.18.0.1): stop that agent (its record goes within its lease TTL) or choose another node name`
 	if !errors.Is(err, cluster.ErrExists) || err.Error() != want {
 		e.t.Fatalf("second agent: %v\n want %s", err, want)
