@@ -143,6 +143,12 @@ func Register(ctx context.Context, st store.Store, node Node, opts ...Option) (*
 		kick:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 	}
+	if _, err := m.claimCmp(ctx); err != nil { // refused before a lease is even granted
+		if errors.Is(err, ErrExists) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("register node %q: %w", node.Name, err)
+	}
 	lease, err := leaser.Grant(ctx, cfg.ttl)
 	if err != nil {
 		return nil, fmt.Errorf("register node %q: lease: %w", node.Name, err)
@@ -169,21 +175,30 @@ func (m *Member) revoke(lease store.LeaseID) {
 	_ = m.leaser.Revoke(ctx, lease)
 }
 
-// writeRecord puts n at the node's key with lease, if the key is absent or holds a record of this
-// agent's identity (compared on its revision); a live record of another agent is ErrExists.
+// claimCmp returns the compare under which this agent may write the node's key: absent, or holding a
+// record of this agent's identity at its revision; a live record of another agent is ErrExists.
+func (m *Member) claimCmp(ctx context.Context) (store.Cmp, error) {
+	cmp := store.Absent(m.key)
+	kv, err := m.st.Get(ctx, m.key)
+	switch {
+	case err == nil:
+		cur, derr := decodeNode(kv)
+		if derr != nil || cur.Identity != m.cfg.identity {
+			return cmp, fmt.Errorf("%w: node %q is alive, registered by another agent (underlay address %s): stop that agent (its record goes within its lease TTL) or choose another node name",
+				ErrExists, m.name, cur.Address)
+		}
+		cmp.Rev = kv.Rev
+	case !errors.Is(err, store.ErrNotFound):
+		return cmp, err
+	}
+	return cmp, nil
+}
+
+// writeRecord puts n at the node's key with lease, under claimCmp's compare.
 func (m *Member) writeRecord(ctx context.Context, lease store.LeaseID, n Node) error {
 	for attempt := 0; ; attempt++ {
-		cmp := store.Absent(m.key)
-		kv, err := m.st.Get(ctx, m.key)
-		switch {
-		case err == nil:
-			cur, derr := decodeNode(kv)
-			if derr != nil || cur.Identity != m.cfg.identity {
-				return fmt.Errorf("%w: node %q is alive, registered by another agent (underlay address %s): stop that agent (its record goes within its lease TTL) or choose another node name",
-					ErrExists, n.Name, cur.Address)
-			}
-			cmp.Rev = kv.Rev
-		case !errors.Is(err, store.ErrNotFound):
+		cmp, err := m.claimCmp(ctx)
+		if err != nil {
 			return err
 		}
 		err = m.st.Txn(ctx, []store.Cmp{cmp}, []store.Op{store.PutWithLease(m.key, n.encode(), lease)})
@@ -522,6 +537,10 @@ func (m *Member) sync(ctx context.Context, subnets bool) error {
 		return nil
 	}
 	if lease == store.NoLease {
+		// Another agent holding the name now: neither grant nor touch the subnets (retried later).
+		if _, err := m.claimCmp(ctx); err != nil {
+			return err
+		}
 		var err error
 		if lease, err = m.leaser.Grant(ctx, m.cfg.ttl); err != nil {
 			return fmt.Errorf("grant: %w", err)
@@ -534,6 +553,12 @@ func (m *Member) sync(ctx context.Context, subnets bool) error {
 			var got []netip.Prefix
 			for _, p := range ps {
 				s, err := m.sl.acquire(ctx, nw, p, hintFor(p, nil, held[nw]))
+				if errors.Is(err, ErrFull) {
+					// Its subnet was taken over and none is left: publish the node without one
+					// rather than not at all (or with a subnet another node holds).
+					m.cfg.log.Error("cluster: the node has no subnet of a network any more", "node", m.name, "network", nw, "err", err)
+					continue
+				}
 				if err != nil {
 					return fmt.Errorf("network %q: renew the node's subnet of %s: %w", nw, p.CIDR, err)
 				}

@@ -33,22 +33,23 @@ func NewSubnetPool(cidr netip.Prefix, bits int) (SubnetPool, error) {
 	return SubnetPool{CIDR: cidr, Bits: bits}, nil
 }
 
-// CheckNodePrefix refuses, with one line matching ErrInvalid, a node prefix length that does not cut
+// CheckNodePrefix refuses, with one line matching ErrInvalid (its text names no sentinel: callers
+// prefix their own, as for Allocate's request errors), a node prefix length that does not cut
 // cidr into at least 2 node subnets each with room for a gateway and a pod: shorter than or equal to
 // the CIDR's own prefix, or longer than /30 (IPv4) or /126 (IPv6). cidr must be canonical (no host
 // bits).
 func CheckNodePrefix(cidr netip.Prefix, bits int) error {
 	if !cidr.IsValid() || cidr.Masked() != cidr {
-		return fmt.Errorf("%w: cluster CIDR %s is not a canonical subnet", ErrInvalid, cidr)
+		return requestError(fmt.Sprintf("cluster CIDR %s is not a canonical subnet", cidr))
 	}
 	max := cidr.Addr().BitLen() - 2
 	switch {
 	case bits < cidr.Bits():
-		return fmt.Errorf("%w: node prefix /%d is larger than the cluster CIDR %s: it must be longer than /%d", ErrInvalid, bits, cidr, cidr.Bits())
+		return requestError(fmt.Sprintf("node prefix /%d is larger than the cluster CIDR %s: it must be longer than /%d", bits, cidr, cidr.Bits()))
 	case bits == cidr.Bits():
-		return fmt.Errorf("%w: node prefix /%d leaves 1 node subnet in the cluster CIDR %s, fewer than 2: it must be longer than /%d", ErrInvalid, bits, cidr, cidr.Bits())
+		return requestError(fmt.Sprintf("node prefix /%d leaves 1 node subnet in the cluster CIDR %s, fewer than 2: it must be longer than /%d", bits, cidr, cidr.Bits()))
 	case bits > max:
-		return fmt.Errorf("%w: node prefix /%d leaves no room for a gateway and a pod in a node subnet: at most /%d", ErrInvalid, bits, max)
+		return requestError(fmt.Sprintf("node prefix /%d leaves no room for a gateway and a pod in a node subnet: at most /%d", bits, max))
 	}
 	return nil
 }

@@ -19,11 +19,11 @@ func TestCheckNodePrefix(t *testing.T) {
 		{"10.0.0.0/16", 30, ""},
 		{"fd00::/48", 64, ""},
 		{"fd00::/64", 126, ""},
-		{"10.0.0.0/16", 8, "invalid address: node prefix /8 is larger than the cluster CIDR 10.0.0.0/16: it must be longer than /16"},
-		{"10.0.0.0/24", 24, "invalid address: node prefix /24 leaves 1 node subnet in the cluster CIDR 10.0.0.0/24, fewer than 2: it must be longer than /24"},
-		{"10.0.0.0/16", 31, "invalid address: node prefix /31 leaves no room for a gateway and a pod in a node subnet: at most /30"},
-		{"fd00::/48", 127, "invalid address: node prefix /127 leaves no room for a gateway and a pod in a node subnet: at most /126"},
-		{"fd00::/64", 48, "invalid address: node prefix /48 is larger than the cluster CIDR fd00::/64: it must be longer than /64"},
+		{"10.0.0.0/16", 8, "node prefix /8 is larger than the cluster CIDR 10.0.0.0/16: it must be longer than /16"},
+		{"10.0.0.0/24", 24, "node prefix /24 leaves 1 node subnet in the cluster CIDR 10.0.0.0/24, fewer than 2: it must be longer than /24"},
+		{"10.0.0.0/16", 31, "node prefix /31 leaves no room for a gateway and a pod in a node subnet: at most /30"},
+		{"fd00::/48", 127, "node prefix /127 leaves no room for a gateway and a pod in a node subnet: at most /126"},
+		{"fd00::/64", 48, "node prefix /48 is larger than the cluster CIDR fd00::/64: it must be longer than /64"},
 	} {
 		err := CheckNodePrefix(netip.MustParsePrefix(tc.cidr), tc.bits)
 		if tc.msg == "" {

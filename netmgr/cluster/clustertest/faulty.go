@@ -15,19 +15,23 @@ var ErrUnavailable = errors.New("clustertest: store unavailable")
 
 // Faulty wraps a store (and its Leaser) with faults a test switches on and off: the store down (every
 // call fails with ErrUnavailable and every open watch ends with it), watches cut, and new watches
-// held before they start (so that the history they need can be compacted meanwhile). It counts
+// held before they start (so that the history they need can be compacted meanwhile), and latency. It counts
 // keep-alives and the compaction errors its watches passed on.
 type Faulty struct {
 	s store.Store
 	l store.Leaser
 
-	mu    sync.Mutex
-	down  bool
-	cut   chan struct{} // closed to end the watches open now
-	hold  chan struct{} // non-nil: new watches wait until it is closed
-	Held  atomic.Int64  // watches waiting on a hold now
-	Kept  atomic.Int64  // successful KeepAlive calls
-	Compd atomic.Int64  // watch events with ErrCompacted passed on
+	latency atomic.Int64 // nanoseconds every call waits first
+
+	mu     sync.Mutex
+	down   bool
+	cut    chan struct{} // closed to end the watches open now
+	hold   chan struct{} // non-nil: new watches wait until it is closed
+	Held   atomic.Int64  // watches waiting on a hold now
+	Kept   atomic.Int64  // successful KeepAlive calls
+	Grants atomic.Int64  // successful Grant calls
+	Calls  atomic.Int64  // calls of any kind
+	Compd  atomic.Int64  // watch events with ErrCompacted passed on
 }
 
 var (
@@ -79,7 +83,15 @@ func (f *Faulty) ReleaseWatches() {
 	}
 }
 
+// SetLatency makes every call wait d first, as a store across a network does: it widens the window
+// between a read and the write that depends on it, where races happen.
+func (f *Faulty) SetLatency(d time.Duration) { f.latency.Store(int64(d)) }
+
 func (f *Faulty) fault() error {
+	f.Calls.Add(1)
+	if d := f.latency.Load(); d > 0 {
+		time.Sleep(time.Duration(d))
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
@@ -186,7 +198,11 @@ func (f *Faulty) Grant(ctx context.Context, ttl time.Duration) (store.LeaseID, e
 	if err := f.fault(); err != nil {
 		return 0, err
 	}
-	return f.l.Grant(ctx, ttl)
+	id, err := f.l.Grant(ctx, ttl)
+	if err == nil {
+		f.Grants.Add(1)
+	}
+	return id, err
 }
 
 // KeepAlive implements store.Leaser.

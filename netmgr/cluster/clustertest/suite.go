@@ -43,6 +43,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 		{"RegisterKeepAliveExpiry", testRegisterKeepAliveExpiry},
 		{"DuplicateLiveName", testDuplicateLiveName},
 		{"LeaseLostRegistersAgain", testLeaseLost},
+		{"NameTakenWhileAway", testNameTakenWhileAway},
 		{"SameNameSameSubnet", testSameNameSameSubnet},
 		{"ConcurrentLeasesUnique", testConcurrentUnique},
 		{"GracePeriodReclaim", testGraceReclaim},
@@ -270,7 +271,11 @@ func testDuplicateLiveName(e *env) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	_, err = cluster.Register(e.ctx, s2, cluster.Node{Name: "a", Address: netip.MustParseAddr("198.18.0.2")}, e.opts()...)
+	f2 := NewFaulty(s2)
+	_, err = cluster.Register(e.ctx, f2, cluster.Node{Name: "a", Address: netip.MustParseAddr("198.18.0.2")}, e.opts()...)
+	if f2.Grants.Load() != 0 {
+		e.t.Errorf("the refused register granted %d leases", f2.Grants.Load())
+	}
 	want := `already exists: node "a" is alive, registered by another agent (underlay address 198.18.0.1): stop that agent (its record goes within its lease TTL) or choose another node name`
 	if !errors.Is(err, cluster.ErrExists) || err.Error() != want {
 		e.t.Fatalf("second agent: %v\n want %s", err, want)
@@ -290,6 +295,41 @@ func testDuplicateLiveName(e *env) {
 	m2.Close()
 	e.endLease(m2.Lease())
 	e.register(e.open(), "a", "198.18.0.4")
+
+	// Agents that claim one free name at once, on two clients: exactly one gets it.
+	var clients []store.Store
+	for range 2 {
+		f := NewFaulty(e.open())
+		f.SetLatency(time.Millisecond)
+		clients = append(clients, f)
+	}
+	const agents = 8
+	errs := make([]error, agents)
+	var wg sync.WaitGroup
+	for i := range agents {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := cluster.Register(e.ctx, clients[i%2], cluster.Node{Name: "b", Address: netip.AddrFrom4([4]byte{198, 18, 2, byte(i)})}, e.opts()...)
+			if err == nil {
+				e.t.Cleanup(m.Close)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, cluster.ErrExists):
+			e.t.Fatalf("concurrent register: %v", err)
+		}
+	}
+	if won != 1 {
+		e.t.Fatalf("%d agents registered node b at once, want 1 (errors %v)", won, errs)
+	}
 }
 
 // testLeaseLost: a lease that ends under a live agent (an outage longer than the TTL) is granted again
@@ -311,6 +351,39 @@ func testLeaseLost(e *env) {
 	if !slices.Equal(got[0].Subnets(), subnets) {
 		e.t.Fatalf("subnets %v after registering again, want %v", got[0].Subnets(), subnets)
 	}
+}
+
+// testNameTakenWhileAway: an agent cut off longer than its TTL, whose name another agent registered
+// meanwhile, neither takes the record back nor grants leases while that one lives, and registers again
+// once it is gone.
+func testNameTakenWhileAway(e *env) {
+	f := NewFaulty(e.open())
+	m1 := e.register(f, "a", "198.18.0.1")
+	sa := e.lease(m1, "pods", pool(e.t, "10.1.0.0/16", 24))
+	f.SetDown(true)
+	e.advance(2 * e.b.TTL) // m1's lease ends
+	e.eventually("a's record gone", func() bool {
+		_, err := cluster.GetNode(e.ctx, e.open(), "a")
+		return errors.Is(err, cluster.ErrNotFound)
+	})
+	m2 := e.register(e.open(), "a", "198.18.0.2")
+	if got := e.lease(m2, "pods", pool(e.t, "10.1.0.0/16", 24)); !slices.Equal(got, sa) {
+		e.t.Fatalf("the name's subnet %v, want %v", got, sa)
+	}
+	grants := f.Grants.Load()
+	f.SetDown(false)
+	calls := f.Calls.Load()
+	e.eventually("m1 tried a few times", func() bool { return f.Calls.Load() > calls+6 })
+	n, err := cluster.GetNode(e.ctx, e.open(), "a")
+	if err != nil || n.Address != netip.MustParseAddr("198.18.0.2") || f.Grants.Load() != grants || m1.Lease() != store.NoLease {
+		e.t.Fatalf("while another agent holds the name: record %+v %v, %d grants, lease %d", n, err, f.Grants.Load()-grants, m1.Lease())
+	}
+	m2.Close()
+	e.endLease(m2.Lease())
+	e.eventually("m1 registered again", func() bool {
+		n, err := cluster.GetNode(e.ctx, e.open(), "a")
+		return err == nil && n.Address == netip.MustParseAddr("198.18.0.1") && slices.Equal(n.Subnets(), sa)
+	})
 }
 
 // testSameNameSameSubnet: a node back under its name (a new process) gets its subnets again; a free
@@ -361,7 +434,12 @@ func testSameNameSameSubnet(e *env) {
 // nodes: every subnet goes to one node, the rest get ErrFull and keep nothing (not even the IPv6
 // subnet of the pool that had room).
 func testConcurrentUnique(e *env) {
-	s := []store.Store{e.open(), e.open()}
+	var s []store.Store
+	for range 2 {
+		f := NewFaulty(e.open())
+		f.SetLatency(time.Millisecond) // a store across a network: reads and writes far apart
+		s = append(s, f)
+	}
 	v6, v4 := pool(e.t, "fd00:2::/56", 64), pool(e.t, "10.2.0.0/20", 24) // 256 and 16 subnets
 	const n = 24
 	type result struct {
