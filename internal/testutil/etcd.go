@@ -98,8 +98,8 @@ type Etcd struct {
 // reach it at Endpoint from inside NS; a client in the test's own namespace dials through Dial.
 func StartEtcd(tb testing.TB, opts EtcdOptions) *Etcd {
 	tb.Helper()
-	bin := RequireEtcd(tb)
 	RequireRoot(tb)
+	bin := RequireEtcd(tb)
 	ns := opts.NS
 	if ns == nil {
 		ns = NewNS(tb, "etcd")

@@ -172,21 +172,25 @@ func New(ctx context.Context, opts Options) (*Store, error) {
 	// the store's own calls.
 	cctx, cancel := context.WithTimeout(ctx, opts.DialTimeout)
 	defer cancel()
-	// Beside it, a plain connection to the first endpoint, whose error (refused, a certificate etcd
-	// or this client does not accept) says why, where gRPC would say only "deadline exceeded".
-	why := make(chan string, 1)
-	go func() { why <- probe(cctx, opts.Dialer, eps[0], tlsConf) }()
 	if _, err := c.Get(cctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
 		err = s.wrap(ctx, cctx, opts.DialTimeout, err)
 		var ue *UnreachableError
 		if errors.As(err, &ue) && ue.Cause == "" {
-			ue.Cause = <-why
+			// A plain connection to the first endpoint, for a moment: its error (refused, a
+			// certificate etcd or this client does not accept) says why, where gRPC says only
+			// "deadline exceeded".
+			pctx, pcancel := context.WithTimeout(ctx, probeTime)
+			ue.Cause = probe(pctx, opts.Dialer, eps[0], tlsConf)
+			pcancel()
 		}
 		c.Close()
 		return nil, err
 	}
 	return s, nil
 }
+
+// probeTime bounds the probe that explains an unreachable etcd.
+const probeTime = time.Second
 
 // probe connects to ep (and for TLS, shakes hands and waits a moment for the server's verdict on
 // the client's certificate) and returns what went wrong, or "".
