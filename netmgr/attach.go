@@ -288,7 +288,7 @@ func (m *Manager) moveDefaultRoutes(ctx context.Context, name string, drop *endp
 // (not internal).
 func (m *Manager) endpointGateway(ctx context.Context, e *endpointRecord, v4 bool) (netip.Addr, bool) {
 	var snap *netSnapshot
-	if nrec, err := m.readNetworkRecord(ctx, e.Network); err == nil {
+	if nrec, err := m.endpointNetwork(ctx, e.Network); err == nil {
 		snap = nrec.snapshot()
 	} else if e.Net != nil {
 		snap = e.Net
@@ -309,7 +309,7 @@ func (m *Manager) endpointGateway(ctx context.Context, e *endpointRecord, v4 boo
 // torn down, also when its network's record is gone (a lost or torn state file). An endpoint recorded
 // before snapshots existed, on a network that is gone, loses only its host-side interface.
 func (m *Manager) detachEndpoint(ctx context.Context, sandboxName string, e *endpointRecord, sb *sandbox.NetNS, opts drivers.DetachOptions) error {
-	nrec, err := m.readNetworkRecord(ctx, e.Network)
+	nrec, err := m.endpointNetwork(ctx, e.Network)
 	switch {
 	case err == nil && (e.Net == nil || e.Net.ID == nrec.ID):
 	case err != nil && !errors.Is(err, ErrNotFound):

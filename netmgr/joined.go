@@ -39,8 +39,9 @@ func (m *Manager) refuseLocalStore(spec NetworkSpec) error {
 	return nil
 }
 
-// nodeNetwork is the network as drivers see it on this node: the node's subnets and gateways in
-// place of the cluster CIDR.
+// nodeNetwork is the network as drivers see it in endpoint calls and firewall specs on this node: the
+// node's subnets and gateways in place of the cluster CIDR, which is in Cluster. Join, Leave and
+// SyncPeers get the network as recorded (the cluster CIDR in Subnets) and the node's view beside it.
 func (j *joinedRecord) nodeNetwork() *networkRecord {
 	r := j.Network
 	r.Subnets = j.View.Subnets
@@ -157,7 +158,7 @@ func (m *Manager) joinNetwork(ctx context.Context, name string, view drivers.Nod
 		return nil, err
 	}
 	j := &joinedRecord{Network: *rec, View: view}
-	dn := j.nodeNetwork().driverNetwork()
+	dn := j.Network.driverNetwork()
 	joiner := drv.(drivers.Joiner)
 	if err := joiner.Join(ctx, dn, &j.View); err != nil {
 		return nil, err
@@ -247,7 +248,7 @@ func (m *Manager) leaveNetwork(ctx context.Context, name string, force bool) err
 	if !ok {
 		return fmt.Errorf("%w: driver %s joins no nodes", ErrInvalid, j.Network.Driver)
 	}
-	if err := joiner.Leave(ctx, j.nodeNetwork().driverNetwork(), j.View); err != nil {
+	if err := joiner.Leave(ctx, j.Network.driverNetwork(), j.View); err != nil {
 		return err
 	}
 	if err := m.rt.Txn(ctx, nil, []store.Op{store.Del(keyJoined + name)}); err != nil {
@@ -286,10 +287,26 @@ func (m *Manager) syncPeers(ctx context.Context, name string, peers []drivers.No
 			others = append(others, p)
 		}
 	}
-	return ps.SyncPeers(ctx, j.nodeNetwork().driverNetwork(), j.View, others)
+	return ps.SyncPeers(ctx, j.Network.driverNetwork(), j.View, others)
 }
 
 // notJoined is the error of a sandbox create on a cluster-wide network this node does not carry.
 func (m *Manager) notJoined(name string) error {
 	return fmt.Errorf("%w: network %q spans nodes and node %q has not joined it (is the node agent running here?)", ErrNotFound, name, m.node)
+}
+
+// endpointNetwork is the network an endpoint on it is torn down or restored with: on a store several
+// hosts share, this node's copy of a joined network (its own subnets, and no round trip to the
+// cluster store, which may be unreachable), else the recorded network.
+func (m *Manager) endpointNetwork(ctx context.Context, name string) (*networkRecord, error) {
+	if m.shared {
+		j, err := m.joined(ctx, name)
+		if err == nil {
+			return j.nodeNetwork(), nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
+	return m.readNetworkRecord(ctx, name)
 }

@@ -32,11 +32,18 @@ func (d *joinBridge) Join(ctx context.Context, n *drivers.Network, node *drivers
 	d.joins++
 	d.mu.Unlock()
 	node.Attrs = map[string]string{"seen": node.Node}
-	return d.Driver.CreateNetwork(ctx, n)
+	return d.Driver.CreateNetwork(ctx, onNode(n, *node))
+}
+
+// onNode is n with the node's subnets and gateways, as the bridge driver wants them.
+func onNode(n *drivers.Network, node drivers.NodeView) *drivers.Network {
+	c := *n
+	c.Subnets, c.Gateways = node.Subnets, node.Gateways
+	return &c
 }
 
 func (d *joinBridge) Leave(ctx context.Context, n *drivers.Network, node drivers.NodeView) error {
-	return d.Driver.DeleteNetwork(ctx, n)
+	return d.Driver.DeleteNetwork(ctx, onNode(n, node))
 }
 
 func (d *joinBridge) SyncPeers(ctx context.Context, n *drivers.Network, self drivers.NodeView, peers []drivers.NodeView) error {

@@ -435,7 +435,7 @@ func (m *Manager) finishNetworkDelete(ctx context.Context, rec *networkRecord) e
 	if spansNodes(drv) {
 		// Every node's agent leaves it when the record goes; this node's own host side goes now.
 		if j, err := m.joined(ctx, rec.Name); err == nil {
-			if err := drv.(drivers.Joiner).Leave(ctx, j.nodeNetwork().driverNetwork(), j.View); err != nil {
+			if err := drv.(drivers.Joiner).Leave(ctx, j.Network.driverNetwork(), j.View); err != nil {
 				return err
 			}
 			if err := m.rt.Txn(ctx, nil, []store.Op{store.Del(keyJoined + rec.Name)}); err != nil {

@@ -111,7 +111,7 @@ func firewallSpec(drv drivers.Driver, dn *drivers.Network) (drivers.FirewallSpec
 func firewallNetworkOf(dn *drivers.Network, fs drivers.FirewallSpec) firewall.Network {
 	return firewall.Network{
 		Name: dn.Name, Ifaces: fs.HostIfaces, Subnets: dn.Subnets, Internal: dn.Internal,
-		Masquerade: fs.Masquerade, Routed: fs.Routed,
+		Masquerade: fs.Masquerade, Routed: fs.Routed, NoMasqueradeTo: fs.NoMasqueradeTo,
 	}
 }
 

@@ -167,7 +167,7 @@ func (m *Manager) finishSandboxCreate(ctx context.Context, rec *sandboxRecord, u
 // the record.
 func (m *Manager) restoreEndpoint(ctx context.Context, rec *sandboxRecord, i int, ns *sandbox.NetNS) (bool, error) {
 	e := &rec.Endpoints[i]
-	nrec, err := m.readNetworkRecord(ctx, e.Network)
+	nrec, err := m.endpointNetwork(ctx, e.Network)
 	if err != nil {
 		return false, err
 	}

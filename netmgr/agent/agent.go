@@ -163,6 +163,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mu.Lock()
 			a.nodes = ns
 			a.mu.Unlock()
+			a.log.Debug("nodes changed", "live", nodeNames(ns))
 			haveNodes = true
 			a.syncPeers(ctx)
 		case <-nets:
@@ -321,6 +322,14 @@ func (a *Agent) syncPeers(ctx context.Context) {
 			a.log.Warn("sync peers (retrying)", "network", j.Network, "error", err)
 		}
 	}
+}
+
+func nodeNames(ns []cluster.Node) []string {
+	out := make([]string, len(ns))
+	for i, n := range ns {
+		out[i] = n.Name
+	}
+	return out
 }
 
 func equalAttrs(a, b map[string]string) bool {

@@ -23,9 +23,9 @@ import (
 
 var cidr = netip.MustParsePrefix("10.244.0.0/16")
 
-func createOverlay(t *testing.T, h *host, name string, opts map[string]string) *netmgr.Network {
+func createOverlay(t *testing.T, h *host, name string, cidr netip.Prefix) *netmgr.Network {
 	t.Helper()
-	n, err := h.m.CreateNetwork(context.Background(), netmgr.NetworkSpec{Name: name, Driver: "overlay", Subnets: []netip.Prefix{cidr}, Options: opts})
+	n, err := h.m.CreateNetwork(context.Background(), netmgr.NetworkSpec{Name: name, Driver: "overlay", Subnets: []netip.Prefix{cidr}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,8 +127,9 @@ func subnetOf(t *testing.T, h *host, network string) netip.Prefix {
 // 1 MB transfer across hosts, and egress masqueraded.
 func TestCluster(t *testing.T) {
 	tb := newTestbed(t, 3)
+	outer := t
 	h1, h2, h3 := tb.hosts[0], tb.hosts[1], tb.hosts[2]
-	createOverlay(t, h1, "ov", nil)
+	createOverlay(t, h1, "ov", cidr)
 	for _, h := range tb.hosts {
 		tb.start(h)
 	}
@@ -171,11 +172,11 @@ func TestCluster(t *testing.T) {
 
 	t.Run("fourth host joins", func(t *testing.T) {
 		h4 := tb.addHost()
-		tb.open(h4)
+		tb.open(h4) // registers its cleanup on the test, not this subtest: host4 stays for what follows
 		started := time.Now()
 		tb.start(h4)
 		waitJoined(t, "ov", h4)
-		ns, addr := h4.pod(t, "web", "ov")
+		ns, addr := h4.pod(outer, "web", "ov")
 		p4 := pod{h4, ns, addr}
 		for _, p := range pods {
 			if _, err := testutil.Dial(p.ns, netip.AddrPortFrom(addr, 8080).String()); err != nil {
@@ -222,7 +223,9 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("etcd stopped", func(t *testing.T) {
-		tb.etcd.Stop()
+		// Killed, as a crash: a graceful stop of etcd takes seconds during which it serves no
+		// keep-alive but goes on expiring leases, longer than this test's short TTL.
+		tb.etcd.Kill()
 		reachAll(t, pods[:3])
 		ctx := context.Background()
 		s, err := h3.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "offline", Networks: []netmgr.AttachSpec{{Network: "ov"}}})
@@ -238,7 +241,7 @@ func TestCluster(t *testing.T) {
 		}
 		tb.etcd.Restart()
 		// The agents catch up by themselves: a network made now is joined everywhere.
-		createOverlay(t, h1, "ov2", nil)
+		createOverlay(outer, h1, "ov2", netip.MustParsePrefix("10.245.0.0/16"))
 		waitJoined(t, "ov2", tb.hosts...)
 	})
 
@@ -283,7 +286,9 @@ func TestCluster(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := a.Run(ctx); !errors.Is(err, cluster.ErrExists) {
+		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		if err := a.Run(rctx); !errors.Is(err, cluster.ErrExists) {
 			t.Errorf("second agent for host3: %v, want ErrExists", err)
 		} else {
 			t.Log(err)
