@@ -329,14 +329,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		}
 		pend = append(pend, alloc.Keys...)
 		ep.Addrs = alloc.Addrs
-		for j, sn := range ns.rec.Subnets {
-			if ns.rec.Internal {
-				break // no default route off an internal network
-			}
-			if !hasGatewayFamily(rec.Endpoints, sn.Addr().Is4()) {
-				ep.Gateways = append(ep.Gateways, ns.rec.Gateways[j])
-			}
-		}
+		ep.Gateways = gatewayOffer(ns.rec, rec.Endpoints)
 		de := ep.driverEndpoint(spec.Name)
 		if err := ns.drv.PrepareEndpoint(ns.rec.driverNetwork(), de); err != nil {
 			return nil, nil, nil, nil, release, err
@@ -384,17 +377,6 @@ func requestedMode(spec SandboxSpec) string {
 		return ModeExternal
 	}
 	return ModeNetNS
-}
-
-func hasGatewayFamily(eps []endpointRecord, v4 bool) bool {
-	for _, e := range eps {
-		for _, g := range e.Gateways {
-			if g.Is4() == v4 {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // allocate chooses one address per subnet of the network (ipam.Allocator: the requested static one
