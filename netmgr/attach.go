@@ -7,18 +7,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/intent"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
-)
-
-// Intent values for attach and detach carry the network name: "attach NET", "detach NET".
-const (
-	intentAttach = "attach "
-	intentDetach = "detach "
 )
 
 // Attach adds an existing sandbox to one more network; the new interface is the first free ethN.
@@ -91,8 +85,8 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		}
 		ep.HostName, ep.MTU, ep.Routes = de.HostName, de.MTU, de.Routes
 		rec.Endpoints = append(rec.Endpoints, ep)
-		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)}
-		ops := []store.Op{store.Put(kv.Key, mustJSON(rec)), store.Put(keyIntentSB+name, []byte(intentAttach+spec.Network))}
+		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(intent.SandboxKey(name))}
+		ops := []store.Op{store.Put(kv.Key, mustJSON(rec)), intent.Put(intent.SandboxKey(name), intent.Endpoint(intent.Attach, spec.Network))}
 		cmps, ops = append(cmps, alloc.Cmps...), append(ops, alloc.Ops...)
 		err = m.rt.Txn(ctx, cmps, ops)
 		release()
@@ -123,7 +117,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 	adoptAttached(rec.Endpoints[last:], de, ns)
 	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if err == nil {
-		err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, append([]store.Op{store.Put(kv.Key, mustJSON(rec)), store.Del(keyIntentSB + name)},
+		err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, append([]store.Op{store.Put(kv.Key, mustJSON(rec)), store.Del(intent.SandboxKey(name))},
 			providedAllocations(name, rec.Endpoints[last:], []*netState{ns})...))
 	}
 	if err != nil {
@@ -176,8 +170,8 @@ func (m *Manager) detach(ctx context.Context, name, network string) error {
 	if err := rec.refuseDetachPorted(network); err != nil {
 		return err
 	}
-	if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)},
-		[]store.Op{store.Put(kv.Key, kv.Value), store.Put(keyIntentSB+name, []byte(intentDetach+network))}); err != nil {
+	if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(intent.SandboxKey(name))},
+		[]store.Op{store.Put(kv.Key, kv.Value), intent.Put(intent.SandboxKey(name), intent.Endpoint(intent.Detach, network))}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("%w: sandbox changed concurrently; try again", ErrBusy)
 		}
@@ -204,7 +198,7 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 			keep = append(keep, rec.Endpoints[i])
 		}
 	}
-	ops := []store.Op{store.Del(keyIntentSB + name)}
+	ops := []store.Op{store.Del(intent.SandboxKey(name))}
 	if drop != nil {
 		sb, _ := sandbox.Open(rec.NetNS)
 		err = m.detachEndpoint(ctx, name, drop, sb, drivers.DetachOptions{})
@@ -299,13 +293,4 @@ func (m *Manager) readNetworkRecord(ctx context.Context, name string) (*networkR
 		return nil, fmt.Errorf("decode network %q: %w", name, err)
 	}
 	return &rec, nil
-}
-
-func isEndpointIntent(v string) (network string, ok bool) {
-	for _, p := range []string{intentAttach, intentDetach} {
-		if strings.HasPrefix(v, p) {
-			return strings.TrimPrefix(v, p), true
-		}
-	}
-	return "", false
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/intent"
 	"github.com/netmgr/netmgr/netmgr/firewall"
 	"github.com/netmgr/netmgr/netmgr/portmap"
 	"github.com/netmgr/netmgr/netmgr/store"
@@ -191,15 +192,12 @@ func (m *Manager) recoverPorts(ctx context.Context, rep *Report) {
 		rep.Errors = append(rep.Errors, err.Error())
 		return
 	}
-	intents, _, err := m.rt.List(ctx, keyIntentSB)
+	intents, err := intent.List(ctx, m.rt, intent.SandboxPrefix)
 	if err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 		return
 	}
-	busy := map[string]bool{}
-	for _, kv := range intents {
-		busy[strings.TrimPrefix(kv.Key, keyIntentSB)] = true
-	}
+	busy := intent.Names(intents)
 
 	// Store: holders without a sandbox record that names them, then guards without holders.
 	records := make([][]portRecord, 0, len(sbs))
@@ -272,7 +270,7 @@ func (m *Manager) republish(ctx context.Context, name string, ports []firewall.P
 	if err != nil {
 		return err
 	}
-	if _, err := m.rt.Get(ctx, keyIntentSB+name); err == nil {
+	if _, err := m.rt.Get(ctx, intent.SandboxKey(name)); err == nil {
 		return nil
 	}
 	still := portmap.Still(ports, rec.Name, rec.Ports)
