@@ -146,13 +146,13 @@ func (m *Manager) offeredDefaultRoute(ctx context.Context, sandboxName string, e
 	if len(offer) == 0 {
 		return drivers.Route{}, false
 	}
-	drv, err := m.driver(nrec.Driver)
-	if err != nil {
-		return drivers.Route{}, false
-	}
 	de := e.driverEndpoint(sandboxName)
 	de.Gateways, de.Routes = offer, nil
-	if err := drv.PrepareEndpoint(nrec.driverNetwork(), de); err != nil {
+	if drv, err := m.driver(nrec.Driver); err != nil {
+		// A driver this program does not have cannot be asked: the route via the gateway, as
+		// ConfigureInterface sets it for a driver that leaves the routes to the gateways.
+		m.log.Debug("default route moved without asking the driver", "sandbox", sandboxName, "network", e.Network, "error", err)
+	} else if err := drv.PrepareEndpoint(nrec.driverNetwork(), de); err != nil {
 		m.log.Warn("cannot move the default route: the driver refuses the endpoint", "sandbox", sandboxName, "network", e.Network, "error", err)
 		return drivers.Route{}, false
 	}

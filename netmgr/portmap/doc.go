@@ -2,9 +2,10 @@
 // -p, a Kubernetes hostPort) and its syntax (Parse), the rules that decide whether two mappings
 // conflict, the store keys that hold them, the compares and puts that take them in the transaction
 // that records a sandbox (Plan), the writes that free them (ReleaseOps), and the decisions of their
-// repair (Orphans, EmptyGuards, Reconcile): which keys no sandbox holds and which firewall elements
-// are stale or missing. It touches neither the kernel nor the store itself beyond listing keys: the
-// Manager commits what it plans, programs the firewall, and checks host addresses.
+// repair (HeldKeys, Orphans, EmptyGuards, Compare, Still): which keys no sandbox holds and which
+// firewall elements are stale or missing. It touches neither the kernel nor the store beyond listing
+// keys: the Manager chooses the target attachment, checks host addresses, commits what is planned,
+// programs the firewall and carries out the repair.
 //
 // Keys, in the store a Manager's runtime records live in:
 //
