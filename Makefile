@@ -58,7 +58,7 @@ unit:
 # the package's testdata/fuzz/FUZZNAME/: fix the parser and check the file in as a seed.
 FUZZTIME ?= 10s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParsePublish$$' -fuzztime $(FUZZTIME) ./netmgr/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePublish$$' -fuzztime $(FUZZTIME) ./netmgr/portmap/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseManifest$$' -fuzztime $(FUZZTIME) ./netmgr/pod/
 
 bench: build

@@ -6,23 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/netip"
 	"strconv"
-	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/intent"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
-)
-
-// Intent values for attach and detach carry the network name: "attach NET", "detach NET".
-const (
-	intentAttach = "attach "
-	intentDetach = "detach "
 )
 
 // Attach adds an existing sandbox to one more network; the new interface is the first free ethN.
@@ -87,13 +77,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		}
 		release := func() { m.ipam.Release(alloc.Keys...) }
 		ep.Addrs = alloc.Addrs
-		if !ns.rec.Internal {
-			for j, sn := range ns.rec.Subnets {
-				if !hasGatewayFamily(rec.Endpoints, sn.Addr().Is4()) {
-					ep.Gateways = append(ep.Gateways, ns.rec.Gateways[j])
-				}
-			}
-		}
+		ep.Gateways = gatewayOffer(ns.rec, rec.Endpoints)
 		de := ep.driverEndpoint(name)
 		if err := ns.drv.PrepareEndpoint(ns.rec.driverNetwork(), de); err != nil {
 			release()
@@ -101,8 +85,8 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 		}
 		ep.HostName, ep.MTU, ep.Routes = de.HostName, de.MTU, de.Routes
 		rec.Endpoints = append(rec.Endpoints, ep)
-		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)}
-		ops := []store.Op{store.Put(kv.Key, mustJSON(rec)), store.Put(keyIntentSB+name, []byte(intentAttach+spec.Network))}
+		cmps := []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(intent.SandboxKey(name))}
+		ops := []store.Op{store.Put(kv.Key, mustJSON(rec)), intent.Put(intent.SandboxKey(name), intent.Endpoint(intent.Attach, spec.Network))}
 		cmps, ops = append(cmps, alloc.Cmps...), append(ops, alloc.Ops...)
 		err = m.rt.Txn(ctx, cmps, ops)
 		release()
@@ -133,7 +117,7 @@ func (m *Manager) attach(ctx context.Context, name string, spec AttachSpec) (*At
 	adoptAttached(rec.Endpoints[last:], de, ns)
 	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if err == nil {
-		err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, append([]store.Op{store.Put(kv.Key, mustJSON(rec)), store.Del(keyIntentSB + name)},
+		err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, append([]store.Op{store.Put(kv.Key, mustJSON(rec)), store.Del(intent.SandboxKey(name))},
 			providedAllocations(name, rec.Endpoints[last:], []*netState{ns})...))
 	}
 	if err != nil {
@@ -186,8 +170,8 @@ func (m *Manager) detach(ctx context.Context, name, network string) error {
 	if err := rec.refuseDetachPorted(network); err != nil {
 		return err
 	}
-	if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(keyIntentSB + name)},
-		[]store.Op{store.Put(kv.Key, kv.Value), store.Put(keyIntentSB+name, []byte(intentDetach+network))}); err != nil {
+	if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}, store.Absent(intent.SandboxKey(name))},
+		[]store.Op{store.Put(kv.Key, kv.Value), intent.Put(intent.SandboxKey(name), intent.Endpoint(intent.Detach, network))}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("%w: sandbox changed concurrently; try again", ErrBusy)
 		}
@@ -214,7 +198,7 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 			keep = append(keep, rec.Endpoints[i])
 		}
 	}
-	ops := []store.Op{store.Del(keyIntentSB + name)}
+	ops := []store.Op{store.Del(intent.SandboxKey(name))}
 	if drop != nil {
 		sb, _ := sandbox.Open(rec.NetNS)
 		err = m.detachEndpoint(ctx, name, drop, sb, drivers.DetachOptions{})
@@ -234,74 +218,6 @@ func (m *Manager) dropEndpoint(ctx context.Context, name, network string) error 
 		ops = append(ops, store.Put(kv.Key, mustJSON(rec)))
 	}
 	return m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, ops)
-}
-
-// moveDefaultRoutes gives the default route of each family that the dropped endpoint carried to the
-// first remaining endpoint whose network has a gateway of that family, as Docker does on a network
-// disconnect, so that the sandbox keeps its way out. keep's records are updated to match.
-func (m *Manager) moveDefaultRoutes(ctx context.Context, name string, drop *endpointRecord, keep []endpointRecord, sb *sandbox.NetNS) {
-	var h *netlink.Handle // opened once, only if a route is to move
-	defer func() {
-		if h != nil {
-			h.Close()
-		}
-	}()
-	for _, old := range drop.Gateways {
-		if hasGatewayFamily(keep, old.Is4()) {
-			continue // another endpoint has that family's route already
-		}
-		for i := range keep {
-			e := &keep[i]
-			gw, ok := m.endpointGateway(ctx, e, old.Is4())
-			if !ok {
-				continue
-			}
-			if h == nil {
-				var err error
-				if h, err = sb.NewHandle(); err != nil {
-					m.log.Warn("cannot move the default route", "sandbox", name, "error", err)
-					return
-				}
-			}
-			route := drivers.DefaultRoutes([]netip.Addr{gw})
-			link, err := h.LinkByName(e.IfName)
-			if err == nil {
-				err = h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: drivers.IPNet(route[0].Dst), Gw: gw.AsSlice()})
-			}
-			if err != nil && !errors.Is(err, unix.EEXIST) {
-				m.log.Warn("cannot move the default route", "sandbox", name, "interface", e.IfName, "gateway", gw, "error", err)
-				continue
-			}
-			if err == nil {
-				e.Gateways = append(e.Gateways, gw)
-				if e.Routes != nil {
-					e.Routes = append(e.Routes, route...)
-				}
-				m.log.Info("default route moved", "sandbox", name, "interface", e.IfName, "gateway", gw)
-			}
-			break
-		}
-	}
-}
-
-// endpointGateway is the gateway of the given family of the endpoint's network, if it routes out
-// (not internal).
-func (m *Manager) endpointGateway(ctx context.Context, e *endpointRecord, v4 bool) (netip.Addr, bool) {
-	var snap *netSnapshot
-	if nrec, err := m.endpointNetwork(ctx, e.Network); err == nil {
-		snap = nrec.snapshot()
-	} else if e.Net != nil {
-		snap = e.Net
-	}
-	if snap == nil || snap.Internal {
-		return netip.Addr{}, false
-	}
-	for _, g := range snap.Gateways {
-		if g.Is4() == v4 && g.IsValid() {
-			return g, true
-		}
-	}
-	return netip.Addr{}, false
 }
 
 // detachEndpoint has the endpoint's driver undo it. The network is the recorded one if it is still the
@@ -377,13 +293,4 @@ func (m *Manager) readNetworkRecord(ctx context.Context, name string) (*networkR
 		return nil, fmt.Errorf("decode network %q: %w", name, err)
 	}
 	return &rec, nil
-}
-
-func isEndpointIntent(v string) (network string, ok bool) {
-	for _, p := range []string{intentAttach, intentDetach} {
-		if strings.HasPrefix(v, p) {
-			return strings.TrimPrefix(v, p), true
-		}
-	}
-	return "", false
 }

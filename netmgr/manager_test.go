@@ -30,12 +30,14 @@ type env struct {
 	runDir   string
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv opens a Manager on a host namespace and state of its own; opts come after the env's own.
+func newEnv(t *testing.T, opts ...netmgr.Option) *env {
 	t.Helper()
 	testutil.RequireRoot(t)
 	host := testutil.NewNS(t, "host")
 	stateDir, runDir := t.TempDir(), t.TempDir()
-	m, err := netmgr.New(context.Background(), netmgr.WithStateDir(stateDir), netmgr.WithRunDir(runDir), netmgr.WithHostNetNS(host.Path()))
+	m, err := netmgr.New(context.Background(), append([]netmgr.Option{netmgr.WithStateDir(stateDir), netmgr.WithRunDir(runDir),
+		netmgr.WithHostNetNS(host.Path())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/intent"
 	"github.com/netmgr/netmgr/netmgr/firewall"
 	"github.com/netmgr/netmgr/netmgr/ipam"
 	"github.com/netmgr/netmgr/netmgr/store"
@@ -121,7 +122,7 @@ func (m *Manager) createNetwork(ctx context.Context, spec NetworkSpec) (_ *Netwo
 		}
 	}
 	rec.Creating = false
-	if err := m.st.Txn(ctx, nil, []store.Op{store.Put(keyNetworks+spec.Name, mustJSON(rec)), store.Del(keyIntentNet + spec.Name)}); err != nil {
+	if err := m.st.Txn(ctx, nil, []store.Op{store.Put(keyNetworks+spec.Name, mustJSON(rec)), store.Del(intent.NetworkKey(spec.Name))}); err != nil {
 		return nil, m.rollbackNetwork(ctx, rec, err, &clean)
 	}
 	m.log.Info("network created", "network", rec.Name, "driver", rec.Driver, "subnets", rec.Subnets)
@@ -145,7 +146,7 @@ func (m *Manager) reserveNetwork(ctx context.Context, spec NetworkSpec, drv driv
 		}
 		err = m.st.Txn(ctx, cmps, []store.Op{
 			store.Put(keyNetworks+spec.Name, mustJSON(rec)),
-			store.Put(keyIntentNet+spec.Name, m.networkIntent(intentCreate)),
+			intent.Put(intent.NetworkKey(spec.Name), m.networkIntent(intent.Create)),
 			store.Put(keyNetGuard, []byte(spec.Name)),
 		})
 		if err == nil {
@@ -230,7 +231,7 @@ func (m *Manager) planNetwork(ctx context.Context, spec NetworkSpec, drv drivers
 		return nil, nil, nil, err
 	}
 	rec.Options = dn.Options
-	cmps := []store.Cmp{guardCmp, store.Absent(keyNetworks + spec.Name), store.Absent(keyIntentNet + spec.Name)}
+	cmps := []store.Cmp{guardCmp, store.Absent(keyNetworks + spec.Name), store.Absent(intent.NetworkKey(spec.Name))}
 	return rec, dn, cmps, nil
 }
 
@@ -317,7 +318,7 @@ func (m *Manager) hostRoutes() []netip.Prefix {
 
 // networkKnown reports whether the store has a record or an intent for the name (or cannot tell).
 func (m *Manager) networkKnown(ctx context.Context, name string) bool {
-	for _, k := range []string{keyNetworks + name, keyIntentNet + name} {
+	for _, k := range []string{keyNetworks + name, intent.NetworkKey(name)} {
 		if _, err := m.st.Get(ctx, k); !errors.Is(err, store.ErrNotFound) {
 			return true
 		}
@@ -351,7 +352,7 @@ func (m *Manager) undoNetwork(ctx context.Context, rec *networkRecord) error {
 	if drv, err := m.driver(rec.Driver); err == nil {
 		errs = append(errs, drv.DeleteNetwork(ctx, rec.driverNetwork()))
 	}
-	errs = append(errs, m.st.Txn(ctx, nil, []store.Op{store.Del(keyNetworks + rec.Name), store.Del(keyIntentNet + rec.Name)}))
+	errs = append(errs, m.st.Txn(ctx, nil, []store.Op{store.Del(keyNetworks + rec.Name), store.Del(intent.NetworkKey(rec.Name))}))
 	errs = append(errs, m.syncFirewall(ctx))
 	return errors.Join(errs...)
 }
@@ -394,7 +395,7 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 	// compare and sees the delete intent on retry. Then look for attachments.
 	if err := m.st.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
 		store.Put(kv.Key, kv.Value),
-		store.Put(keyIntentNet+name, m.networkIntent(intentDelete)),
+		intent.Put(intent.NetworkKey(name), m.networkIntent(intent.Delete)),
 	}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return fmt.Errorf("%w: network changed concurrently; try again", ErrBusy)
@@ -403,7 +404,7 @@ func (m *Manager) deleteNetwork(ctx context.Context, name string) error {
 	}
 	if err := m.refuseInUse(ctx, name); err != nil {
 		// An attach committed between the check above and the mark.
-		return errors.Join(err, m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + name)}))
+		return errors.Join(err, intent.Clear(ctx, m.st, intent.NetworkKey(name)))
 	}
 	m.step(StepNetworkDeleting)
 	err = m.finishNetworkDelete(ctx, &rec)
@@ -449,7 +450,7 @@ func (m *Manager) finishNetworkDelete(ctx context.Context, rec *networkRecord) e
 		return err
 	}
 	m.step(StepNetworkRemoved)
-	if err := m.st.Txn(ctx, nil, []store.Op{store.Del(keyNetworks + rec.Name), store.Del(keyIntentNet + rec.Name)}); err != nil {
+	if err := m.st.Txn(ctx, nil, []store.Op{store.Del(keyNetworks + rec.Name), store.Del(intent.NetworkKey(rec.Name))}); err != nil {
 		return err
 	}
 	m.log.Info("network deleted", "network", rec.Name)

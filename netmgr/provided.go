@@ -32,14 +32,14 @@ func adoptAttached(eps []endpointRecord, de *drivers.Endpoint, ns *netState) {
 	for i := 1; i < len(eps); i++ {
 		var keep []netip.Addr
 		for _, g := range eps[i].Gateways {
-			if !hasGatewayFamily(eps[:1], g.Is4()) {
+			if !hasDefaultRoute(eps[:1], g.Is4()) {
 				keep = append(keep, g)
 			}
 		}
 		eps[i].Gateways = keep
 		var routes []drivers.Route
 		for _, r := range eps[i].Routes {
-			if !r.IsDefault() || !hasGatewayFamily(eps[:1], r.Dst.Addr().Is4()) {
+			if !r.IsDefault() || !hasDefaultRoute(eps[:1], r.Dst.Addr().Is4()) {
 				routes = append(routes, r)
 			}
 		}

@@ -6,65 +6,25 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/intent"
 	"github.com/netmgr/netmgr/netmgr/firewall"
+	"github.com/netmgr/netmgr/netmgr/portmap"
 	"github.com/netmgr/netmgr/netmgr/store"
 )
 
 // Published ports are held in the runtime store, taken in the transaction that records the sandbox,
-// so that two creates (in any processes) cannot both publish one port:
-//
-//	ports/PROTO/PPPPP        -> ""            a guard that every taker of port PPPPP rewrites
-//	ports/PROTO/PPPPP/HOST   -> sandbox name  HOST is "*" (any address), 0.0.0.0, :: or an address
-//
-// Ports are zero-padded to five digits so that listing "ports/tcp/08080" returns that port's guard
-// and holders and nothing else. A specific address and a wildcard of its family conflict, and they
-// have different keys, so the compare on the guard's revision is what orders concurrent takers.
-const keyPorts = "ports/"
+// so that two creates (in any processes) cannot both publish one port; the keys, the conflict rules,
+// the plan of the transaction and the decisions of repair are package portmap's.
+const keyPorts = portmap.KeyPrefix
 
 // portRecord is one published host port of a sandbox (ranges are recorded port by port), with the
 // addresses it forwards to.
-type portRecord struct {
-	PortMapping
-	Network string     `json:"network"`
-	Target4 netip.Addr `json:"target4,omitzero"`
-	Target6 netip.Addr `json:"target6,omitzero"`
-}
-
-func portGuardKey(proto string, port uint16) string {
-	return fmt.Sprintf("%s%s/%05d", keyPorts, proto, port)
-}
-
-// hostKey names a mapping's host address in its store key.
-func hostKey(a netip.Addr) string {
-	if !a.IsValid() {
-		return "*"
-	}
-	return a.String()
-}
-
-func (p portRecord) holderKey() string {
-	return portGuardKey(p.Protocol, p.HostPort) + "/" + hostKey(p.HostIP)
-}
-
-// hostsConflict reports whether two host address keys of one protocol and port overlap.
-func hostsConflict(a, b string) bool {
-	if a == "*" || b == "*" || a == b {
-		return true
-	}
-	aa, aerr := netip.ParseAddr(a)
-	ba, berr := netip.ParseAddr(b)
-	if aerr != nil || berr != nil || aa.Is4() != ba.Is4() {
-		return false
-	}
-	return aa.IsUnspecified() || ba.IsUnspecified()
-}
+type portRecord = portmap.Record
 
 // planPorts validates spec.Publish against the sandbox's attachments and the ports already
 // published, records the ports in rec, and returns the compares and writes that take them.
@@ -86,129 +46,20 @@ func (m *Manager) planPorts(ctx context.Context, spec SandboxSpec, rec *sandboxR
 		return nil, nil, fmt.Errorf("%w: published ports need an attachment to a network that is not internal and whose driver can take published ports (bridge)", ErrInvalid)
 	}
 	ep := rec.Endpoints[target]
-	var t4, t6 netip.Addr
+	req := portmap.Request{Owner: rec.Name, Network: ep.Network, Mappings: spec.Publish, HostAddrs: m.hostAddrs}
 	for _, a := range ep.Addrs {
 		if a.Addr().Is4() {
-			t4 = a.Addr()
+			req.Target4 = a.Addr()
 		} else {
-			t6 = a.Addr()
+			req.Target6 = a.Addr()
 		}
 	}
-	var local map[netip.Addr]bool
-	ports := make([]portRecord, 0, len(spec.Publish))
-	for _, pm := range spec.Publish {
-		p, err := normalizeMapping(pm)
-		if err != nil {
-			return nil, nil, err
-		}
-		if p.HostIP.IsValid() && !p.HostIP.IsUnspecified() {
-			if local == nil {
-				if local, err = m.hostAddrs(); err != nil {
-					return nil, nil, err
-				}
-			}
-			if !local[p.HostIP] {
-				return nil, nil, fmt.Errorf("%w: publish %s: %s is not an address of the host", ErrInvalid, p, p.HostIP)
-			}
-		}
-		r := portRecord{PortMapping: p, Network: ep.Network}
-		if !p.HostIP.IsValid() || p.HostIP.Is4() {
-			r.Target4 = t4
-		}
-		if !p.HostIP.IsValid() || p.HostIP.Is6() {
-			r.Target6 = t6
-		}
-		if !r.Target4.IsValid() && !r.Target6.IsValid() {
-			return nil, nil, fmt.Errorf("%w: publish %s: the sandbox has no address of that family on network %q", ErrInvalid, p, ep.Network)
-		}
-		ports = append(ports, r)
+	res, err := portmap.Plan(ctx, m.rt, req)
+	if err != nil {
+		return nil, nil, portErr(err)
 	}
-	// Conflicts within the spec.
-	byPort := map[string][]portRecord{}
-	for _, p := range ports {
-		g := portGuardKey(p.Protocol, p.HostPort)
-		for _, q := range byPort[g] {
-			if hostsConflict(hostKey(p.HostIP), hostKey(q.HostIP)) {
-				return nil, nil, fmt.Errorf("%w: publish %s and %s: the same host port twice", ErrInvalid, q.PortMapping, p.PortMapping)
-			}
-		}
-		byPort[g] = append(byPort[g], p)
-	}
-	// Conflicts with what is published: one consistent read of each port's guard and holders, or of
-	// a whole protocol when many ports are asked for at once.
-	held := map[string]store.KV{}
-	perProto := map[string]int{}
-	for g := range byPort {
-		perProto[strings.Split(strings.TrimPrefix(g, keyPorts), "/")[0]]++
-	}
-	for proto, n := range perProto {
-		if n <= 8 {
-			continue
-		}
-		kvs, _, err := m.rt.List(ctx, keyPorts+proto+"/")
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, kv := range kvs {
-			held[kv.Key] = kv
-		}
-	}
-	var cmps []store.Cmp
-	var ops []store.Op
-	guards := make([]string, 0, len(byPort))
-	for g := range byPort {
-		guards = append(guards, g)
-	}
-	sort.Strings(guards)
-	for _, g := range guards {
-		if perProto[strings.Split(strings.TrimPrefix(g, keyPorts), "/")[0]] <= 8 {
-			kvs, _, err := m.rt.List(ctx, g)
-			if err != nil {
-				return nil, nil, err
-			}
-			for _, kv := range kvs {
-				held[kv.Key] = kv
-			}
-		}
-		for _, p := range byPort[g] {
-			for k, kv := range held {
-				host, ok := strings.CutPrefix(k, g+"/")
-				if ok && hostsConflict(host, hostKey(p.HostIP)) {
-					return nil, nil, fmt.Errorf("%w: publish %s: host port %d/%s is already published by sandbox %q", ErrExists, p.PortMapping, p.HostPort, p.Protocol, kv.Value)
-				}
-			}
-			cmps = append(cmps, store.Absent(p.holderKey()))
-			ops = append(ops, store.Put(p.holderKey(), []byte(rec.Name)))
-		}
-		cmps = append(cmps, store.Cmp{Key: g, Rev: held[g].Rev})
-		ops = append(ops, store.Put(g, nil))
-	}
-	rec.Ports = ports
-	return cmps, ops, nil
-}
-
-// normalizeMapping validates one mapping and returns it with a lower-case protocol and a plain host
-// address.
-func normalizeMapping(pm PortMapping) (PortMapping, error) {
-	p := pm
-	p.Protocol = strings.ToLower(p.Protocol)
-	if p.Protocol == "" {
-		p.Protocol = ProtoTCP
-	}
-	p.HostIP = p.HostIP.Unmap()
-	switch {
-	case p.Protocol != ProtoTCP && p.Protocol != ProtoUDP:
-		return p, fmt.Errorf("%w: publish %s: protocol %q is not tcp or udp", ErrInvalid, pm, pm.Protocol)
-	case p.HostPort == 0 || p.ContainerPort == 0:
-		return p, fmt.Errorf("%w: publish %s: ports must be 1-65535", ErrInvalid, pm)
-	case p.HostIP.Zone() != "":
-		return p, fmt.Errorf("%w: publish %s: a host address with a zone cannot be published on", ErrInvalid, pm)
-	case p.HostIP.IsValid() && !p.HostIP.IsUnspecified() && (p.HostIP.IsMulticast() || p.HostIP.IsLinkLocalUnicast()):
-		return p, fmt.Errorf("%w: publish %s: %s is not a unicast address DNAT can serve", ErrInvalid, pm, p.HostIP)
-	case p.HostIP.Is6() && p.HostIP.IsLoopback():
-		return p, fmt.Errorf("%w: publish %s: the kernel does not forward from ::1; publish on :: or an address of the host", ErrInvalid, pm)
-	}
-	return p, nil
+	rec.Ports = res.Records
+	return res.Cmps, res.Ops, nil
 }
 
 // hostAddrs returns the addresses of the host namespace.
@@ -228,18 +79,7 @@ func (m *Manager) hostAddrs() (map[netip.Addr]bool, error) {
 
 // firewallPorts turns a sandbox's port records into firewall ports, one per target family.
 func firewallPorts(rec *sandboxRecord) []firewall.Port {
-	var out []firewall.Port
-	for _, p := range rec.Ports {
-		for _, t := range []netip.Addr{p.Target4, p.Target6} {
-			if t.IsValid() {
-				out = append(out, firewall.Port{
-					Protocol: p.Protocol, HostIP: p.HostIP, HostPort: p.HostPort,
-					Target: netip.AddrPortFrom(t, p.ContainerPort), Owner: rec.Name,
-				})
-			}
-		}
-	}
-	return out
+	return portmap.FirewallPorts(rec.Name, rec.Ports)
 }
 
 // publishPorts opens a plumbed sandbox's published ports: one nftables transaction, after
@@ -308,20 +148,13 @@ func (m *Manager) unpublishPorts(ctx context.Context, rec *sandboxRecord) error 
 }
 
 // portReleaseOps are the writes that free a sandbox's ports, committed with the removal of its record.
-// Deleting the guard makes a concurrent taker of the port re-read, which is all it is for.
-func portReleaseOps(rec *sandboxRecord) []store.Op {
-	ops := make([]store.Op, 0, 2*len(rec.Ports))
-	for _, p := range rec.Ports {
-		ops = append(ops, store.Del(p.holderKey()), store.Del(portGuardKey(p.Protocol, p.HostPort)))
-	}
-	return ops
-}
+func portReleaseOps(rec *sandboxRecord) []store.Op { return portmap.ReleaseOps(rec.Ports) }
 
 // refuseDetachPorted returns ErrInUse if the sandbox's published ports lead to network.
 func (r *sandboxRecord) refuseDetachPorted(network string) error {
 	for _, p := range r.Ports {
 		if p.Network == network {
-			return fmt.Errorf("%w: published ports (%s...) lead to network %q; remove the sandbox to unpublish them", ErrInUse, p.PortMapping, network)
+			return fmt.Errorf("%w: published ports (%s...) lead to network %q; remove the sandbox to unpublish them", ErrInUse, p.Mapping, network)
 		}
 	}
 	return nil
@@ -334,7 +167,7 @@ func (r *sandboxRecord) publicPorts() []PortMapping {
 	}
 	out := make([]PortMapping, len(r.Ports))
 	for i, p := range r.Ports {
-		out[i] = p.PortMapping
+		out[i] = p.Mapping
 	}
 	return out
 }
@@ -359,31 +192,20 @@ func (m *Manager) recoverPorts(ctx context.Context, rep *Report) {
 		rep.Errors = append(rep.Errors, err.Error())
 		return
 	}
-	intents, _, err := m.rt.List(ctx, keyIntentSB)
+	intents, err := intent.List(ctx, m.rt, intent.SandboxPrefix)
 	if err != nil {
 		rep.Errors = append(rep.Errors, err.Error())
 		return
 	}
-	busy := map[string]bool{}
-	for _, kv := range intents {
-		busy[strings.TrimPrefix(kv.Key, keyIntentSB)] = true
-	}
+	busy := intent.Names(intents)
 
 	// Store: holders without a sandbox record that names them, then guards without holders.
-	heldKeys := map[string]bool{}
+	records := make([][]portRecord, 0, len(sbs))
 	for _, s := range sbs {
-		for _, p := range s.Ports {
-			heldKeys[p.holderKey()] = true
-			heldKeys[portGuardKey(p.Protocol, p.HostPort)] = true
-		}
+		records = append(records, s.Ports)
 	}
-	for _, kv := range keys {
-		if heldKeys[kv.Key] || busy[string(kv.Value)] {
-			continue
-		}
-		if strings.Count(kv.Key, "/") == 2 { // a guard: keep it while any key under it stays
-			continue
-		}
+	held := portmap.HeldKeys(records...)
+	for _, kv := range portmap.Orphans(keys, held, func(owner string) bool { return busy[owner] }) {
 		if err := m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Del(kv.Key)}); err == nil {
 			rep.Ports = append(rep.Ports, "key "+strings.TrimPrefix(kv.Key, keyPorts))
 		}
@@ -393,59 +215,36 @@ func (m *Manager) recoverPorts(ctx context.Context, rep *Report) {
 		rep.Errors = append(rep.Errors, err.Error())
 		return
 	}
-	hasHolder := map[string]bool{}
-	for _, kv := range left {
-		if strings.Count(kv.Key, "/") == 3 {
-			hasHolder[kv.Key[:strings.LastIndexByte(kv.Key, '/')]] = true
-		}
-	}
-	for _, kv := range left {
-		if strings.Count(kv.Key, "/") == 2 && !hasHolder[kv.Key] && !heldKeys[kv.Key] {
-			_ = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Del(kv.Key)})
-		}
+	for _, kv := range portmap.EmptyGuards(left, held) {
+		_ = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{store.Del(kv.Key)})
 	}
 
 	// Kernel: the table's fixed rules are re-asserted, elements no record names go, and missing
 	// elements of idle sandboxes come back.
-	want := map[string]bool{}
+	want := map[string][]firewall.Port{}
 	for _, s := range sbs {
-		for _, p := range firewallPorts(s) {
-			want[portID(p)] = true
+		if ps := firewallPorts(s); len(ps) > 0 {
+			want[s.Name] = ps
 		}
 	}
-	if len(want) > 0 {
+	diff := portmap.Compare(have, want)
+	if diff.Wanted {
 		if err := m.fw.EnsurePorts(ctx); err != nil {
 			rep.Errors = append(rep.Errors, err.Error())
 		}
 	}
-	var stale []firewall.Port
-	present := map[string]bool{}
-	for _, p := range have {
-		present[portID(p)] = true
-		if !want[portID(p)] {
-			stale = append(stale, p)
-		}
-	}
-	if len(stale) > 0 {
-		if err := m.fw.RemovePorts(ctx, stale); err != nil {
+	if len(diff.Stale) > 0 {
+		if err := m.fw.RemovePorts(ctx, diff.Stale); err != nil {
 			rep.Errors = append(rep.Errors, err.Error())
 		} else {
-			for _, p := range stale {
+			for _, p := range diff.Stale {
 				rep.Ports = append(rep.Ports, "rule "+p.String())
 			}
 		}
 	}
 	for _, s := range sbs {
-		if busy[s.Name] || len(s.Ports) == 0 {
-			continue
-		}
-		var missing []firewall.Port
-		for _, p := range firewallPorts(s) {
-			if !present[portID(p)] {
-				missing = append(missing, p)
-			}
-		}
-		if len(missing) == 0 {
+		missing := diff.Missing[s.Name]
+		if busy[s.Name] || len(s.Ports) == 0 || len(missing) == 0 {
 			continue
 		}
 		if err := m.republish(ctx, s.Name, missing); err != nil {
@@ -471,29 +270,12 @@ func (m *Manager) republish(ctx context.Context, name string, ports []firewall.P
 	if err != nil {
 		return err
 	}
-	if _, err := m.rt.Get(ctx, keyIntentSB+name); err == nil {
+	if _, err := m.rt.Get(ctx, intent.SandboxKey(name)); err == nil {
 		return nil
 	}
-	cur := map[string]bool{}
-	for _, p := range firewallPorts(rec) {
-		cur[portID(p)] = true
-	}
-	var still []firewall.Port
-	for _, p := range ports {
-		if cur[portID(p)] {
-			still = append(still, p)
-		}
-	}
+	still := portmap.Still(ports, rec.Name, rec.Ports)
 	if len(still) == 0 {
 		return nil
 	}
 	return m.fw.AddPorts(ctx, still)
-}
-
-func portID(p firewall.Port) string {
-	host := "*"
-	if p.HostIP.IsValid() && !p.HostIP.IsUnspecified() {
-		host = p.HostIP.String()
-	}
-	return p.Protocol + "|" + host + "|" + strconv.Itoa(int(p.HostPort)) + "|" + p.Target.String()
 }

@@ -14,17 +14,11 @@ import (
 // Store keys. Everything about one object lives under its own key so that a transaction compares and
 // writes only what it touches.
 const (
-	keyNetworks  = "networks/"        // networks/NAME -> networkRecord
-	keySandboxes = "sandboxes/"       // sandboxes/NAME -> sandboxRecord
-	keyIPAM      = "ipam/"            // ipam/NETWORK/ADDR -> sandbox name
-	keyJoins     = "joins/"           // joins/TARGET/NAME -> "" (link sandboxes of a target)
-	keyIntentSB  = "intents/sandbox/" // intents/sandbox/NAME -> "create" | "delete"
-	keyIntentNet = "intents/network/" // intents/network/NAME -> "create" | "delete"
-)
-
-const (
-	intentCreate = "create"
-	intentDelete = "delete"
+	keyNetworks  = "networks/"  // networks/NAME -> networkRecord
+	keySandboxes = "sandboxes/" // sandboxes/NAME -> sandboxRecord
+	keyIPAM      = "ipam/"      // ipam/NETWORK/ADDR -> sandbox name
+	keyJoins     = "joins/"     // joins/TARGET/NAME -> "" (link sandboxes of a target)
+	// Intents, under intents/sandbox/ and intents/network/, are package intent's.
 )
 
 // Sandbox modes.

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/intent"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
 )
@@ -60,13 +61,13 @@ func (u unreadable) Is(target error) bool { return target == errUnreadable }
 // repairIntents repairs every interrupted operation it can lock; a store it cannot list is returned
 // as an error, per-object failures go to rep.
 func (m *Manager) repairIntents(ctx context.Context, rep *Report) error {
-	sbi, _, err := m.rt.List(ctx, keyIntentSB)
+	sbi, err := intent.List(ctx, m.rt, intent.SandboxPrefix)
 	if err != nil {
 		return err
 	}
-	for _, kv := range sbi {
-		name := strings.TrimPrefix(kv.Key, keyIntentSB)
-		l, err := m.lockForRepair("sandbox-"+name, string(kv.Value), func() time.Time {
+	for _, e := range sbi {
+		name := e.Name
+		l, err := m.lockForRepair("sandbox-"+name, e.Intent, func() time.Time {
 			rec, _, err := m.readSandbox(ctx, name)
 			if err != nil {
 				return time.Time{}
@@ -79,17 +80,17 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) error {
 		// The intent was listed before the lock was ours: its owner may have finished since, and
 		// then the sandbox is whole and must be left alone. Only an intent still there now, under
 		// the lock, is one whose owner died.
-		if kv, err = m.rt.Get(ctx, kv.Key); err != nil {
+		in, _, err := intent.Get(ctx, m.rt, e.KV.Key)
+		if err != nil {
 			l.Unlock(!m.sandboxKnown(ctx, name))
 			continue
 		}
 		gone := false
-		if network, ok := isEndpointIntent(string(kv.Value)); ok {
-			m.log.Warn("repair: interrupted attach or detach undone", "sandbox", name, "network", network)
-			err = m.dropEndpoint(ctx, name, network)
+		if in.IsEndpoint() {
+			m.log.Warn("repair: interrupted attach or detach undone", "sandbox", name, "network", in.Network)
+			err = m.dropEndpoint(ctx, name, in.Network)
 		} else {
-			kind, _ := parseIntent(string(kv.Value))
-			gone, err = m.repairSandbox(ctx, name, kind)
+			gone, err = m.repairSandbox(ctx, name, in.Kind)
 		}
 		l.Unlock(err == nil && gone)
 		if err != nil {
@@ -98,16 +99,14 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) error {
 			rep.Sandboxes = append(rep.Sandboxes, name)
 		}
 	}
-	ni, _, err := m.st.List(ctx, keyIntentNet)
+	ni, err := intent.List(ctx, m.st, intent.NetworkPrefix)
 	if err != nil {
 		return err
 	}
-	for _, kv := range ni {
-		name := strings.TrimPrefix(kv.Key, keyIntentNet)
-		if n := intentNode(string(kv.Value)); n != "" && n != m.node {
-			continue // another host's operation, on a shared store: its repair is that host's
-		}
-		l, err := m.lockForRepair("network-"+name, string(kv.Value), func() time.Time {
+	// Another host's operations, on a shared store, are that host's to repair.
+	for _, e := range intent.OfNode(ni, m.node) {
+		name := e.Name
+		l, err := m.lockForRepair("network-"+name, e.Intent, func() time.Time {
 			rec, err := m.readNetworkRecord(ctx, name)
 			if err != nil {
 				return time.Time{}
@@ -117,12 +116,12 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) error {
 		if err != nil {
 			continue
 		}
-		if kv, err = m.st.Get(ctx, kv.Key); err != nil { // see above: finished meanwhile
+		in, _, err := intent.Get(ctx, m.st, e.KV.Key)
+		if err != nil { // see above: finished meanwhile
 			l.Unlock(!m.networkKnown(ctx, name))
 			continue
 		}
-		kind, _ := parseIntent(string(kv.Value))
-		gone, err := m.repairNetwork(ctx, name, kind)
+		gone, err := m.repairNetwork(ctx, name, in.Kind)
 		l.Unlock(err == nil && gone)
 		if err != nil {
 			rep.Errors = append(rep.Errors, fmt.Sprintf("network %s: %v", name, err))
@@ -137,11 +136,11 @@ func (m *Manager) repairIntents(ctx context.Context, rep *Report) error {
 // sandbox gone, which is what its owner last asked for or never got confirmed. A sandbox in use is
 // kept instead (see sandboxUsers): its create is finished, its delete, which would have been refused,
 // is forgotten. gone reports whether the sandbox is gone.
-func (m *Manager) repairSandbox(ctx context.Context, name, intent string) (gone bool, err error) {
+func (m *Manager) repairSandbox(ctx context.Context, name, kind string) (gone bool, err error) {
 	kv, err := m.rt.Get(ctx, keySandboxes+name)
 	if errors.Is(err, store.ErrNotFound) {
-		m.log.Warn("repair: intent of a sandbox that does not exist cleared", "sandbox", name, "intent", intent)
-		return true, m.rt.Txn(ctx, nil, []store.Op{store.Del(keyIntentSB + name)})
+		m.log.Warn("repair: intent of a sandbox that does not exist cleared", "sandbox", name, "intent", kind)
+		return true, intent.Clear(ctx, m.rt, intent.SandboxKey(name))
 	}
 	if err != nil {
 		return false, err
@@ -150,21 +149,21 @@ func (m *Manager) repairSandbox(ctx context.Context, name, intent string) (gone 
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return false, err
 	}
-	users, err := m.sandboxUsers(ctx, &rec, intent == intentCreate)
+	users, err := m.sandboxUsers(ctx, &rec, kind == intent.Create)
 	if err != nil {
 		return false, err
 	}
 	if len(users) > 0 {
-		if intent == intentCreate {
+		if kind == intent.Create {
 			return false, m.finishSandboxCreate(ctx, &rec, users)
 		}
 		m.log.Warn("repair: interrupted sandbox delete dropped: the sandbox is in use and is kept", "sandbox", name, "users", users)
-		return false, m.rt.Txn(ctx, nil, []store.Op{store.Del(keyIntentSB + name)})
+		return false, intent.Clear(ctx, m.rt, intent.SandboxKey(name))
 	}
 	if err := m.teardownSandbox(ctx, &rec); err != nil {
 		return false, err
 	}
-	if intent == intentCreate {
+	if kind == intent.Create {
 		m.log.Warn("repair: interrupted sandbox create undone", "sandbox", name)
 	} else {
 		m.log.Warn("repair: interrupted sandbox delete finished", "sandbox", name)
@@ -176,11 +175,11 @@ func (m *Manager) repairSandbox(ctx context.Context, name, intent string) (gone 
 // in use (see networkUsers): then the create is finished, and the delete, which would have been
 // refused, is forgotten with the network's plumbing made sure of. gone reports whether the network is
 // gone.
-func (m *Manager) repairNetwork(ctx context.Context, name, intent string) (gone bool, err error) {
+func (m *Manager) repairNetwork(ctx context.Context, name, kind string) (gone bool, err error) {
 	kv, err := m.st.Get(ctx, keyNetworks+name)
 	if errors.Is(err, store.ErrNotFound) {
-		m.log.Warn("repair: intent of a network that does not exist cleared", "network", name, "intent", intent)
-		return true, errors.Join(m.st.Txn(ctx, nil, []store.Op{store.Del(keyIntentNet + name)}), m.syncFirewall(ctx))
+		m.log.Warn("repair: intent of a network that does not exist cleared", "network", name, "intent", kind)
+		return true, errors.Join(intent.Clear(ctx, m.st, intent.NetworkKey(name)), m.syncFirewall(ctx))
 	}
 	if err != nil {
 		return false, err
@@ -189,7 +188,7 @@ func (m *Manager) repairNetwork(ctx context.Context, name, intent string) (gone 
 	if err := json.Unmarshal(kv.Value, &rec); err != nil {
 		return false, err
 	}
-	if intent == intentCreate {
+	if kind == intent.Create {
 		err := m.undoNetwork(ctx, &rec)
 		var inUse *usersError
 		if errors.As(err, &inUse) {
@@ -227,8 +226,7 @@ func (m *Manager) namespaceGone(s *sandboxRecord, live map[string]*sandboxRecord
 
 // sandboxIntent reports whether an operation's intent is recorded for the sandbox (or cannot tell).
 func (m *Manager) sandboxIntent(ctx context.Context, name string) bool {
-	_, err := m.rt.Get(ctx, keyIntentSB+name)
-	return !errors.Is(err, store.ErrNotFound)
+	return intent.Recorded(ctx, m.rt, intent.SandboxKey(name))
 }
 
 // Recover reconciles the records with the kernel: it repairs interrupted operations, re-creates network
@@ -265,7 +263,7 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	netIntents, _, err := m.st.List(ctx, keyIntentNet)
+	netIntents, err := intent.List(ctx, m.st, intent.NetworkPrefix)
 	if err != nil {
 		return rep, err
 	}
@@ -273,20 +271,17 @@ func (m *Manager) Recover(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	intents, _, err := m.rt.List(ctx, keyIntentSB)
+	intents, err := intent.List(ctx, m.rt, intent.SandboxPrefix)
 	if err != nil {
 		return rep, err
 	}
-	busy := map[string]bool{}
-	for _, kv := range intents {
-		busy[strings.TrimPrefix(kv.Key, keyIntentSB)] = true
-	}
+	busy := intent.Names(intents)
 	known := map[string]map[string]bool{"network": {}, "sandbox": {}}
 	for _, n := range nets {
 		known["network"][n.Name] = true
 	}
-	for _, kv := range netIntents {
-		known["network"][strings.TrimPrefix(kv.Key, keyIntentNet)] = true
+	for name := range intent.Names(netIntents) {
+		known["network"][name] = true
 	}
 	for _, s := range sbs {
 		known["sandbox"][s.Name] = true
@@ -405,8 +400,7 @@ func (m *Manager) recoverNetworks(ctx context.Context, rep *Report, nets []*netw
 
 // networkKnownIntent reports whether the network has an intent recorded (or cannot tell).
 func (m *Manager) networkKnownIntent(ctx context.Context, name string) bool {
-	_, err := m.st.Get(ctx, keyIntentNet+name)
-	return !errors.Is(err, store.ErrNotFound)
+	return intent.Recorded(ctx, m.st, intent.NetworkKey(name))
 }
 
 // dropStale tears down the sandboxes whose namespace vanished, and returns the others by name. A link

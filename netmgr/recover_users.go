@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/intent"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
 )
@@ -119,7 +120,7 @@ func (m *Manager) finishNetworkCreate(ctx context.Context, rec *networkRecord, u
 		return err
 	}
 	rec.Creating = false
-	return m.st.Txn(ctx, nil, []store.Op{store.Put(keyNetworks+rec.Name, mustJSON(rec)), store.Del(keyIntentNet + rec.Name)})
+	return m.st.Txn(ctx, nil, []store.Op{store.Put(keyNetworks+rec.Name, mustJSON(rec)), store.Del(intent.NetworkKey(rec.Name))})
 }
 
 // restoreNetwork re-creates the network's plumbing where it is missing, and reports whether it was;
@@ -159,7 +160,7 @@ func (m *Manager) finishSandboxCreate(ctx context.Context, rec *sandboxRecord, u
 			}
 		}
 	}
-	return m.rt.Txn(ctx, nil, []store.Op{store.Put(keySandboxes+rec.Name, mustJSON(rec)), store.Del(keyIntentSB + rec.Name)})
+	return m.rt.Txn(ctx, nil, []store.Op{store.Put(keySandboxes+rec.Name, mustJSON(rec)), store.Del(intent.SandboxKey(rec.Name))})
 }
 
 // restoreEndpoint brings rec.Endpoints[i] back to what the record says through its driver's

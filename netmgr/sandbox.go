@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/intent"
 	"github.com/netmgr/netmgr/netmgr/ipam"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/sandbox"
@@ -233,7 +234,7 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 	// No compare needed: the sandbox lock keeps everyone else off this record.
 	err = m.rt.Txn(ctx, nil, append([]store.Op{
 		store.Put(keySandboxes+rec.Name, mustJSON(rec)),
-		store.Del(keyIntentSB + rec.Name),
+		store.Del(intent.SandboxKey(rec.Name)),
 	}, providedAllocations(rec.Name, rec.Endpoints, nets)...))
 	if err != nil {
 		return nil, rollback(err)
@@ -285,7 +286,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 	// Whether the name is free is decided by the transaction's compare (see reserveSandbox).
 	rec = &sandboxRecord{ID: newID(), Name: spec.Name, Mode: ModeNetNS, Labels: spec.Labels, Created: time.Now().UTC(), WantPause: spec.Pause}
 	rec.NetNS = m.netnsPath(spec.Name)
-	cmps = []store.Cmp{store.Absent(keySandboxes + spec.Name), store.Absent(keyIntentSB + spec.Name)}
+	cmps = []store.Cmp{store.Absent(keySandboxes + spec.Name), store.Absent(intent.SandboxKey(spec.Name))}
 
 	switch {
 	case spec.NetNS != "":
@@ -314,7 +315,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		if err := json.Unmarshal(tkv.Value, &target); err != nil {
 			return nil, nil, nil, nil, release, err
 		}
-		if _, err := m.rt.Get(ctx, keyIntentSB+spec.Join); err == nil {
+		if _, err := m.rt.Get(ctx, intent.SandboxKey(spec.Join)); err == nil {
 			return nil, nil, nil, nil, release, fmt.Errorf("%w: sandbox %q is being created or deleted", ErrBusy, spec.Join)
 		}
 		if rec.NetNS, err = joinNamespace(target.NetNS); err != nil {
@@ -322,7 +323,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		}
 		rec.Mode, rec.Join = ModeLink, target.Name
 		// Re-writing the target bumps its revision, so a concurrent delete of it fails its compare.
-		cmps = append(cmps, store.Cmp{Key: tkv.Key, Rev: tkv.Rev}, store.Absent(keyIntentSB+spec.Join))
+		cmps = append(cmps, store.Cmp{Key: tkv.Key, Rev: tkv.Rev}, store.Absent(intent.SandboxKey(spec.Join)))
 		ops = append(ops, store.Put(tkv.Key, tkv.Value), store.Put(keyJoins+spec.Join+"/"+spec.Name, nil))
 	}
 
@@ -344,14 +345,7 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 		}
 		pend = append(pend, alloc.Keys...)
 		ep.Addrs = alloc.Addrs
-		for j, sn := range ns.rec.Subnets {
-			if ns.rec.Internal {
-				break // no default route off an internal network
-			}
-			if !hasGatewayFamily(rec.Endpoints, sn.Addr().Is4()) {
-				ep.Gateways = append(ep.Gateways, ns.rec.Gateways[j])
-			}
-		}
+		ep.Gateways = gatewayOffer(ns.rec, rec.Endpoints)
 		de := ep.driverEndpoint(spec.Name)
 		if err := ns.drv.PrepareEndpoint(ns.rec.driverNetwork(), de); err != nil {
 			return nil, nil, nil, nil, release, err
@@ -374,13 +368,13 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 	cmps, ops = append(cmps, pcmps...), append(ops, pops...)
 	ops = append(ops,
 		store.Put(keySandboxes+spec.Name, mustJSON(rec)),
-		store.Put(keyIntentSB+spec.Name, []byte(intentCreate)))
+		intent.Put(intent.SandboxKey(spec.Name), intent.Intent{Kind: intent.Create}))
 	return rec, nets, cmps, ops, release, nil
 }
 
 // sandboxKnown reports whether the store has a record or an intent for the name (or cannot tell).
 func (m *Manager) sandboxKnown(ctx context.Context, name string) bool {
-	for _, k := range []string{keySandboxes + name, keyIntentSB + name} {
+	for _, k := range []string{keySandboxes + name, intent.SandboxKey(name)} {
 		if _, err := m.rt.Get(ctx, k); !errors.Is(err, store.ErrNotFound) {
 			return true
 		}
@@ -399,17 +393,6 @@ func requestedMode(spec SandboxSpec) string {
 		return ModeExternal
 	}
 	return ModeNetNS
-}
-
-func hasGatewayFamily(eps []endpointRecord, v4 bool) bool {
-	for _, e := range eps {
-		for _, g := range e.Gateways {
-			if g.Is4() == v4 {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // allocate chooses one address per subnet of the network (ipam.Allocator: the requested static one
@@ -506,7 +489,7 @@ func (m *Manager) teardownSandbox(ctx context.Context, rec *sandboxRecord) error
 		// Keep the records (and the intent) so that gc can finish the job.
 		return errors.Join(errs...)
 	}
-	ops := []store.Op{store.Del(keySandboxes + rec.Name), store.Del(keyIntentSB + rec.Name)}
+	ops := []store.Op{store.Del(keySandboxes + rec.Name), store.Del(intent.SandboxKey(rec.Name))}
 	for _, e := range rec.Endpoints {
 		for _, a := range e.Addrs {
 			ops = append(ops, store.Del(ipamKey(e.Network, a.Addr())))
@@ -576,7 +559,7 @@ func (m *Manager) deleteSandbox(ctx context.Context, name string, opts []DeleteO
 	// Re-writing the record bumps its revision so that a concurrent join fails its compare.
 	err = m.rt.Txn(ctx, []store.Cmp{{Key: kv.Key, Rev: kv.Rev}}, []store.Op{
 		store.Put(kv.Key, kv.Value),
-		store.Put(keyIntentSB+name, []byte(intentDelete)),
+		intent.Put(intent.SandboxKey(name), intent.Intent{Kind: intent.Delete}),
 	})
 	if errors.Is(err, store.ErrConflict) {
 		return fmt.Errorf("%w: sandbox changed concurrently; try again", ErrBusy)

@@ -1,13 +1,13 @@
-package netmgr
+package portmap
 
 import (
 	"errors"
 	"testing"
 )
 
-// FuzzParsePublish: ParsePublish never panics, refuses only with ErrInvalid, and what it accepts is
-// well formed and reads back the same from its own String form. The seeds are TestParsePublish's
-// inputs; crashers found by fuzzing go to testdata/fuzz/FuzzParsePublish.
+// FuzzParsePublish: Parse (the --publish syntax, netmgr.ParsePublish) never panics, refuses only with
+// ErrInvalid, and what it accepts is well formed and reads back the same from its own String form.
+// The seeds are TestParse's inputs; crashers found by fuzzing go to testdata/fuzz/FuzzParsePublish.
 func FuzzParsePublish(f *testing.F) {
 	for _, s := range []string{
 		"8080:80", "8080:80/udp", "8080:80/TCP", "192.0.2.1:53:5353/udp", "0.0.0.0:1:65535",
@@ -20,34 +20,34 @@ func FuzzParsePublish(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		got, err := ParsePublish(s)
+		got, err := Parse(s)
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("ParsePublish(%q) error %v does not wrap ErrInvalid", s, err)
+				t.Fatalf("Parse(%q) error %v does not wrap ErrInvalid", s, err)
 			}
 			if got != nil {
-				t.Fatalf("ParsePublish(%q) returned %v with its error", s, got)
+				t.Fatalf("Parse(%q) returned %v with its error", s, got)
 			}
 			return
 		}
 		if len(got) == 0 {
-			t.Fatalf("ParsePublish(%q) accepted it with no mapping", s)
+			t.Fatalf("Parse(%q) accepted it with no mapping", s)
 		}
 		for i, m := range got {
 			if m.HostPort == 0 || m.ContainerPort == 0 || (m.Protocol != ProtoTCP && m.Protocol != ProtoUDP) {
-				t.Fatalf("ParsePublish(%q)[%d] = %+v: a port is 0 or the protocol is not tcp or udp", s, i, m)
+				t.Fatalf("Parse(%q)[%d] = %+v: a port is 0 or the protocol is not tcp or udp", s, i, m)
 			}
 			if i > 0 && (m.HostPort != got[i-1].HostPort+1 || m.ContainerPort != got[i-1].ContainerPort+1 ||
 				m.HostIP != got[0].HostIP || m.Protocol != got[0].Protocol) {
-				t.Fatalf("ParsePublish(%q): mapping %d (%+v) does not continue the range of %+v", s, i, m, got[i-1])
+				t.Fatalf("Parse(%q): mapping %d (%+v) does not continue the range of %+v", s, i, m, got[i-1])
 			}
-			back, err := ParsePublish(m.String())
+			back, err := Parse(m.String())
 			if err != nil || len(back) != 1 || back[0] != m {
-				t.Fatalf("ParsePublish(%q)[%d] = %+v prints as %q, which parses to %v, %v", s, i, m, m.String(), back, err)
+				t.Fatalf("Parse(%q)[%d] = %+v prints as %q, which parses to %v, %v", s, i, m, m.String(), back, err)
 			}
 		}
 		if got[0].HostIP.Zone() != "" {
-			t.Fatalf("ParsePublish(%q) kept a zone in host address %s", s, got[0].HostIP)
+			t.Fatalf("Parse(%q) kept a zone in host address %s", s, got[0].HostIP)
 		}
 	})
 }
