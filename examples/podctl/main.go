@@ -121,20 +121,19 @@ var topCommands = []topCommand{
 	{"version", newVersionCmd},
 }
 
-// valueFlags are the persistent flags that take a value as the next argument.
-var valueFlags = []string{"--state-dir", "--run-dir", "--store", "--node", "--containerd", "--pause-binary", "--output", "-o"}
-
-// commandIn returns the top-level command args name: its first argument that is not a global flag
-// or a global flag's value, or "" when there is none.
-func commandIn(args []string) string {
+// commandIn returns the top-level command args name: its first argument that is neither a flag nor
+// the value of one ("--state-dir DIR"; takesValue tells which flags, "--name" or "-x", take one), or ""
+// when there is none.
+func commandIn(args []string, takesValue func(flag string) bool) string {
 	for i := 0; i < len(args); i++ {
-		a := args[i]
-		switch {
+		switch a := args[i]; {
 		case a == "--":
 			return ""
-		case slices.Contains(valueFlags, a):
-			i++
-		case strings.HasPrefix(a, "-"):
+		case strings.HasPrefix(a, "--") && !strings.Contains(a, "="), strings.HasPrefix(a, "-") && len(a) == 2:
+			if takesValue(a) {
+				i++
+			}
+		case strings.HasPrefix(a, "-"): // --name=value, -xvalue
 		default:
 			return a
 		}
@@ -177,7 +176,13 @@ func newRootCmd(g *globals, args []string) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.BoolVar(&g.debug, "debug", false, "log debug messages to stderr")
 
-	name := commandIn(args)
+	name := commandIn(args, func(flag string) bool {
+		f := pf.Lookup(strings.TrimPrefix(flag, "--"))
+		if !strings.HasPrefix(flag, "--") {
+			f = pf.ShorthandLookup(flag[1:])
+		}
+		return f != nil && f.NoOptDefVal == ""
+	})
 	if i := slices.IndexFunc(topCommands, func(c topCommand) bool { return c.name == name }); i >= 0 {
 		root.AddCommand(topCommands[i].make(g))
 		root.CompletionOptions.DisableDefaultCmd = true
