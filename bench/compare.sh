@@ -32,10 +32,24 @@ for r in $(seq 1 "$ROUNDS"); do
 		grep -E "^(create\+attach|delete) +100 " "$WORK/$side$r.txt" | sed "s/^/$side run $r: /"
 	done
 done
+# median COL OP SIDE: the median over the rounds of column COL (3 netmgr, 4 podctl, 5 cni).
+median() {
+	cat "$WORK"/$3[0-9]*.txt | awk -v op="$2" -v col="$1" '$1 == op && $2 == 100 { print $col }' | sort -n |
+		awk '{ v[NR] = $1 } END { printf "%6.2f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
 echo "mean of $ROUNDS runs (ms/op)            netmgr  podctl    cni"
 for op in create+attach delete; do
 	for side in old new; do
 		cat "$WORK"/$side[0-9]*.txt | awk -v op="$op" -v side="$side" -v rev="$REV" '$1 == op && $2 == 100 { n++; a += $3; b += $4; c += $5 }
 			END { printf "  %-14s %-4s %-12s %6.2f  %6.2f  %6.2f\n", op, side, (side == "old" ? rev : "this"), a/n, b/n, c/n }'
+	done
+done
+# A run that another process's load slowed moves the mean; the median of the rounds less so.
+echo "median of $ROUNDS runs (ms/op)          netmgr  podctl    cni"
+for op in create+attach delete; do
+	for side in old new; do
+		label=this
+		[[ $side == old ]] && label=$REV
+		printf "  %-14s %-4s %-12s %s  %s  %s\n" "$op" "$side" "$label" "$(median 3 "$op" $side)" "$(median 4 "$op" $side)" "$(median 5 "$op" $side)"
 	done
 done

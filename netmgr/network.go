@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -53,10 +52,20 @@ type Network struct {
 	Scope string `json:"scope"`
 }
 
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+// validName is name =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$, by hand: as a package-level regexp it was
+// compiled at the start of every podctl process.
+func validName(name string) bool {
+	for i, c := range []byte(name) {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '_' && c != '.' && c != '-') {
+			return false
+		}
+	}
+	return name != ""
+}
 
 func checkName(kind, name string) error {
-	if len(name) == 0 || len(name) > 63 || !nameRE.MatchString(name) {
+	if len(name) == 0 || len(name) > 63 || !validName(name) {
 		return fmt.Errorf("%w: %s name %q must be 1-63 characters of letters, digits, '_', '.', '-', starting with a letter or digit", ErrInvalid, kind, name)
 	}
 	return nil

@@ -29,6 +29,7 @@ func main() {
 	n := flag.Int("n", 200, "runs of each command")
 	empty := flag.String("empty", "", "the empty Go program (required)")
 	podctl := flag.String("podctl", "", "podctl binary (required)")
+	other := flag.String("compare", "", "another podctl binary whose version is timed in the same rounds (e.g. an older build)")
 	stateDir := flag.String("state-dir", "", "podctl --state-dir (required)")
 	runDir := flag.String("run-dir", "", "podctl --run-dir (required)")
 	out := flag.String("out", "", "also write the report here")
@@ -43,6 +44,9 @@ func main() {
 		{name: "empty Go program", argv: []string{*empty}},
 		{name: "podctl version", argv: append([]string{*podctl}, append(dirs, "version")...)},
 		{name: "podctl network ls", argv: append([]string{*podctl}, append(dirs, "network", "ls")...)},
+	}
+	if *other != "" {
+		ts = append(ts, &target{name: "compare: version", argv: append([]string{*other}, append(dirs, "version")...)})
 	}
 	// One run of each first: a failing command stops the benchmark before anything is timed, and the
 	// binaries are in the page cache for every timed run.
@@ -126,6 +130,9 @@ func report(w io.Writer, ts []*target, n int, took time.Duration, invocation str
 		verdict = "MISS"
 	}
 	fmt.Fprintf(w, "\nManager open (network ls minus version, p50): %.2f ms\n", ms(quantile(ts[2].wall, 0.5)-ver))
+	if len(ts) > 3 {
+		fmt.Fprintf(w, "compare: %s\n", ts[3].argv[0])
+	}
 	fmt.Fprintf(w, "\ntargets (informational: timing never fails the run)\n")
 	fmt.Fprintf(w, "  podctl version within 1.5x of an empty Go program   %.2fx   %s\n", ratio, verdict)
 }

@@ -6,6 +6,8 @@
 # dir; both are removed on exit, error or interrupt. Exit status reflects errors only, never timings.
 #
 # Environment: BENCH_STARTUP_N [200]  PODCTL [./bin/podctl]  GO [go]
+#              PODCTL_COMPARE [none]: another podctl (an older build, say) whose `version` is timed in
+#              the same rounds, one more row of the table
 set -Eeuo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -27,7 +29,12 @@ bench_netns "$NS"
 mkdir -p "$ROOT/bench/out"
 
 N=${BENCH_STARTUP_N:-200}
-bench_run nsenter --net="$NS" "$WORK/startup" -n "$N" -empty "$WORK/empty" -podctl "$PODCTL" \
+COMPARE=()
+if [[ -n ${PODCTL_COMPARE:-} ]]; then
+	[[ -x $PODCTL_COMPARE ]] || die "PODCTL_COMPARE=$PODCTL_COMPARE is not an executable"
+	COMPARE=(-compare "$PODCTL_COMPARE")
+fi
+bench_run nsenter --net="$NS" "$WORK/startup" -n "$N" -empty "$WORK/empty" -podctl "$PODCTL" "${COMPARE[@]}" \
 	-state-dir "$WORK/state" -run-dir "$WORK/run" -out "$OUT" \
-	-invocation "bash bench/startup/run.sh (nsenter --net=<bench netns> startup -n $N)"
+	-invocation "bash bench/startup/run.sh (nsenter --net=<bench netns> startup -n $N${COMPARE:+ -compare $PODCTL_COMPARE})"
 echo "bench/startup: report written to ${OUT#"$ROOT"/}" >&2

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -188,5 +189,35 @@ func TestRelativeStorePath(t *testing.T) {
 	want := "podctl: state file " + filepath.Join(dir, "st.db") + " is corrupt (the file is empty)"
 	if code != 1 || strings.Count(errb.String(), "\n") != 1 || !strings.HasPrefix(errb.String(), want) || out.Len() != 0 {
 		t.Errorf("status %d, stdout %q, stderr %q; want 1 and one line starting %q", code, out.String(), errb.String(), want)
+	}
+}
+
+// TestCommandTree: a run builds only the top-level command it names, found past the global flags and
+// their values; anything else builds them all (help, completion, suggestions for a typo).
+func TestCommandTree(t *testing.T) {
+	all := "gc network pod sandbox version"
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"version"}, "version"},
+		{[]string{"--state-dir", "version", "network", "ls"}, "network"},
+		{[]string{"-o", "json", "sandbox", "ls"}, "sandbox"},
+		{[]string{"--output=json", "gc"}, "gc"},
+		{[]string{"-ojson", "--debug", "network", "ls"}, "network"},
+		{[]string{"--node", "pod", "--run-dir=/x", "sandbox", "rm", "a"}, "sandbox"},
+		{[]string{"netwrk", "ls"}, all},
+		{[]string{"--debug"}, all},
+		{[]string{"help", "network"}, all},
+		{[]string{"--", "network"}, all},
+		{nil, all},
+	} {
+		var names []string
+		for _, c := range newRootCmd(&globals{stdout: io.Discard, stderr: io.Discard}, tt.args).Commands() {
+			names = append(names, c.Name())
+		}
+		if got := strings.Join(names, " "); got != tt.want {
+			t.Errorf("commands built for %q = %q, want %q", tt.args, got, tt.want)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -43,7 +44,7 @@ func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)
 func run(args []string, stdout, stderr io.Writer) int {
 	g := &globals{stdout: stdout, stderr: stderr}
 	defer g.stopSignals()
-	root := newRootCmd(g)
+	root := newRootCmd(g, args)
 	root.SetArgs(args)
 	rememberArgs(args)
 	err := root.ExecuteContext(context.Background())
@@ -112,7 +113,42 @@ func (g *globals) stopSignals() {
 	}
 }
 
-func newRootCmd(g *globals) *cobra.Command {
+// topCommand builds one of podctl's top-level commands.
+type topCommand struct {
+	name string
+	make func(*globals) *cobra.Command
+}
+
+var topCommands = []topCommand{
+	{"network", newNetworkCmd}, {"sandbox", newSandboxCmd}, {"pod", newPodCmd}, {"agent", newAgentCmd},
+	{"node", newNodeCmd}, {"gc", newGCCmd}, {"version", newVersionCmd},
+}
+
+// commandIn returns the top-level command args name: its first argument that is neither a flag nor
+// the value of one ("--state-dir DIR"; takesValue tells which flags, "--name" or "-x", take one), or ""
+// when there is none.
+func commandIn(args []string, takesValue func(flag string) bool) string {
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--":
+			return ""
+		case strings.HasPrefix(a, "--") && !strings.Contains(a, "="), strings.HasPrefix(a, "-") && len(a) == 2:
+			if takesValue(a) {
+				i++
+			}
+		case strings.HasPrefix(a, "-"): // --name=value, -xvalue
+		default:
+			return a
+		}
+	}
+	return ""
+}
+
+// newRootCmd builds the command tree for args. A process runs one command, so when args name one of
+// the top-level commands only that one's subtree is built, and cobra's completion command is left
+// out: building all of them took about a twentieth of podctl's start-up (bench/startup). Anything
+// else (help, completion, a mistyped command, which gets suggestions) builds the whole tree.
+func newRootCmd(g *globals, args []string) *cobra.Command {
 	stdout, stderr := g.stdout, g.stderr
 	root := &cobra.Command{
 		Use:           "podctl",
@@ -143,7 +179,21 @@ func newRootCmd(g *globals) *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	pf.BoolVar(&g.debug, "debug", false, "log debug messages to stderr")
 
-	root.AddCommand(newNetworkCmd(g), newSandboxCmd(g), newPodCmd(g), newAgentCmd(g), newNodeCmd(g), newGCCmd(g), newVersionCmd(g))
+	name := commandIn(args, func(flag string) bool {
+		f := pf.Lookup(strings.TrimPrefix(flag, "--"))
+		if !strings.HasPrefix(flag, "--") {
+			f = pf.ShorthandLookup(flag[1:])
+		}
+		return f != nil && f.NoOptDefVal == ""
+	})
+	if i := slices.IndexFunc(topCommands, func(c topCommand) bool { return c.name == name }); i >= 0 {
+		root.AddCommand(topCommands[i].make(g))
+		root.CompletionOptions.DisableDefaultCmd = true
+		return root
+	}
+	for _, c := range topCommands {
+		root.AddCommand(c.make(g))
+	}
 	return root
 }
 

@@ -68,6 +68,22 @@ func (c *cli) runIn(stdin string, args ...string) (stdout, stderr string, status
 }
 
 // ok runs podctl and fails the test unless it succeeds with nothing on stderr.
+// waitNoLinks waits, up to a generous deadline, until namespace ns has no link named with prefix.
+func waitNoLinks(t *testing.T, ns, prefix string) {
+	t.Helper()
+	var out []byte
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var err error
+		if out, err = exec.Command("nsenter", "--net="+ns, "ip", "-o", "link", "show").Output(); err != nil {
+			t.Fatalf("ip link show in %s: %v", ns, err)
+		}
+		if !strings.Contains(string(out), ": "+prefix) {
+			return
+		}
+	}
+	t.Fatalf("links %s* still in %s after 30s:\n%s", prefix, ns, out)
+}
+
 func (c *cli) ok(args ...string) string {
 	c.t.Helper()
 	out, errs, st := c.runIn("", args...)
@@ -205,6 +221,9 @@ func TestPodctl(t *testing.T) {
 	}
 	c.ok("network", "rm", "n1")
 	c.fails("not found", "network", "rm", "n1")
+	// rm leaves a veth whose peer is in the namespace it unpins to die with that namespace, which the
+	// kernel destroys in the background: under load gc came first and rightly took them for leaks.
+	waitNoLinks(t, c.host, "nmv")
 	c.ok("gc")
 	if out := strings.TrimSpace(c.ok("sandbox", "ls", "-o", "json")); out != "[]" {
 		t.Errorf("sandbox ls after rm = %s, want []", out)

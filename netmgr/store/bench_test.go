@@ -87,3 +87,31 @@ func BenchmarkTxnRewrite(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSandboxCreate is the store traffic of one in-process sandbox create (Get, List and two
+// transactions, 300-byte records, a hundred sandboxes), unsynced as the runtime store is.
+func BenchmarkSandboxCreate(b *testing.B) {
+	s, _ := OpenBolt(filepath.Join(b.TempDir(), "s.db"), WithNoSync())
+	ctx := context.Background()
+	val := make([]byte, 300)
+	for i := 0; i < 2000; i++ {
+		_ = s.Txn(ctx, nil, []Op{Put(fmt.Sprintf("sb/%d", i%100), val)})
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		k := fmt.Sprintf("sb/%d", i%100)
+		if _, err := s.Get(ctx, k); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := s.List(ctx, "sb/"); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Txn(ctx, nil, []Op{Put("intent/"+k, val), Put(k, val)}); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Txn(ctx, nil, []Op{Del("intent/" + k), Put(k, val)}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

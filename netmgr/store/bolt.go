@@ -85,7 +85,7 @@ func OpenBolt(path string, opts ...BoltOption) (*Bolt, error) {
 	for _, o := range opts {
 		o(b)
 	}
-	lf, err := os.OpenFile(b.lockPath(), os.O_RDWR|os.O_CREATE, 0o600)
+	lf, err := openLock(b.lockPath())
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
@@ -194,12 +194,21 @@ func ensureBuckets(tx *bolt.Tx) error {
 // with runs fn in a read or write transaction on a freshly opened file, holding the file lock.
 func (b *Bolt) with(ctx context.Context, write bool, fn func(*bolt.Tx) error) error {
 	return b.locked(ctx, write, func() error {
+		// The file exists but for the first call on a new path (or after someone removed it): access
+		// reports that (errMissing) before anything else, and only then is it made.
+		err := b.access(write, fn)
+		if !errors.Is(err, errMissing) {
+			return err
+		}
 		if err := b.prepare(); err != nil {
 			return err
 		}
 		return b.access(write, fn)
 	})
 }
+
+// errMissing is access's report that the file does not exist (wrapping os.ErrNotExist).
+var errMissing = fmt.Errorf("state file missing: %w", os.ErrNotExist)
 
 // locked runs fn holding this process's turn and the file lock.
 func (b *Bolt) locked(ctx context.Context, write bool, fn func() error) error {
@@ -226,7 +235,7 @@ const slowWait = time.Second
 
 // lock takes this process's turn and the file lock, both waits ending with ctx. It returns the lock
 // file, whose Close releases the flock; the caller then releases the turn (<-b.sem).
-func (b *Bolt) lock(ctx context.Context, write bool) (*os.File, error) {
+func (b *Bolt) lock(ctx context.Context, write bool) (lockFile, error) {
 	var slow <-chan time.Time
 	start := time.Now()
 	waitErr := func(err error) error {
@@ -244,16 +253,16 @@ func (b *Bolt) lock(ctx context.Context, write bool) (*os.File, error) {
 			case b.sem <- struct{}{}:
 				break wait
 			case <-ctx.Done():
-				return nil, waitErr(ctx.Err())
+				return -1, waitErr(ctx.Err())
 			case <-slow:
 				b.logSlow(start)
 			}
 		}
 	}
-	lf, err := os.OpenFile(b.lockPath(), os.O_RDWR|os.O_CREATE, 0o600)
+	lf, err := openLock(b.lockPath())
 	if err != nil {
 		<-b.sem
-		return nil, err
+		return -1, err
 	}
 	how := unix.LOCK_SH
 	if write {
@@ -266,7 +275,7 @@ func (b *Bolt) lock(ctx context.Context, write bool) (*os.File, error) {
 	if !errors.Is(err, unix.EWOULDBLOCK) {
 		lf.Close()
 		<-b.sem
-		return nil, fmt.Errorf("lock %s: %w", b.path, err)
+		return -1, fmt.Errorf("lock %s: %w", b.path, err)
 	}
 	// Held by another process: wait in the kernel's queue, from a goroutine the caller may leave. A left
 	// goroutine keeps this process's turn until it gets the lock, then gives both back at once, so at
@@ -284,7 +293,7 @@ func (b *Bolt) lock(ctx context.Context, write bool) (*os.File, error) {
 			if err != nil {
 				lf.Close()
 				<-b.sem
-				return nil, fmt.Errorf("lock %s: %w", b.path, err)
+				return -1, fmt.Errorf("lock %s: %w", b.path, err)
 			}
 			return lf, nil
 		case <-ctx.Done():
@@ -293,17 +302,54 @@ func (b *Bolt) lock(ctx context.Context, write bool) (*os.File, error) {
 				lf.Close()
 				<-b.sem
 			}()
-			return nil, waitErr(ctx.Err())
+			return -1, waitErr(ctx.Err())
 		case <-slow:
 			b.logSlow(start)
 		}
 	}
 }
 
-// flock is flock(2) on f, retried on EINTR.
-func flock(f *os.File, how int) error {
+// lockFile is the descriptor of a store's ".lock" file, whose flock excludes other processes. It is a
+// bare descriptor, not an *os.File: every call opens and closes it, and os.File's set-up (a netpoll
+// registration that fails for a regular file, blocking-mode fcntls on Fd) was most of the syscalls
+// a store call makes besides bbolt's own.
+type lockFile int
+
+// openLock opens (creating it if needed) the lock file at path.
+func openLock(path string) (lockFile, error) {
 	for {
-		err := unix.Flock(int(f.Fd()), how)
+		fd, err := unix.Open(path, unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			return lockFile(fd), nil
+		}
+		if !errors.Is(err, unix.EINTR) {
+			return -1, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+	}
+}
+
+// openData opens the data file as os.OpenFile(path, flag, 0) would, but as os.NewFile's file: a
+// regular file is never pollable, and os.OpenFile's attempt (nonblocking mode set, a failing netpoll
+// registration, blocking mode set again) is five syscalls on every store call.
+func openData(path string, flag int) (*os.File, error) {
+	for {
+		fd, err := unix.Open(path, flag|unix.O_CLOEXEC, 0)
+		if err == nil {
+			return os.NewFile(uintptr(fd), path), nil
+		}
+		if !errors.Is(err, unix.EINTR) {
+			return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+	}
+}
+
+// Close closes the descriptor, which releases its flock.
+func (l lockFile) Close() error { return unix.Close(int(l)) }
+
+// flock is flock(2) on l, retried on EINTR.
+func flock(l lockFile, how int) error {
+	for {
+		err := unix.Flock(int(l), how)
 		if !errors.Is(err, unix.EINTR) {
 			return err
 		}
@@ -369,8 +415,12 @@ func (b *Bolt) access(write bool, fn func(*bolt.Tx) error) (err error) {
 		ReadOnly: !write,
 		NoSync:   b.noSync,
 		OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
-			// prepare made the file; bbolt would create an empty one (and take it for new) if it vanished.
-			f, err := os.OpenFile(name, flag&^os.O_CREATE, mode)
+			// Never create it here: bbolt would take an empty file for new. A missing file is errMissing, and
+			// with makes it (prepare) and comes back.
+			f, err := openData(name, flag&^os.O_CREATE)
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, errMissing
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -463,18 +513,27 @@ func (b *Bolt) check(f *os.File) (meta, error) {
 	if size == 0 {
 		return meta{}, corrupt("the file is empty")
 	}
-	buf := make([]byte, 4096)
-	n, _ := f.ReadAt(buf, 0)
-	m0, ok0 := readMeta(buf[:n])
+	// One read covers both meta pages at the usual page size (4096); other sizes read meta 1 apart.
+	head := make([]byte, 2*4096)
+	n, _ := f.ReadAt(head, 0)
+	head = head[:n]
+	m0, ok0 := readMeta(head)
 	var m1 meta
 	ok1 := false
+	buf := make([]byte, pageHeaderSize+metaSize)
 	// As bbolt does: the page size comes from meta 0, else from a valid meta 1 at any size it may have.
 	for ps := int64(1024); ps <= 1<<24 && ps+pageHeaderSize+metaSize <= size; ps <<= 1 {
 		if ok0 && ps != int64(m0.pageSize) {
 			continue
 		}
-		n, _ := f.ReadAt(buf, ps)
-		if m, ok := readMeta(buf[:n]); ok && int64(m.pageSize) == ps {
+		page := buf
+		if ps+pageHeaderSize+metaSize <= int64(len(head)) {
+			page = head[ps:]
+		} else {
+			n, _ := f.ReadAt(buf, ps)
+			page = buf[:n]
+		}
+		if m, ok := readMeta(page); ok && int64(m.pageSize) == ps {
 			m1, ok1 = m, true
 			break
 		}
@@ -819,7 +878,7 @@ func (w *watcher) poll(ctx context.Context) (evs []Event, more bool, err error) 
 // peek reads which file is at the path and its commit counter, from its meta pages only; ok is false
 // when it cannot tell (then the file is opened, and that reports what is wrong).
 func (b *Bolt) peek() (fileState, bool) {
-	f, err := os.Open(b.path)
+	f, err := openData(b.path, os.O_RDONLY)
 	if err != nil {
 		return fileState{}, false
 	}

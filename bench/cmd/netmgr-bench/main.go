@@ -21,6 +21,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -48,6 +49,8 @@ type config struct {
 	portLimit  bool
 	out        string
 	invocation string
+	sides      string
+	cpuProfile string
 }
 
 func main() {
@@ -63,6 +66,8 @@ func main() {
 	flag.BoolVar(&c.portLimit, "port-limit", true, "after the large netmgr run, check that the 1024th attach to one bridge fails with ErrFull")
 	flag.StringVar(&c.out, "out", "", "also write the report to this file")
 	flag.StringVar(&c.invocation, "invocation", "", "how the run was started, printed in the report")
+	flag.StringVar(&c.sides, "sides", "netmgr,podctl,cni", "the sides to run, comma-separated (a side left out is reported as skipped)")
+	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of netmgr's N=-n creates and deletes (in process) to this file")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -241,6 +246,10 @@ func run(ctx context.Context, c config) error {
 		if ctx.Err() != nil {
 			break
 		}
+		if side, _, _ := strings.Cut(s.name, " "); !slices.Contains(strings.Split(c.sides, ","), side) {
+			r.skipped[side] = "not in -sides"
+			continue
+		}
 		if i > 0 {
 			sleep(ctx, c.settle)
 		}
@@ -350,6 +359,13 @@ func benchNetmgr(ctx context.Context, c config, r *results, n int, subnet string
 		live[name] = false
 	}
 	ts.reset()
+	if c.cpuProfile != "" && !large {
+		stop, err := startProfile(c.cpuProfile)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer stop()
+	}
 	var before, after runtime.MemStats
 	if large {
 		gc()
@@ -403,6 +419,19 @@ func benchNetmgr(ctx context.Context, c config, r *results, n int, subnet string
 	}
 	r.parts[partKey("netmgr", "delete", n)] = []part{storeParts(n, ts)}
 	return cr, dr, nil
+}
+
+// startProfile starts a CPU profile into path; the returned function stops it and closes the file.
+func startProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // gc collects twice, so that sync.Pool victim caches are empty too.
