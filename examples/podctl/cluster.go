@@ -146,3 +146,6 @@ func printNodes(g *globals, nodes []cluster.Node) error {
 	}
 	return tw.Flush()
 }
+
+// leanBuild is false in PodBinary, which serves cluster stores itself.
+const leanBuild = false

@@ -37,3 +37,6 @@ func newNodeCmd(g *globals) *cobra.Command {
 		RunE:               func(*cobra.Command, []string) error { return execFull("node commands") },
 	}
 }
+
+// leanBuild is true in podctl, which hands cluster stores to PodBinary.
+const leanBuild = true

@@ -311,6 +311,9 @@ func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) 
 	default:
 		// A cluster store (etcd://): networks there, this node's runtime state in its own run dir, so
 		// that a sandbox on a joined network needs nothing but local state.
+		if !strings.HasPrefix(g.storeURL, "etcd://") {
+			return nil, nil, fmt.Errorf("store URL %q: unknown scheme (want bolt://PATH or etcd://HOST:PORT[,HOST:PORT...])", g.storeURL)
+		}
 		cs, err := g.openClusterStore(ctx)
 		if err != nil {
 			return nil, nil, err
