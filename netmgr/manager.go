@@ -239,6 +239,10 @@ func (m *Manager) HostNetNS() string { return m.host.Path() }
 // Node returns the name of this host (see WithNode).
 func (m *Manager) Node() string { return m.node }
 
+// NetworkStore is the store the Manager keeps networks in: a cluster's etcd (WithStores), or on one
+// host its own bbolt file. The node agent's controllers keep their objects (services) beside them.
+func (m *Manager) NetworkStore() store.Store { return m.st }
+
 // RunDir returns the run directory.
 func (m *Manager) RunDir() string { return m.runDir }
 

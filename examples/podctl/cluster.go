@@ -36,19 +36,19 @@ func newAgentCmd(g *globals) *cobra.Command {
 	var ttl, grace time.Duration
 	c := &cobra.Command{
 		Use:   "agent",
-		Short: "Run this node's agent: join the cluster (--store etcd://...) and program its peers until stopped",
+		Short: "Run this node's agent until stopped: on a cluster store (--store etcd://...) join the cluster and program its peers; on any store run the controllers",
 		Long: "Registers this node (--node, default the host name) in the cluster store, leases its subnet of every\n" +
 			"network that spans nodes, plumbs them and keeps their peers current. On SIGTERM or SIGINT it exits\n" +
 			"and leaves the data path in place; the node's record expires after --ttl.",
 		Args: nameArgs(),
 		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
-			addr, err := netip.ParseAddr(underlay)
-			if err != nil {
-				return fmt.Errorf("agent: --underlay %q is not an IP address", underlay)
-			}
-			cs, ok := g.cluster()
-			if !ok {
-				return fmt.Errorf("agent: needs a cluster store (--store etcd://HOST:PORT)")
+			var addr netip.Addr
+			cs, onCluster := g.cluster()
+			if onCluster || underlay != "" {
+				var err error
+				if addr, err = netip.ParseAddr(underlay); err != nil {
+					return fmt.Errorf("agent: --underlay %q is not an IP address (a cluster agent needs the address other nodes reach this one by)", underlay)
+				}
 			}
 			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger()})
 			if err != nil {
@@ -64,10 +64,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 			return a.Run(ctx)
 		}),
 	}
-	c.Flags().StringVar(&underlay, "underlay", "", "this node's address that other nodes reach it by (required)")
+	c.Flags().StringVar(&underlay, "underlay", "", "this node's address that other nodes reach it by (required with a cluster store)")
 	c.Flags().DurationVar(&ttl, "ttl", cluster.DefaultTTL, "lifetime of this node's record without keep-alives")
 	c.Flags().DurationVar(&grace, "grace", cluster.DefaultGrace, "how long a dead node's subnets stay its own")
-	_ = c.MarkFlagRequired("underlay")
 	return c
 }
 

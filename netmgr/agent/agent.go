@@ -39,9 +39,11 @@ type Controller interface {
 type Config struct {
 	// Manager is this node's Manager; its network store must be Cluster (WithStores(cluster, local)).
 	Manager *netmgr.Manager
-	// Cluster is the cluster store (etcd): networks, node records, subnet leases.
+	// Cluster is the cluster store (etcd): networks, node records, subnet leases. Nil: the Manager's
+	// network store. A store without leases (one host's bbolt file) runs the agent on one host: no
+	// node record, no networks to join, only the controllers.
 	Cluster store.Store
-	// Underlay is the address other nodes reach this node by.
+	// Underlay is the address other nodes reach this node by (needed with a cluster store).
 	Underlay netip.Addr
 	// TTL of the node's record (default cluster.DefaultTTL); Grace before a dead node's subnets may be
 	// taken over (default cluster.DefaultGrace).
@@ -60,6 +62,7 @@ type Agent struct {
 	node string
 
 	member *cluster.Member
+	local  bool // one host, no cluster store: controllers only
 
 	mu     sync.Mutex
 	nodes  []cluster.Node // the live nodes, as last seen
@@ -69,14 +72,16 @@ type Agent struct {
 
 // New checks cfg. It touches nothing.
 func New(cfg Config) (*Agent, error) {
-	if cfg.Manager == nil || cfg.Cluster == nil {
-		return nil, fmt.Errorf("%w: agent needs a Manager and a cluster store", netmgr.ErrInvalid)
+	if cfg.Manager == nil {
+		return nil, fmt.Errorf("%w: agent needs a Manager", netmgr.ErrInvalid)
 	}
-	if !cfg.Underlay.IsValid() {
-		return nil, fmt.Errorf("%w: agent needs this node's underlay address", netmgr.ErrInvalid)
+	if cfg.Cluster == nil {
+		cfg.Cluster = cfg.Manager.NetworkStore()
 	}
-	if _, err := store.Leases(cfg.Cluster); err != nil {
-		return nil, fmt.Errorf("%w: agent: %v", netmgr.ErrInvalid, err)
+	_, err := store.Leases(cfg.Cluster)
+	local := err != nil
+	if !local && !cfg.Underlay.IsValid() {
+		return nil, fmt.Errorf("%w: agent needs this node's underlay address (the one other nodes reach it by)", netmgr.ErrInvalid)
 	}
 	if cfg.TTL == 0 {
 		cfg.TTL = cluster.DefaultTTL
@@ -90,7 +95,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, m: cfg.Manager, log: cfg.Logger, node: cfg.Manager.Node(), ready: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, m: cfg.Manager, log: cfg.Logger, node: cfg.Manager.Node(), local: local, ready: make(chan struct{})}, nil
 }
 
 // Node is this agent's node name.
@@ -120,6 +125,9 @@ func (a *Agent) Nodes() []cluster.Node {
 // letting the node's lease expire), or until registration or a controller fails. A name alive
 // elsewhere is refused (cluster.ErrExists).
 func (a *Agent) Run(ctx context.Context) error {
+	if a.local {
+		return a.runLocal(ctx)
+	}
 	var err error
 	a.member, err = cluster.Register(ctx, a.cfg.Cluster, cluster.Node{Name: a.node, Address: a.cfg.Underlay},
 		cluster.WithTTL(a.cfg.TTL), cluster.WithGrace(a.cfg.Grace), cluster.WithLogger(a.log))
@@ -131,18 +139,8 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, len(a.cfg.Controllers))
-	var wg sync.WaitGroup
-	for _, c := range a.cfg.Controllers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := c.Run(ctx, a); err != nil && ctx.Err() == nil {
-				errc <- fmt.Errorf("controller %s: %w", c.Name(), err)
-			}
-		}()
-	}
-	defer wg.Wait()
+	errc, wait := a.startControllers(ctx)
+	defer wait()
 
 	nodes := cluster.WatchNodes(ctx, a.cfg.Cluster, cluster.WithLogger(a.log))
 	nets := watchKeys(ctx, a.cfg.Cluster, "networks/", a.log)
@@ -181,6 +179,43 @@ func (a *Agent) Run(ctx context.Context) error {
 			close(a.ready)
 		}
 	}
+}
+
+// Local reports whether the agent runs on one host (a store without leases): no node record, no
+// networks that span nodes, only the controllers.
+func (a *Agent) Local() bool { return a.local }
+
+// runLocal runs the controllers on one host until ctx ends.
+func (a *Agent) runLocal(ctx context.Context) error {
+	a.log.Info("agent on one host (the store has no leases): controllers only", "node", a.node)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc, wait := a.startControllers(ctx)
+	defer wait()
+	close(a.ready)
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// startControllers runs each controller in a goroutine; the channel gets the first failure, and wait
+// waits for all of them to return (after ctx ends).
+func (a *Agent) startControllers(ctx context.Context) (<-chan error, func()) {
+	errc := make(chan error, len(a.cfg.Controllers))
+	var wg sync.WaitGroup
+	for _, c := range a.cfg.Controllers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.Run(ctx, a); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("controller %s: %w", c.Name(), err)
+			}
+		}()
+	}
+	return errc, wg.Wait
 }
 
 // converged reports whether every network that spans nodes is joined here.
