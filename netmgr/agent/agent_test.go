@@ -222,6 +222,38 @@ func TestCluster(t *testing.T) {
 		reachAll(t, pods) // its pod, left running, is reachable again
 	})
 
+	t.Run("node rm", func(t *testing.T) {
+		// A dead node removed by hand (podctl node rm) leaves its peers at once, not after its TTL,
+		// and its subnet is free.
+		sn2 := subnetOf(t, h2, "ov")
+		h2.kill()
+		if r, n, f := peerState(t, h1, sn2, h2.addr); !r || !n || !f {
+			t.Fatalf("host1's entries for host2 gone before node rm (route %v neigh %v fdb %v): its TTL %v cannot have passed", r, n, f, ttl)
+		}
+		freed, err := cluster.RemoveNode(context.Background(), h1.cs, "host2")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(freed) != 1 || freed[0].Subnet != sn2 {
+			t.Fatalf("node rm freed %+v, want host2's %s", freed, sn2)
+		}
+		removed := time.Now()
+		for {
+			r, n, f := peerState(t, h1, sn2, h2.addr)
+			if !r && !n && !f {
+				break
+			}
+			if time.Since(removed) > ttl {
+				t.Fatalf("host1 still has entries for the removed host2 after %v (route %v neigh %v fdb %v)", time.Since(removed), r, n, f)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("host2 gone from host1's routes, neighbours and FDB %v after node rm", time.Since(removed).Round(time.Microsecond))
+		tb.start(h2)
+		waitJoined(t, "ov", h2)
+		reachAll(t, pods)
+	})
+
 	t.Run("etcd stopped", func(t *testing.T) {
 		// Killed, as a crash: a graceful stop of etcd takes seconds during which it serves no
 		// keep-alive but goes on expiring leases, longer than this test's short TTL.
