@@ -23,7 +23,7 @@ import (
 
 var cidr = netip.MustParsePrefix("10.244.0.0/16")
 
-func createOverlay(t *testing.T, h *host, name string, cidr netip.Prefix) *netmgr.Network {
+func createOverlay(t testing.TB, h *host, name string, cidr netip.Prefix) *netmgr.Network {
 	t.Helper()
 	n, err := h.m.CreateNetwork(context.Background(), netmgr.NetworkSpec{Name: name, Driver: "overlay", Subnets: []netip.Prefix{cidr}})
 	if err != nil {
@@ -61,7 +61,7 @@ func reachAll(t *testing.T, pods []pod) {
 
 // peerState is what h's host has programmed for the peer whose subnet is sn on network vni: the
 // route to sn, and neighbour and FDB entries on the VXLAN device.
-func peerState(t *testing.T, h *host, sn netip.Prefix, underlay netip.Addr) (route, neigh, fdb bool) {
+func peerState(t testing.TB, h *host, sn netip.Prefix, underlay netip.Addr) (route, neigh, fdb bool) {
 	t.Helper()
 	hh, err := h.ns.NewHandle()
 	if err != nil {
@@ -107,7 +107,7 @@ func peerState(t *testing.T, h *host, sn netip.Prefix, underlay netip.Addr) (rou
 	return route, neigh, fdb
 }
 
-func subnetOf(t *testing.T, h *host, network string) netip.Prefix {
+func subnetOf(t testing.TB, h *host, network string) netip.Prefix {
 	t.Helper()
 	js, err := h.m.JoinedNetworks(context.Background())
 	if err != nil {

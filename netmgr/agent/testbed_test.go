@@ -25,7 +25,7 @@ import (
 // underlay address; an "outside" namespace on the underlay (198.18.0.200) for a client beyond the
 // cluster. Everything is made by the test and goes with it.
 type testbed struct {
-	t        *testing.T
+	t        testing.TB
 	underlay *sandbox.NetNS
 	etcd     *testutil.Etcd
 	hosts    []*host
@@ -47,7 +47,7 @@ type host struct {
 
 const ttl = 3 * time.Second
 
-func newTestbed(t *testing.T, n int) *testbed {
+func newTestbed(t testing.TB, n int) *testbed {
 	t.Helper()
 	testutil.RequireNetAdmin(t)
 	testutil.RequireEtcd(t)
@@ -208,7 +208,7 @@ func (h *host) kill() {
 }
 
 // waitJoined waits until every host in hs carries network name.
-func waitJoined(t *testing.T, name string, hs ...*host) {
+func waitJoined(t testing.TB, name string, hs ...*host) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for _, h := range hs {
@@ -236,7 +236,7 @@ func containsJoined(js []*netmgr.Joined, name string) bool {
 
 // pod creates a sandbox on network on h, with a Listen server on port 8080, and returns its netns
 // and address.
-func (h *host) pod(t *testing.T, name, network string) (*sandbox.NetNS, netip.Addr) {
+func (h *host) pod(t testing.TB, name, network string) (*sandbox.NetNS, netip.Addr) {
 	t.Helper()
 	s, err := h.m.CreateSandbox(context.Background(), netmgr.SandboxSpec{Name: name, Networks: []netmgr.AttachSpec{{Network: network}}})
 	if err != nil {
