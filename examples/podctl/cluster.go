@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -28,6 +29,35 @@ func (g *globals) openClusterStore(ctx context.Context) (store.Store, error) {
 	return etcd.Open(ctx, g.storeURL)
 }
 
+// offline stands in for a cluster store that did not answer: every call fails at once with err, so
+// that a command that needs only the node's own state (a sandbox on a network this node joined: its
+// copy is local) still works while etcd is unreachable, and one that needs the cluster fails fast.
+func (g *globals) offline(err error) (store.Store, bool) {
+	if !errors.Is(err, etcd.ErrUnreachable) {
+		return nil, false
+	}
+	g.offlineErr = err
+	return offlineStore{err}, true
+}
+
+type offlineStore struct{ err error }
+
+func (s offlineStore) Get(context.Context, string) (store.KV, error) { return store.KV{}, s.err }
+func (s offlineStore) List(context.Context, string) ([]store.KV, int64, error) {
+	return nil, 0, s.err
+}
+func (s offlineStore) Txn(context.Context, []store.Cmp, []store.Op) error { return s.err }
+func (s offlineStore) Watch(context.Context, string, int64) (<-chan store.Event, error) {
+	return nil, s.err
+}
+func (s offlineStore) Close() error { return nil }
+
+// The lease calls fail too, so that what needs the cluster says the cluster is unreachable (not that
+// the store has no leases).
+func (s offlineStore) Grant(context.Context, time.Duration) (store.LeaseID, error) { return 0, s.err }
+func (s offlineStore) KeepAlive(context.Context, store.LeaseID) error              { return s.err }
+func (s offlineStore) Revoke(context.Context, store.LeaseID) error                 { return s.err }
+
 // cluster is the cluster store the Manager was opened with, if any.
 func (g *globals) cluster() (store.Store, bool) { return g.clusterStore, g.clusterStore != nil }
 
@@ -42,6 +72,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 			"and leaves the data path in place; the node's record expires after --ttl.",
 		Args: nameArgs(),
 		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
+			if g.offlineErr != nil {
+				return fmt.Errorf("agent: %w", g.offlineErr)
+			}
 			var addr netip.Addr
 			cs, onCluster := g.cluster()
 			if onCluster || underlay != "" {

@@ -20,6 +20,8 @@ func (g *globals) openClusterStore(ctx context.Context) (store.Store, error) {
 
 func (g *globals) cluster() (store.Store, bool) { return nil, false }
 
+func (g *globals) offline(error) (store.Store, bool) { return nil, false }
+
 func newAgentCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:                "agent",

@@ -82,8 +82,10 @@ type globals struct {
 	output     string
 	debug      bool
 
-	// clusterStore and runtimeStore are open while a Manager on a cluster store is.
+	// clusterStore and runtimeStore are open while a Manager on a cluster store is; offlineErr is set
+	// when the cluster store did not answer and clusterStore stands in for it (see offline).
 	clusterStore, runtimeStore store.Store
+	offlineErr                 error
 
 	stdout io.Writer
 	stderr io.Writer
@@ -316,7 +318,12 @@ func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) 
 		}
 		cs, err := g.openClusterStore(ctx)
 		if err != nil {
-			return nil, nil, err
+			off, ok := g.offline(err)
+			if !ok {
+				return nil, nil, err
+			}
+			g.logger().Warn("working from this node's own state: sandboxes on networks it joined work, anything else needs the cluster store", "error", err)
+			cs = off
 		}
 		if err := os.MkdirAll(g.runDir, 0o755); err != nil {
 			cs.Close()

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	_ "github.com/netmgr/netmgr/drivers/overlay"
 	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr"
@@ -26,7 +24,7 @@ import (
 // cluster. Everything is made by the test and goes with it.
 type testbed struct {
 	t        testing.TB
-	underlay *sandbox.NetNS
+	underlay *testutil.Underlay
 	etcd     *testutil.Etcd
 	hosts    []*host
 	outside  *sandbox.NetNS
@@ -51,20 +49,8 @@ func newTestbed(t testing.TB, n int) *testbed {
 	t.Helper()
 	testutil.RequireNetAdmin(t)
 	testutil.RequireEtcd(t)
-	tb := &testbed{t: t, underlay: testutil.NewNS(t, "underlay")}
-	uh, err := tb.underlay.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uh.Close()
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ul0"}}
-	if err := uh.LinkAdd(br); err != nil {
-		t.Fatal(err)
-	}
-	if err := uh.LinkSetUp(br); err != nil {
-		t.Fatal(err)
-	}
-	tb.outside = tb.plug("outside", netip.MustParseAddr("198.18.0.200"), nil)
+	tb := &testbed{t: t, underlay: testutil.NewUnderlay(t)}
+	tb.outside = tb.underlay.Plug("outside", netip.MustParseAddr("198.18.0.200"), nil)
 	for i := 1; i <= n; i++ {
 		tb.addHost()
 	}
@@ -75,59 +61,10 @@ func newTestbed(t testing.TB, n int) *testbed {
 	return tb
 }
 
-// plug puts ns (a new namespace when nil) on the underlay with addr as eth0.
-func (tb *testbed) plug(name string, addr netip.Addr, ns *sandbox.NetNS) *sandbox.NetNS {
-	t := tb.t
-	if ns == nil {
-		ns = testutil.NewNS(t, name)
-	}
-	uh, err := tb.underlay.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uh.Close()
-	hh, err := ns.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hh.Close()
-	port := fmt.Sprintf("ul-%d", addr.As4()[3])
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: "eth0", PeerNamespace: netlink.NsFd(ns.Fd())}
-	if err := uh.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	br, err := uh.LinkByName("ul0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pl, err := uh.LinkByName(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := uh.LinkSetMaster(pl, br); err != nil {
-		t.Fatal(err)
-	}
-	if err := uh.LinkSetUp(pl); err != nil {
-		t.Fatal(err)
-	}
-	eth, err := hh.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}
-	if err := hh.AddrAdd(eth, a); err != nil {
-		t.Fatal(err)
-	}
-	if err := hh.LinkSetUp(eth); err != nil {
-		t.Fatal(err)
-	}
-	return ns
-}
-
 func (tb *testbed) addHost() *host {
 	i := len(tb.hosts) + 1
 	h := &host{name: fmt.Sprintf("host%d", i), addr: netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})}
-	h.ns = tb.plug(h.name, h.addr, nil)
+	h.ns = tb.underlay.Plug(h.name, h.addr, nil)
 	tb.hosts = append(tb.hosts, h)
 	return h
 }
