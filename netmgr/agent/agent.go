@@ -351,6 +351,12 @@ func (a *Agent) syncPeers(ctx context.Context) {
 			if nd.Name == a.node || !ok || len(nn.Subnets) == 0 {
 				continue
 			}
+			if len(j.Attrs) > 0 && len(nn.Attrs) == 0 {
+				// This network's driver publishes attributes (an overlay's VTEP MAC) and the peer has
+				// not yet: it leased its subnet a moment before its join finished. Its next record
+				// update brings it.
+				continue
+			}
 			peers = append(peers, drivers.NodeView{Node: nd.Name, Subnets: nn.Subnets, Underlay: nd.Address, Attrs: nn.Attrs})
 		}
 		if err := a.m.SyncPeers(ctx, j.Network, peers); err != nil {
