@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -240,62 +238,6 @@ func ownLinks(t *testing.T, hs *host) []string {
 	return out
 }
 
-// transfer sends size bytes from pod a to a server in pod b and returns what the server received
-// and the client's MSS.
-func transfer(t *testing.T, a, b *pod, size int) (int64, int) {
-	t.Helper()
-	var ln net.Listener
-	if err := b.ns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(b.ip, 9000).String())
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan int64, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- -1
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-		n, _ := io.Copy(io.Discard, c)
-		got <- n
-	}()
-	var c net.Conn
-	deadline := time.Now().Add(testutil.ProbeDeadline)
-	for {
-		err := a.ns.Do(func() (err error) {
-			c, err = net.DialTimeout("tcp", netip.AddrPortFrom(b.ip, 9000).String(), 2*time.Second)
-			return err
-		})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("connect %s -> %s: %v", a.ip, b.ip, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	if _, err := c.Write(make([]byte, size)); err != nil {
-		t.Fatalf("write %d bytes %s -> %s: %v", size, a.ip, b.ip, err)
-	}
-	mss := -1
-	if raw, err := c.(*net.TCPConn).SyscallConn(); err == nil {
-		_ = raw.Control(func(fd uintptr) { mss, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG) })
-	}
-	c.Close()
-	select {
-	case n := <-got:
-		return n, mss
-	case <-time.After(60 * time.Second):
-		t.Fatal("the server never finished reading")
-	}
-	return 0, 0
-}
 
 // TestOverlayThreeHosts drives the driver as the agent will: Allocate once, Join and SyncPeers on
 // every host, a pod on each host through PrepareEndpoint and Attach, the firewall as the Manager
@@ -390,7 +332,7 @@ func TestOverlayThreeHosts(t *testing.T) {
 	})
 
 	t.Run("1 MB with full-size segments", func(t *testing.T) {
-		got, mss := transfer(t, pods[0], pods[2], 1<<20)
+		got, mss := testutil.Transfer(t, pods[0].ns, pods[2].ns, pods[2].ip, 9000, 1<<20)
 		if got != 1<<20 {
 			t.Errorf("received %d bytes of 1 MiB", got)
 		}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -167,7 +165,11 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("1 MB across hosts", func(t *testing.T) {
-		transfer(t, pods[0], pods[2], 1<<20)
+		got, mss := testutil.Transfer(t, pods[0].ns, pods[2].ns, pods[2].addr, 9100, 1<<20)
+		if got != 1<<20 {
+			t.Fatalf("received %d bytes of %d", got, 1<<20)
+		}
+		t.Logf("1 MiB from host1 to host3, MSS %d", mss)
 	})
 
 	t.Run("fourth host joins", func(t *testing.T) {
@@ -337,42 +339,5 @@ func hasNode(nodes []cluster.Node, name string) bool {
 	return false
 }
 
-// transfer sends n bytes from a to a sink in b over TCP and checks they all arrive.
-func transfer(t *testing.T, a, b pod, n int) {
-	t.Helper()
-	var ln net.Listener
-	if err := b.ns.Do(func() (err error) { ln, err = net.Listen("tcp", ":9100"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan int64, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- -1
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-		k, _ := io.Copy(io.Discard, c)
-		got <- k
-	}()
-	var c net.Conn
-	if err := a.ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(b.addr, 9100).String(), 10*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	if _, err := c.Write(make([]byte, n)); err != nil {
-		t.Fatalf("write %d bytes across hosts: %v (an MTU blackhole stalls here)", n, err)
-	}
-	c.Close()
-	if k := <-got; k != int64(n) {
-		t.Fatalf("received %d bytes of %d", k, n)
-	}
-	t.Logf("%d bytes from %s to %s", n, a.h.name, b.h.name)
-}
 
 var _ = fmt.Sprint
