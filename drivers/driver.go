@@ -32,6 +32,19 @@ type Env struct {
 	Logger *slog.Logger
 }
 
+// DriverLogger checks that env has a host namespace, as every driver needs, and returns the logger
+// a driver named name logs through (a discarding one when env has none).
+func (e Env) DriverLogger(name string) (*slog.Logger, error) {
+	if e.Host == nil || e.HostHandle == nil {
+		return nil, fmt.Errorf("%s driver: %w: no host namespace", name, ErrInvalid)
+	}
+	log := e.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return log.With("driver", name), nil
+}
+
 // Network is a network as drivers see it. Options are the driver's own; PrepareNetwork may add
 // defaults to them, and netmgr stores what it returns.
 type Network struct {

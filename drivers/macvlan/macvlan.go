@@ -69,14 +69,11 @@ type Driver struct {
 
 // New returns a macvlan driver whose parents live in env.Host.
 func New(env drivers.Env) (drivers.Driver, error) {
-	if env.Host == nil || env.HostHandle == nil {
-		return nil, fmt.Errorf("macvlan driver: %w: no host namespace", drivers.ErrInvalid)
+	log, err := env.DriverLogger(Name)
+	if err != nil {
+		return nil, err
 	}
-	log := env.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Driver{env: env, log: log.With("driver", Name)}, nil
+	return &Driver{env: env, log: log}, nil
 }
 
 // DefaultShimName derives a shim interface name that fits IFNAMSIZ from a network name.

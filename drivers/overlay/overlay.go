@@ -78,14 +78,11 @@ type Driver struct {
 
 // New returns an overlay driver working in env.Host.
 func New(env drivers.Env) (drivers.Driver, error) {
-	if env.Host == nil || env.HostHandle == nil {
-		return nil, fmt.Errorf("overlay driver: %w: no host namespace", drivers.ErrInvalid)
+	log, err := env.DriverLogger(Name)
+	if err != nil {
+		return nil, err
 	}
-	log := env.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Driver{env: env, log: log.With("driver", Name)}, nil
+	return &Driver{env: env, log: log}, nil
 }
 
 var knownOpts = []string{OptVNI, OptPort, OptNodePrefix, OptNodePrefix6, OptMasquerade}
