@@ -55,7 +55,7 @@ type Network struct {
 	Gateways []netip.Addr // one per subnet, same order
 	// Cluster holds, on a node that joined a network that spans nodes (drivers.Joiner), the
 	// network's cluster CIDRs; Subnets and Gateways are then the node's own. Empty otherwise.
-	Cluster []netip.Prefix
+	Cluster  []netip.Prefix
 	Options  map[string]string
 	Internal bool
 	MTU      int

@@ -238,7 +238,6 @@ func ownLinks(t *testing.T, hs *host) []string {
 	return out
 }
 
-
 // TestOverlayThreeHosts drives the driver as the agent will: Allocate once, Join and SyncPeers on
 // every host, a pod on each host through PrepareEndpoint and Attach, the firewall as the Manager
 // applies it; then peer removal, stale entries, idempotent re-syncs, a second overlay network,
