@@ -36,7 +36,6 @@ func (g *globals) offline(err error) (store.Store, bool) {
 	if !errors.Is(err, etcd.ErrUnreachable) {
 		return nil, false
 	}
-	g.offlineErr = err
 	return offlineStore{err}, true
 }
 

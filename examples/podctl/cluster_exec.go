@@ -18,8 +18,6 @@ func (g *globals) openClusterStore(ctx context.Context) (store.Store, error) {
 	return nil, execFull("commands on a cluster store")
 }
 
-func (g *globals) cluster() (store.Store, bool) { return nil, false }
-
 func (g *globals) offline(error) (store.Store, bool) { return nil, false }
 
 func newAgentCmd(g *globals) *cobra.Command {

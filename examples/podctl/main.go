@@ -322,6 +322,7 @@ func (g *globals) manager(ctx context.Context) (*netmgr.Manager, func(), error) 
 			if !ok {
 				return nil, nil, err
 			}
+			g.offlineErr = err
 			g.logger().Warn("working from this node's own state: sandboxes on networks it joined work, anything else needs the cluster store", "error", err)
 			cs = off
 		}
