@@ -357,3 +357,51 @@ func TestDualStack(t *testing.T) {
 		t.Errorf("host -> a over IPv6: %v", err)
 	}
 }
+
+// TestRestore: gc puts back a host route deleted by hand, and re-makes a veth deleted by hand, with
+// the recorded address, MAC and routes; the pod is reachable again each time.
+func TestRestore(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.network(t, "rt", routed.Name, "10.80.0.0/24")
+	a, aNS := e.sandbox(t, "a", "rt")
+	_, bNS := e.sandbox(t, "b", "rt")
+	if err := testutil.Ping(bNS, ip4(a)); err != nil {
+		t.Fatal(err)
+	}
+	hostEnd := a.Attachments[0].HostInterface
+	l, err := e.hh.LinkByName(hostEnd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, _ := e.hh.RouteList(l, netlink.FAMILY_V4)
+	for _, r := range routes {
+		if err := e.hh.RouteDel(&r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := e.m.Recover(ctx)
+	if err != nil || len(rep.Endpoints) != 1 {
+		t.Fatalf("gc after the host route went: %+v, %v; want a/rt restored", rep, err)
+	}
+	if err := testutil.Ping(bNS, ip4(a)); err != nil {
+		t.Errorf("b -> a after gc put the route back: %v", err)
+	}
+	if err := e.hh.LinkDel(l); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = e.m.Recover(ctx)
+	if err != nil || len(rep.Endpoints) != 1 {
+		t.Fatalf("gc after the veth went: %+v, %v; want a/rt restored", rep, err)
+	}
+	if err := testutil.Ping(bNS, ip4(a)); err != nil {
+		t.Errorf("b -> a after gc re-made the veth: %v", err)
+	}
+	if err := testutil.Ping(aNS, ip4(a)); err != nil {
+		t.Errorf("a -> itself: %v", err)
+	}
+	got, _ := e.m.Sandbox(ctx, "a")
+	if got.Attachments[0].MAC != a.Attachments[0].MAC {
+		t.Errorf("MAC after re-make %s, want the recorded %s", got.Attachments[0].MAC, a.Attachments[0].MAC)
+	}
+}
