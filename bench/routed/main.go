@@ -24,6 +24,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -62,6 +63,7 @@ func main() {
 	out := flag.String("out", filepath.Join(integration.RepoRoot(), "bench", "out", "routed.txt"), "report file (also printed)")
 	png := flag.String("png", filepath.Join(integration.RepoRoot(), "bench", "out", "routed.png"), "plot file (empty: none)")
 	settle := flag.Duration("settle", 3*time.Second, "pause after each side for the kernel to destroy its namespaces")
+	replot := flag.String("replot", "", "only draw -png from a JSON report of an earlier run (-out with .json)")
 	rounds := flag.Int("rounds", 3, "rounds; each measures every side at every N once (sides in rotating order); the report gives medians")
 	flag.Parse()
 	var counts []int
@@ -72,6 +74,17 @@ func main() {
 			os.Exit(2)
 		}
 		counts = append(counts, n)
+	}
+	if *replot != "" {
+		res, err := readJSON(*replot)
+		if err == nil {
+			err = plot(*png, counts, res)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench/routed:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -115,19 +128,22 @@ func run(ctx context.Context, counts []int, rounds int, settle time.Duration, ou
 			}
 		}
 	}
-	res := map[string]map[int]result{}
+	res, best := map[string]map[int]result{}, map[string]map[int]result{}
 	for side, byN := range all {
-		res[side] = map[int]result{}
+		res[side], best[side] = map[int]result{}, map[int]result{}
 		for n, rs := range byN {
-			res[side][n] = median(rs)
+			res[side][n], best[side][n] = median(rs), fastest(rs)
 		}
 	}
-	report := table(counts, res)
+	report := table(counts, res, "medians of the rounds") + "\n" + table(counts, best, "fastest of the rounds (the least disturbed by other load)")
 	fmt.Print(report)
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
 	if err := os.WriteFile(out, []byte(report), 0o644); err != nil {
+		return err
+	}
+	if err := writeJSON(strings.TrimSuffix(out, filepath.Ext(out))+".json", res); err != nil {
 		return err
 	}
 	if png != "" {
@@ -137,6 +153,60 @@ func run(ctx context.Context, counts []int, rounds int, settle time.Duration, ou
 		fmt.Fprintf(os.Stderr, "bench/routed: plot written to %s\n", png)
 	}
 	return nil
+}
+
+// jsonResult is one side at one N in the JSON report, in ms per op.
+type jsonResult struct {
+	Create float64 `json:"create_ms"`
+	Delete float64 `json:"delete_ms"`
+}
+
+func writeJSON(path string, res map[string]map[int]result) error {
+	out := map[string]map[string]jsonResult{}
+	for side, byN := range res {
+		out[side] = map[string]jsonResult{}
+		for n, r := range byN {
+			out[side][strconv.Itoa(n)] = jsonResult{perOp(r.create, n), perOp(r.del, n)}
+		}
+	}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+func readJSON(path string) (map[string]map[int]result, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var in map[string]map[string]jsonResult
+	if err := json.Unmarshal(b, &in); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	res := map[string]map[int]result{}
+	for side, byN := range in {
+		res[side] = map[int]result{}
+		for ns, r := range byN {
+			n, err := strconv.Atoi(ns)
+			if err != nil {
+				return nil, fmt.Errorf("%s: N %q: %w", path, ns, err)
+			}
+			ms := func(v float64) time.Duration { return time.Duration(v * float64(n) * float64(time.Millisecond)) }
+			res[side][n] = result{create: ms(r.Create), del: ms(r.Delete)}
+		}
+	}
+	return res, nil
+}
+
+// fastest is the fastest create and the fastest delete of rs, each on its own.
+func fastest(rs []result) result {
+	f := rs[0]
+	for _, r := range rs[1:] {
+		f.create, f.del = min(f.create, r.create), min(f.del, r.del)
+	}
+	return f
 }
 
 // median is the median create and the median delete of rs, each on its own.
@@ -153,9 +223,9 @@ func median(rs []result) result {
 
 func perOp(d time.Duration, n int) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
 
-func table(counts []int, res map[string]map[int]result) string {
+func table(counts []int, res map[string]map[int]result, what string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "bench/routed (%s): sandbox create and delete per op, one host, in process; medians of the rounds\n\n", time.Now().UTC().Format("2006-01-02 15:04"))
+	fmt.Fprintf(&b, "bench/routed (%s): sandbox create and delete per op, one host, in process; %s\n\n", time.Now().UTC().Format("2006-01-02 15:04"), what)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "op\tN\trouted\trouted-floor\trouted/floor\tbridge\tbridge-floor\tbridge/floor\trouted N / first N\t")
 	for _, op := range []string{"create", "delete"} {
