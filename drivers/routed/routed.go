@@ -332,8 +332,9 @@ func insideAny(p netip.Prefix, cidrs []netip.Prefix) bool {
 }
 
 // PrepareEndpoint implements drivers.Driver: the host end's name (the network's prefix and a hash
-// of the endpoint's ID) and, for each offered gateway's family, a default route via the link-local
-// next hop on-link (the gateway itself is not used: the sandbox's address is a /32).
+// of the endpoint's ID), a route to each of the network's subnets and, for each offered gateway's
+// family, a default route, all via the link-local next hop on-link (the gateway itself is not used:
+// the sandbox's address is a /32).
 func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error {
 	p, err := d.ifPrefix(n)
 	if err != nil {
@@ -349,6 +350,22 @@ func (d *Driver) PrepareEndpoint(n *drivers.Network, ep *drivers.Endpoint) error
 	}
 	ep.HostName = drivers.HostIfName(p, ep.ID)
 	ep.Routes = []drivers.Route{}
+	// The network's own subnets (a global network's cluster CIDRs) through this interface always:
+	// with a /32 address nothing else would reach them when another attachment holds the default
+	// route, or on an internal network, which has none.
+	subnets := n.Subnets
+	if len(n.Cluster) > 0 {
+		subnets = n.Cluster
+	}
+	for _, sn := range subnets {
+		nh := NextHop4
+		if sn.Addr().Is6() {
+			nh = NextHop6
+		}
+		if slices.ContainsFunc(ep.Addrs, func(a netip.Prefix) bool { return a.Addr().Is4() == sn.Addr().Is4() }) {
+			ep.Routes = append(ep.Routes, drivers.Route{Dst: sn.Masked(), Gw: nh, OnLink: true})
+		}
+	}
 	for _, gw := range ep.Gateways {
 		if gw.Is4() {
 			ep.Routes = append(ep.Routes, drivers.Route{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gw: NextHop4, OnLink: true})

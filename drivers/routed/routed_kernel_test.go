@@ -405,3 +405,30 @@ func TestRestore(t *testing.T) {
 		t.Errorf("MAC after re-make %s, want the recorded %s", got.Attachments[0].MAC, a.Attachments[0].MAC)
 	}
 }
+
+// TestSecondNetworkAndInternal: a sandbox whose default route is another network's (a bridge) still
+// reaches its routed network's pods (the endpoint routes the network's subnet via 169.254.1.1), and
+// pods of an internal routed network, which have no default route, reach each other.
+func TestSecondNetworkAndInternal(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.network(t, "br", "bridge", "10.42.0.0/24")
+	e.network(t, "rt", routed.Name, "10.43.0.0/24")
+	if _, err := e.m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "in", Driver: routed.Name, Internal: true, Subnets: []netip.Prefix{netip.MustParsePrefix("10.44.0.0/24")}}); err != nil {
+		t.Fatal(err)
+	}
+	peer, _ := e.sandbox(t, "peer", "rt")
+	both, err := e.m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "both", Networks: []netmgr.AttachSpec{{Network: "br"}, {Network: "rt"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bothNS := testutil.Open(t, both.NetNS)
+	if err := testutil.Ping(bothNS, ip4(peer)); err != nil {
+		t.Errorf("bridge-routed sandbox -> routed peer: %v", err)
+	}
+	_, i1NS := e.sandbox(t, "i1", "in")
+	i2, _ := e.sandbox(t, "i2", "in")
+	if err := testutil.Ping(i1NS, ip4(i2)); err != nil {
+		t.Errorf("internal pod -> internal pod: %v", err)
+	}
+}
