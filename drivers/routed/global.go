@@ -108,6 +108,10 @@ func (g *GlobalDriver) Join(ctx context.Context, n *drivers.Network, node *drive
 	if err := checkView(n, *node); err != nil {
 		return err
 	}
+	if node.Underlay.Is4() && slices.ContainsFunc(node.Subnets, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		return fmt.Errorf("%w: %s network %q has an IPv6 cluster CIDR and node %q's underlay address %s is IPv4: host-gw routes a peer's subnet via its underlay address, and Linux routes IPv6 only via IPv6 next hops; give this network IPv4 only, or the nodes IPv6 underlay addresses",
+			drivers.ErrInvalid, GlobalName, n.Name, node.Node, node.Underlay)
+	}
 	seg, err := g.underlaySegment(node.Underlay)
 	if err != nil {
 		return err
@@ -218,6 +222,12 @@ func (g *GlobalDriver) SyncPeers(ctx context.Context, n *drivers.Network, self d
 			continue
 		}
 		r := &netlink.Route{LinkIndex: dev, Dst: drivers.IPNet(e.subnet), Gw: e.via.AsSlice(), Protocol: RouteProtocol}
+		if e.via.Is6() && e.subnet.Addr().Is4() {
+			// IPv4 pods on an IPv6 underlay: via the peer's IPv6 address (RTA_VIA, "via inet6
+			// fd00::2", RFC 5549, Linux 5.2 and later). Join refuses the converse, which the kernel
+			// cannot route.
+			r.Gw, r.Via = nil, &netlink.Via{AddrFamily: netlink.FAMILY_V6, Addr: e.via.AsSlice()}
+		}
 		if err := h.RouteReplace(r); err != nil {
 			return fmt.Errorf("sync peers of %s: route %s via %s for %s: %w", n.Name, e.subnet, e.via, e.node, err)
 		}
@@ -228,6 +238,9 @@ func (g *GlobalDriver) SyncPeers(ctx context.Context, n *drivers.Network, self d
 			return slices.Contains(self.Subnets, prefixOf(r.Dst))
 		}
 		gw, _ := netip.AddrFromSlice(r.Gw)
+		if v, ok := r.Via.(*netlink.Via); ok && v != nil {
+			gw, _ = netip.AddrFromSlice(v.Addr)
+		}
 		via, ok := want[prefixOf(r.Dst)]
 		return ok && via == gw.Unmap()
 	}); err != nil {

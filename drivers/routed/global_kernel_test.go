@@ -121,3 +121,72 @@ func TestSyncPeers(t *testing.T) {
 		t.Errorf("own route %+v after Leave", r)
 	}
 }
+
+// TestSyncPeersIPv6Underlay: on an IPv6 underlay, a peer's IPv4 node subnet is routed via its
+// IPv6 underlay address (RTA_VIA), and a second SyncPeers keeps that route rather than taking it for
+// stale; an IPv6 cluster CIDR on an IPv4 underlay, which Linux cannot route, is refused by Join.
+func TestSyncPeersIPv6Underlay(t *testing.T) {
+	testutil.RequireRoot(t)
+	host := testutil.NewNS(t, "host")
+	other := testutil.NewNS(t, "segment")
+	hh, err := host.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	if err := hh.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(other.Fd())}); err != nil {
+		t.Fatal(err)
+	}
+	eth, _ := hh.LinkByName("eth0")
+	if err := hh.AddrAdd(eth, &netlink.Addr{IPNet: drivers.IPNet(netip.MustParsePrefix("fd00:18::1/64")), Flags: unix.IFA_F_NODAD}); err != nil {
+		t.Fatal(err)
+	}
+	if err := hh.LinkSetUp(eth); err != nil {
+		t.Fatal(err)
+	}
+	dd, err := NewGlobal(drivers.Env{Host: host, HostHandle: hh, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := dd.(*GlobalDriver)
+	n := &drivers.Network{ID: "id-rg", Name: "rg", Driver: GlobalName, Subnets: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")}}
+	if err := g.Allocate(t.Context(), n, nil); err != nil {
+		t.Fatal(err)
+	}
+	self := drivers.NodeView{Node: "n1", Subnets: []netip.Prefix{netip.MustParsePrefix("10.250.1.0/24")}, Underlay: netip.MustParseAddr("fd00:18::1")}
+	if err := g.Join(t.Context(), n, &self); err != nil {
+		t.Fatal(err)
+	}
+	peer := drivers.NodeView{Node: "n2", Subnets: []netip.Prefix{netip.MustParsePrefix("10.250.2.0/24")}, Underlay: netip.MustParseAddr("fd00:18::2")}
+	for round := range 2 {
+		if err := g.SyncPeers(t.Context(), n, self, []drivers.NodeView{peer}); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		routes, err := hh.RouteList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.String() == "10.250.2.0/24" {
+				v, ok := r.Via.(*netlink.Via)
+				found = ok && v.Addr.Equal(net.ParseIP("fd00:18::2"))
+			}
+		}
+		if !found {
+			t.Fatalf("round %d: IPv4 routes %v, want 10.250.2.0/24 via inet6 fd00:18::2", round, routes)
+		}
+	}
+	if err := g.Leave(t.Context(), n, self); err != nil {
+		t.Fatal(err)
+	}
+
+	n6 := &drivers.Network{ID: "id-rg6", Name: "rg6", Driver: GlobalName, Subnets: []netip.Prefix{netip.MustParsePrefix("fd00:250::/56")}}
+	if err := g.Allocate(t.Context(), n6, nil); err != nil {
+		t.Fatal(err)
+	}
+	v4 := drivers.NodeView{Node: "n1", Subnets: []netip.Prefix{netip.MustParsePrefix("fd00:250:0:1::/64")}, Underlay: netip.MustParseAddr("198.18.0.1")}
+	if err := g.Join(t.Context(), n6, &v4); !errors.Is(err, drivers.ErrInvalid) || !strings.Contains(err.Error(), "IPv6 only via IPv6") {
+		t.Errorf("Join of an IPv6 CIDR on an IPv4 underlay: %v, want ErrInvalid saying why", err)
+	}
+}
