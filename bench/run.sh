@@ -7,7 +7,7 @@
 # Exit status reflects errors only, never timings. See bench/README.md.
 #
 # Environment knobs (defaults in brackets):
-#   BENCH_N [100]  BENCH_N_LARGE [1000]  BENCH_CNI_LARGE [500, 0 skips]  BENCH_PORT_LIMIT [true]
+#   BENCH_N [100]  BENCH_N_LARGE [1000]  BENCH_ROUTED_N [100,1000,4000]  BENCH_CNI_LARGE [500, 0 skips]  BENCH_PORT_LIMIT [true]
 #   BENCH_SETTLE [2s]  PODCTL [./bin/podctl]  CNI_PLUGIN_DIR [/usr/lib/cni]
 #   TMPDIR [/dev/shm]: where the scratch dir goes (its filesystem matters: pins, lock files, fsync).
 #     The default is tmpfs because netmgr's run dir, /run/netmgr, is on tmpfs on a standard Debian
@@ -71,6 +71,8 @@ else
 fi
 bench_run bash "$ROOT/bench/ports/run.sh"  # publish 1000 ports one by one: last 100 vs first 100 (bench/out/ports.txt)
 bench_run bash "$ROOT/bench/iperf/run.sh"  # iperf3 pod to pod: loopback, veth, bridge and macvlan, raw vs netmgr (bench/out/iperf.txt)
+"$GO" build -o "$WORK/routedbench" ./bench/routed # built, not go run: the signal must reach the program
+bench_run "$WORK/routedbench" -n "${BENCH_ROUTED_N:-100,1000,4000}" -out "$ROOT/bench/out/routed.txt" -png "$ROOT/bench/out/routed.png" # create/delete per op: routed vs bridge vs their bare floors (bench/out/routed.{txt,png})
 "$GO" build -o "$WORK/overlaybench" ./bench/overlay # built, not go run: the signal must reach the program
 bench_run "$WORK/overlaybench" -out "$ROOT/bench/out/overlay.txt" # iperf3 across two hosts: underlay, hand-built VXLAN, netmgr overlay (bench/out/overlay.txt)
 bench_run bash "$ROOT/bench/cluster/run.sh" # cluster: sandbox create on overlay+etcd vs bridge+bolt, join convergence p50/p99 (bench/out/cluster.txt)

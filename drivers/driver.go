@@ -151,7 +151,8 @@ type AddressProvider interface {
 // made.
 type FirewallSpec struct {
 	// HostIfaces are the host-side interfaces the network's traffic enters and leaves the host by
-	// (a bridge network: its bridge). A network without any gets no interface-keyed rules.
+	// (a bridge network: its bridge). A name ending in "*" is a prefix wildcard (a routed network's
+	// veths, "nmr1a2b*"). A network without any gets no interface-keyed rules.
 	HostIfaces []string
 	// Masquerade SNATs traffic from the network's subnets leaving by other interfaces.
 	Masquerade bool

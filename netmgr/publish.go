@@ -122,6 +122,10 @@ func (m *Manager) setRouteLocalnet(ifaces []string) error {
 	}
 	return m.host.Do(func() error {
 		for _, br := range ifaces {
+			if strings.HasSuffix(br, "*") {
+				// A wildcard (a routed network's veths): its driver sets route_localnet on each.
+				continue
+			}
 			k := "/proc/sys/net/ipv4/conf/" + br + "/route_localnet"
 			if b, err := os.ReadFile(k); err == nil && strings.TrimSpace(string(b)) == "1" {
 				continue

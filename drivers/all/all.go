@@ -17,4 +17,5 @@ import (
 	_ "github.com/netmgr/netmgr/drivers/link"
 	_ "github.com/netmgr/netmgr/drivers/macvlan"
 	_ "github.com/netmgr/netmgr/drivers/overlay"
+	_ "github.com/netmgr/netmgr/drivers/routed"
 )

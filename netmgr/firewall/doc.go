@@ -4,7 +4,10 @@
 // Networks are keyed on their host-side interfaces ([Network.Ifaces], which
 // the network's driver chooses: a bridge network's bridge); below, B is one
 // of a network's interfaces and "!= B" stands for "none of them". A network
-// without interfaces gets no rules of this table.
+// without interfaces gets no rules of this table. An interface name ending in
+// "*" is a prefix wildcard, as in nft (a routed network's veths: "nmr1a2b*");
+// wildcards stay out of the ifaces set, and every other network's interfaces
+// get one more isolation rule per wildcard G: iifname B oifname G drop.
 //
 // The ruleset for a list of networks is:
 //

@@ -48,8 +48,11 @@ type Network struct {
 	Name string
 	// Ifaces are the host-side interfaces the network's traffic enters and
 	// leaves the host by (each at most 15 bytes, matched exactly): a bridge
-	// network's bridge. A network with none (a routed network, whose
-	// endpoints' host ends come and go) gets no interface-keyed rules (no
+	// network's bridge. A name ending in "*" is a prefix wildcard, as in nft:
+	// "nmr1a2b*" matches every interface whose name starts with nmr1a2b (a
+	// routed network's veths, which come and go, keyed by one rule instead of
+	// one per veth); a wildcard must not match another network's names or
+	// wildcards. A network with none gets no interface-keyed rules (no
 	// isolation, masquerade or hairpin rules from here) and fails no other
 	// network's rules; it still counts for published ports.
 	Ifaces []string
@@ -297,6 +300,13 @@ func normalize(nets []Network) ([]Network, error) {
 			owner[i] = n.Name
 		}
 		n.Ifaces = ifaces
+		for _, i := range ifaces {
+			for other, on := range owner {
+				if on != n.Name && (wildcardMatches(i, other) || wildcardMatches(other, i)) {
+					return nil, fmt.Errorf("network %q: interface %q and network %q's %q match the same interfaces: %w", n.Name, i, on, other, ErrInvalid)
+				}
+			}
+		}
 
 		subnets := make([]netip.Prefix, 0, len(n.Subnets))
 		for _, p := range n.Subnets {
@@ -323,6 +333,12 @@ func normalize(nets []Network) ([]Network, error) {
 	return out, nil
 }
 
+// wildcardMatches reports whether w is a wildcard that matches name (or, for a wildcard name, some
+// of the names it matches).
+func wildcardMatches(w, name string) bool {
+	return isWildcard(w) && strings.HasPrefix(strings.TrimSuffix(name, "*"), strings.TrimSuffix(w, "*"))
+}
+
 func validName(name string) error {
 	switch {
 	case name == "":
@@ -346,6 +362,8 @@ func validIfName(name string) error {
 		return fmt.Errorf("interface name %q is reserved: %w", name, ErrInvalid)
 	case strings.ContainsAny(name, "/: \t\n\v\f\r\x00"):
 		return fmt.Errorf("interface name %q contains '/', ':', a space or a NUL byte: %w", name, ErrInvalid)
+	case strings.Contains(strings.TrimSuffix(name, "*"), "*"), name == "*":
+		return fmt.Errorf("interface name %q: a wildcard is a non-empty prefix and one '*' at the end: %w", name, ErrInvalid)
 	}
 	return nil
 }

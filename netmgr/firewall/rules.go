@@ -103,8 +103,13 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 		KeyByteOrder: binaryutil.NativeEndian,
 	}
 	elems := make([]nftables.SetElement, 0, len(nets))
+	var globs []string // wildcard names, which an exact-match set cannot hold
 	for _, n := range nets {
 		for _, i := range n.Ifaces {
+			if isWildcard(i) {
+				globs = append(globs, i)
+				continue
+			}
 			elems = append(elems, nftables.SetElement{Key: ifname(i)})
 		}
 	}
@@ -118,7 +123,7 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 		count++
 	}
 	for _, n := range nets {
-		for _, exprs := range forwardRules(n, ifaces) {
+		for _, exprs := range forwardRules(n, ifaces, globs) {
 			add(forward, n, exprs)
 		}
 		for _, exprs := range postroutingRules(n) {
@@ -134,7 +139,7 @@ func queueRuleset(c *nftables.Conn, nets []Network) (int, error) {
 	return count, nil
 }
 
-func forwardRules(n Network, ifaces *nftables.Set) [][]expr.Any {
+func forwardRules(n Network, ifaces *nftables.Set, globs []string) [][]expr.Any {
 	var rules [][]expr.Any
 	for _, b := range n.Ifaces { // B is one interface of the network, !N none of them
 		if n.Internal {
@@ -155,6 +160,18 @@ func forwardRules(n Network, ifaces *nftables.Set) [][]expr.Any {
 			},
 			drop(),
 		))
+		// The other networks' wildcard names, which the set cannot hold (normalize keeps a
+		// wildcard from matching another network's names):
+		// iifname B oifname G drop
+		for _, g := range globs {
+			if !slices.Contains(n.Ifaces, g) {
+				rules = append(rules, concat(
+					ifnameCmp(expr.MetaKeyIIFNAME, expr.CmpOpEq, b),
+					ifnameCmp(expr.MetaKeyOIFNAME, expr.CmpOpEq, g),
+					drop(),
+				))
+			}
+		}
 		if !n.Internal && !n.Routed {
 			// Connections from elsewhere into the network only through a published port (the ports
 			// table's DNAT), or as replies (established and related, which also covers ICMP errors).
@@ -316,15 +333,24 @@ func hairpinRules(n Network) [][]expr.Any {
 	return rules
 }
 
-// ifnameCmp compares an interface name the way nft does for a name without a
-// wildcard: over all IFNAMSIZ bytes, zero padded, so "br1" does not match
-// "br10".
+// ifnameCmp compares an interface name the way nft does: a name without a
+// wildcard over all IFNAMSIZ bytes, zero padded, so "br1" does not match
+// "br10"; a wildcard "P*" over the bytes of P only, so that it matches every
+// name that starts with P.
 func ifnameCmp(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
+	data := ifname(name)
+	if isWildcard(name) {
+		data = []byte(strings.TrimSuffix(name, "*"))
+	}
 	return []expr.Any{
 		&expr.Meta{Key: key, Register: reg},
-		&expr.Cmp{Op: op, Register: reg, Data: ifname(name)},
+		&expr.Cmp{Op: op, Register: reg, Data: data},
 	}
 }
+
+// isWildcard reports whether an interface name of Network.Ifaces is a prefix
+// wildcard ("nmr1a2b*").
+func isWildcard(name string) bool { return strings.HasSuffix(name, "*") }
 
 func ifname(name string) []byte {
 	b := make([]byte, unix.IFNAMSIZ)
