@@ -98,8 +98,8 @@ func run(o *options) error {
 	if err != nil {
 		return err
 	}
-	defer closeLog()
-	p := &plugin{o: o, log: log}
+	p := &plugin{o: o, log: log, closeLog: closeLog}
+	defer func() { p.closeLog() }()
 	if !o.preRegistered {
 		// Open the state before connecting, so that a wrong flag fails here and not at Configure.
 		if err := p.open(ctx, ""); err != nil {

@@ -42,7 +42,9 @@ type plugin struct {
 	m      *netmgr.Manager
 	closeM func()
 	log    *slog.Logger
-	mu     sync.Mutex
+	// closeLog closes log's file, if it has one.
+	closeLog func()
+	mu       sync.Mutex
 }
 
 // open opens netmgr's state once, after applying config (the runtime's plugin configuration: flags).
@@ -51,8 +53,17 @@ func (p *plugin) open(ctx context.Context, config string) error {
 		return nil
 	}
 	if strings.TrimSpace(config) != "" {
+		logFile, logLevel := p.o.logFile, p.o.logLevel
 		if err := p.o.applyConfig(config, "NRI plugin configuration"); err != nil {
 			return err
+		}
+		if p.o.logFile != logFile || p.o.logLevel != logLevel {
+			log, closeLog, err := p.o.logger()
+			if err != nil {
+				return err
+			}
+			p.closeLog()
+			p.log, p.closeLog = log, closeLog
 		}
 	}
 	m, closeM, err := p.o.manager(ctx, p.log)
