@@ -158,7 +158,7 @@ type nriLogEntry struct {
 	Pod    string  `json:"pod"`
 	Ms     float64 `json:"ms"`
 	Error  string  `json:"error"`
-	Ensure int     `json:"ensured"`
+	Ensure int     `json:"completed"`
 	Remove int     `json:"removed"`
 	Failed int     `json:"failed"`
 }

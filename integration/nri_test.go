@@ -16,8 +16,8 @@ import (
 // the Multus annotation gives pods net1 (or the interface the JSON form names, with its static
 // address and MAC) on netmgr network "extra", without a default route, and they reach each other
 // over it; bad annotations fail RunPodSandbox with a message naming the problem and leave nothing;
-// a plugin killed while pods run, with one pod removed meanwhile, reconciles at restart; removing
-// the pods leaves nothing.
+// a plugin killed while pods run, with one pod removed and one started meanwhile, reconciles at
+// restart; removing the pods leaves nothing.
 func TestNRIExtraNetworks(t *testing.T) {
 	const network, extra = "nripods", "extra"
 	extraSubnet := netip.MustParsePrefix("10.254.0.0/24")
@@ -87,7 +87,7 @@ func TestNRIExtraNetworks(t *testing.T) {
 	for _, bad := range []struct{ name, ann, want string }{
 		{"c", "extra,nope", `entry 2: network "nope" does not exist`},
 		{"d", `[{"name": "extra", "ips": ["10.9.9.9"]}]`, `address 10.9.9.9 is outside network "extra"`},
-		{"e", `[{"name": "extra", "ips": ["10.254.0.50"]}]`, "10.254.0.50"},
+		{"e", `[{"name": "extra", "ips": ["10.254.0.50"]}]`, "address already in use: 10.254.0.50 (another pod or sandbox holds it"},
 		{"f", `[{"name": "extra"`, "not a JSON list"},
 		{"g", "extra@eth0", `interface "eth0": taken`},
 	} {
@@ -117,8 +117,8 @@ func TestNRIExtraNetworks(t *testing.T) {
 		t.Errorf("netmgr sandboxes after the bad pods: %d, want 4 (a, b: netmgr-cni's and netmgr-nri's)", got)
 	}
 
-	// Kill the plugin, remove a while it is down (no hook reaches it), start it again: Synchronize
-	// removes a's attachment and b keeps ext0 with its address.
+	// Kill the plugin, remove a and start "late" while it is down (no hook reaches it), start it
+	// again: Synchronize removes a's attachment, gives late its net1, and b keeps ext0 and its address.
 	plug.kill()
 	if err := c.removePod(a); err != nil {
 		t.Fatal(err)
@@ -126,7 +126,20 @@ func TestNRIExtraNetworks(t *testing.T) {
 	if _, ok := c.nriSandboxes()[a.id]; !ok {
 		t.Fatalf("pod a's netmgr-nri record went while the plugin was down: the test proves nothing")
 	}
+	late, err := c.runPodAnnotated("late", map[string]string{nriAnnotation: extra})
+	if err != nil {
+		t.Fatalf("RunPodSandbox late (plugin down): %v", err)
+	}
+	if got := c.ifAddr(late, "net1"); got != "" {
+		t.Fatalf("pod late has net1 (%s) though the plugin was down: the test proves nothing", got)
+	}
 	plug.start()
+	if got := c.ifAddr(late, "net1"); !strings.HasPrefix(got, "10.254.0.") {
+		t.Errorf("pod late, started while the plugin was down: net1 has %q after the restart, want an address in %s", got, extraSubnet)
+	}
+	if s, ok := c.nriSandboxes()[late.id]; !ok || s.Labels["app"] != "late" {
+		t.Errorf("pod late after the restart: record %+v, want one labelled app=late", s)
+	}
 	recs = c.nriSandboxes()
 	if _, ok := recs[a.id]; ok {
 		t.Errorf("pod a was removed while the plugin was down; its sandbox is still recorded after the restart: %+v", recs[a.id])
@@ -137,13 +150,15 @@ func TestNRIExtraNetworks(t *testing.T) {
 	if got := c.ifAddr(b, "ext0"); got != "10.254.0.50/24" {
 		t.Errorf("pod b after the restart: ext0 has %q, want 10.254.0.50/24", got)
 	}
-	if got := c.networkSandboxes(extra); len(got) != 1 {
-		t.Errorf("network %s after the restart: sandboxes %v, want b's alone", extra, got)
+	if got := c.networkSandboxes(extra); len(got) != 2 {
+		t.Errorf("network %s after the restart: sandboxes %v, want b's and late's", extra, got)
 	}
 
-	// Stop and remove b with the plugin up: its hooks detach everything.
-	if err := c.removePod(b); err != nil {
-		t.Fatal(err)
+	// Stop and remove b and late with the plugin up: its hooks detach everything.
+	for _, p := range []*criPod{b, late} {
+		if err := c.removePod(p); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if got := c.networkSandboxes(extra); len(got) != 0 {
 		t.Errorf("network %s after removing every pod: sandboxes %v", extra, got)
@@ -153,9 +168,10 @@ func TestNRIExtraNetworks(t *testing.T) {
 	if rep := c.gcReport(); len(rep) != 0 {
 		t.Errorf("netmgr's repair found leftovers of the pods: %v", rep)
 	}
+	// The only hooks that failed are the bad pods' RunPodSandbox.
 	for _, e := range plug.entries("hook") {
-		if e.Level != "INFO" && !strings.HasPrefix(e.Pod, "default/") {
-			t.Errorf("hook warning: %+v", e)
+		if bad := strings.Contains("cdefg", strings.TrimPrefix(e.Pod, "default/")); e.Error != "" && !(bad && e.Hook == "RunPodSandbox") {
+			t.Errorf("hook %s of %s failed: %s", e.Hook, e.Pod, e.Error)
 		}
 	}
 	logHookTimes(t, plug)

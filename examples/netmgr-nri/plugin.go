@@ -199,6 +199,14 @@ func (p *plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, _ []*a
 	ctx, cancel := context.WithTimeout(ctx, syncCallBudget)
 	defer cancel()
 	start := time.Now()
+	sbs, err := p.m.Sandboxes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("netmgr-nri: list netmgr sandboxes: %w", err)
+	}
+	have := map[string]*netmgr.Sandbox{}
+	for _, s := range sbs {
+		have[s.Name] = s
+	}
 	keep := map[string]bool{}
 	var attached, removed, failed int
 	for _, pod := range pods {
@@ -212,17 +220,17 @@ func (p *plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, _ []*a
 			p.log.Warn("synchronize: bad annotation", "pod", podRef(pod), "error", err.Error())
 			nets = nil
 		}
-		keep[sandboxName(pod.GetId())] = true
+		name := sandboxName(pod.GetId())
+		keep[name] = true
+		if s := have[name]; s != nil && s.NetNS == netns && complete(s, nets) {
+			continue
+		}
 		if err := p.ensure(ctx, pod, nets, netns); err != nil {
 			failed++
 			p.log.Warn("synchronize: attach", "pod", podRef(pod), "error", err.Error())
 			continue
 		}
 		attached++
-	}
-	sbs, err := p.m.Sandboxes(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("netmgr-nri: list netmgr sandboxes: %w", err)
 	}
 	for _, s := range sbs {
 		if !strings.HasPrefix(s.Name, sandboxPrefix) || s.Labels[LabelPodID] == "" || keep[s.Name] {
@@ -235,9 +243,19 @@ func (p *plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, _ []*a
 		}
 		removed++
 	}
-	p.log.Info("synchronize", "pods", len(pods), "ensured", attached, "removed", removed, "failed", failed,
+	p.log.Info("synchronize", "pods", len(pods), "completed", attached, "removed", removed, "failed", failed,
 		"ms", float64(time.Since(start).Microseconds())/1000)
 	return nil, nil
+}
+
+// complete reports whether the sandbox is attached to every network of nets.
+func complete(s *netmgr.Sandbox, nets []extraNetwork) bool {
+	for _, n := range nets {
+		if !slices.ContainsFunc(s.Attachments, func(a netmgr.Attachment) bool { return a.Network == n.Network }) {
+			return false
+		}
+	}
+	return true
 }
 
 // nsAlive reports whether path is (still) a network namespace.
@@ -327,6 +345,9 @@ func (p *plugin) explain(ctx context.Context, nets []extraNetwork, cause error) 
 	var me *netmgr.Error
 	if errors.As(cause, &me) {
 		cause = me.Err // the sandbox's name is netmgr-nri's business, not the user's
+	}
+	if errors.Is(cause, netmgr.ErrExists) && slices.ContainsFunc(nets, func(n extraNetwork) bool { return len(n.IPs) > 0 }) {
+		return fmt.Errorf("%w (another pod or sandbox holds it: give a free address in \"ips\", or leave \"ips\" out)", cause)
 	}
 	return cause
 }
