@@ -287,3 +287,33 @@ func (c *criHost) ifAddr(p *criPod, ifname string) string {
 	}
 	return ""
 }
+
+// waitHostLinks polls until the test host has exactly want links whose names start with prefix
+// (interfaces of destroyed namespaces go asynchronously), and fails the test after 10 s.
+func (c *criHost) waitHostLinks(prefix string, want int) {
+	c.t.Helper()
+	h, err := c.ns.NewHandle()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer h.Close()
+	var have []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		have = have[:0]
+		links, err := h.LinkList()
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		for _, l := range links {
+			if strings.HasPrefix(l.Attrs().Name, prefix) {
+				have = append(have, l.Attrs().Name)
+			}
+		}
+		if len(have) == want || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(have) != want {
+		c.t.Errorf("host interfaces %s*: %v, want %d", prefix, have, want)
+	}
+}

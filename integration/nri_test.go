@@ -116,6 +116,8 @@ func TestNRIExtraNetworks(t *testing.T) {
 	if got := len(c.cniSandboxes()); got != 4 {
 		t.Errorf("netmgr sandboxes after the bad pods: %d, want 4 (a, b: netmgr-cni's and netmgr-nri's)", got)
 	}
+	// In the kernel: the host ends of a's and b's eth0 and extra interfaces, nothing more.
+	c.waitHostLinks(bridge.HostIfPrefix, 4)
 
 	// Kill the plugin, remove a and start "late" while it is down (no hook reaches it), start it
 	// again: Synchronize removes a's attachment, gives late its net1, and b keeps ext0 and its address.

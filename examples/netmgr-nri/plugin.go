@@ -26,6 +26,7 @@ const (
 	LabelPodUID    = "nri.netmgr.io/pod-uid"  // the pod's UID
 	LabelPrimaryIP = "nri.netmgr.io/pod-ips"  // the pod's primary (CNI) addresses, comma separated
 	LabelNetworks  = "nri.netmgr.io/networks" // the extra networks attached, comma separated
+	cniLabelPrefix = "cni.netmgr.io/"         // netmgr-cni's labels, never copied from a pod
 	sandboxPrefix  = "nri-"                   // every netmgr-nri sandbox's name starts so
 	hookSlowWarn   = 500 * time.Millisecond   // a hook slower than this is logged as a warning
 	hookCallBudget = 1500 * time.Millisecond  // what a hook may spend of NRI's 2 s request timeout
@@ -117,7 +118,10 @@ func podRef(pod *api.PodSandbox) string { return pod.GetNamespace() + "/" + pod.
 func labels(pod *api.PodSandbox, nets []extraNetwork) map[string]string {
 	l := map[string]string{}
 	for k, v := range pod.GetLabels() {
-		l[k] = v
+		// netmgr-cni's GC deletes sandboxes by its labels: a pod's label must not pass for one.
+		if !strings.HasPrefix(k, cniLabelPrefix) {
+			l[k] = v
+		}
 	}
 	var names []string
 	for _, n := range nets {
