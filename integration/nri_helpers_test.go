@@ -85,6 +85,8 @@ type nriPlugin struct {
 	log    string
 	cmd    *exec.Cmd
 	exited chan struct{}
+	// args are more flags for the next start (default: no sweep, so that Synchronize alone is tested).
+	args []string
 }
 
 // startNRIPlugin starts netmgr-nri on the host's state and waits until it has synchronized with
@@ -108,9 +110,10 @@ func (c *criHost) startNRIPlugin() *nriPlugin {
 func (p *nriPlugin) start() {
 	p.t.Helper()
 	before := len(p.entries("synchronize"))
-	p.cmd = exec.Command("nsenter", "--net="+p.c.ns.Path(), p.bin,
+	args := append([]string{"--net=" + p.c.ns.Path(), p.bin,
 		"--nri-socket", nriSocket(p.c.ctd.Dir), "--state-dir", p.c.stateDir, "--run-dir", p.c.runDir,
-		"--log-file", p.log, "--reconnect", "100ms")
+		"--log-file", p.log, "--reconnect", "100ms", "--sweep", "0"}, p.args...)
+	p.cmd = exec.Command("nsenter", args...)
 	stderr, err := os.OpenFile(p.log+".stderr", os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		p.t.Fatal(err)
@@ -158,7 +161,7 @@ type nriLogEntry struct {
 	Pod    string  `json:"pod"`
 	Ms     float64 `json:"ms"`
 	Error  string  `json:"error"`
-	Ensure int     `json:"completed"`
+	Done   int     `json:"completed"`
 	Remove int     `json:"removed"`
 	Failed int     `json:"failed"`
 }
@@ -316,4 +319,37 @@ func (c *criHost) waitHostLinks(prefix string, want int) {
 	if len(have) != want {
 		c.t.Errorf("host interfaces %s*: %v, want %d", prefix, have, want)
 	}
+}
+
+// restartContainerd stops the daemon (SIGTERM, as systemctl restart does: shims and pods keep
+// running) and starts it again on the same directory and configuration, then waits for CRI.
+func (c *criHost) restartContainerd() {
+	c.t.Helper()
+	d := c.ctd
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(20 * time.Second):
+		c.t.Fatal("containerd did not stop within 20s of SIGTERM")
+	}
+	daemon, shim, err := ContainerdBinaries()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cmd := exec.Command("nsenter", "--net="+c.ns.Path(), daemon, "--config", filepath.Join(d.Dir, "config.toml"))
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(shim)+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	logf, err := os.OpenFile(filepath.Join(d.Dir, "containerd.log"), os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	d.cmd, d.exited = cmd, exited
+	c.waitCRI()
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netmgr/netmgr/drivers/bridge"
 	"github.com/netmgr/netmgr/internal/testutil"
@@ -17,7 +18,8 @@ import (
 // address and MAC) on netmgr network "extra", without a default route, and they reach each other
 // over it; bad annotations fail RunPodSandbox with a message naming the problem and leave nothing;
 // a plugin killed while pods run, with one pod removed and one started meanwhile, reconciles at
-// restart; removing the pods leaves nothing.
+// restart; a containerd restart loses nothing (the plugin reconnects); removing the pods leaves
+// nothing.
 func TestNRIExtraNetworks(t *testing.T) {
 	const network, extra = "nripods", "extra"
 	extraSubnet := netip.MustParsePrefix("10.254.0.0/24")
@@ -136,6 +138,9 @@ func TestNRIExtraNetworks(t *testing.T) {
 		t.Fatalf("pod late has net1 (%s) though the plugin was down: the test proves nothing", got)
 	}
 	plug.start()
+	if syncs := plug.entries("synchronize"); syncs[len(syncs)-1].Remove != 1 || syncs[len(syncs)-1].Done != 1 {
+		t.Errorf("Synchronize at the restart: %+v, want 1 pod completed (late) and 1 removed (a)", syncs[len(syncs)-1])
+	}
 	if got := c.ifAddr(late, "net1"); !strings.HasPrefix(got, "10.254.0.") {
 		t.Errorf("pod late, started while the plugin was down: net1 has %q after the restart, want an address in %s", got, extraSubnet)
 	}
@@ -156,14 +161,39 @@ func TestNRIExtraNetworks(t *testing.T) {
 		t.Errorf("network %s after the restart: sandboxes %v, want b's and late's", extra, got)
 	}
 
-	// Stop and remove b and late with the plugin up: its hooks detach everything.
+	// Restart containerd (pods keep running): the plugin reconnects and synchronizes; nothing is lost.
+	// containerd 2.2 forgets which pods it told NRI plugins of, and sends no stop or remove for pods
+	// from before its restart: the plugin's sweep (on here) detaches those whose namespace went.
+	plug.kill()
+	plug.args = []string{"--sweep", "100ms"}
+	plug.start()
+	syncs := len(plug.entries("synchronize"))
+	c.restartContainerd()
+	for deadline := time.Now().Add(30 * time.Second); len(plug.entries("synchronize")) == syncs; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("netmgr-nri did not reconnect and synchronize within 30s of containerd's restart")
+		}
+	}
+	if got := c.ifAddr(b, "ext0"); got != "10.254.0.50/24" {
+		t.Errorf("pod b after containerd's restart: ext0 has %q, want 10.254.0.50/24", got)
+	}
+	if got := c.networkSandboxes(extra); len(got) != 2 {
+		t.Errorf("network %s after containerd's restart: sandboxes %v, want b's and late's", extra, got)
+	}
+
+	// Stop and remove b and late with the plugin up: everything is detached.
 	for _, p := range []*criPod{b, late} {
 		if err := c.removePod(p); err != nil {
 			t.Fatal(err)
 		}
 	}
+	for deadline := time.Now().Add(10 * time.Second); len(c.networkSandboxes(extra)) != 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	}
 	if got := c.networkSandboxes(extra); len(got) != 0 {
 		t.Errorf("network %s after removing every pod: sandboxes %v", extra, got)
+	}
+	if got := len(plug.entries("sweep: detached pod whose namespace is gone")); got != 2 {
+		t.Errorf("the sweep detached %d pods, want 2 (b and late: containerd sent no stop for pods from before its restart)", got)
 	}
 	testutil.WaitNoLinks(t, c.ns, bridge.HostIfPrefix)
 	c.assertNothingLeft()

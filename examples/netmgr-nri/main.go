@@ -56,6 +56,7 @@ type options struct {
 	version                    bool
 	preRegistered              bool // started by containerd (NRI_PLUGIN_SOCKET)
 	reconnectEvery             time.Duration
+	sweepEvery                 time.Duration
 }
 
 func flags(o *options, name string) *flag.FlagSet {
@@ -70,6 +71,7 @@ func flags(o *options, name string) *flag.FlagSet {
 	fs.StringVar(&o.logFile, "log-file", "", "write the log (JSON lines) to this file instead of stderr")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&o.reconnectEvery, "reconnect", time.Second, "wait between attempts to (re)connect to the NRI socket")
+	fs.DurationVar(&o.sweepEvery, "sweep", 10*time.Second, "how often to detach pods whose network namespace is gone (stops containerd did not report); 0: never")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	return fs
 }
@@ -107,6 +109,20 @@ func run(o *options) error {
 		}
 	}
 	defer p.close()
+	if o.sweepEvery > 0 {
+		go func() {
+			t := time.NewTicker(o.sweepEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					p.sweep(ctx)
+				}
+			}
+		}()
+	}
 	for {
 		err := p.serve(ctx, o)
 		if o.preRegistered || ctx.Err() != nil {

@@ -252,6 +252,35 @@ func (p *plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, _ []*a
 	return nil, nil
 }
 
+// sweep removes the records of pods whose network namespace is gone: CRI removes it at
+// StopPodSandbox, so this catches every stop the plugin was not told of. containerd 2.2 keeps what it
+// told NRI plugins in memory only: after a restart of containerd it sends no StopPodSandbox or
+// RemovePodSandbox for pods that were running before, and nothing would detach them otherwise.
+func (p *plugin) sweep(ctx context.Context) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, syncCallBudget)
+	defer cancel()
+	sbs, err := p.m.Sandboxes(ctx)
+	if err != nil {
+		p.log.Warn("sweep: list netmgr sandboxes", "error", err.Error())
+		return
+	}
+	for _, s := range sbs {
+		if !strings.HasPrefix(s.Name, sandboxPrefix) || s.Labels[LabelPodID] == "" || nsAlive(s.NetNS) {
+			continue
+		}
+		if err := retryBusy(ctx, func() error { return p.m.DeleteSandbox(ctx, s.Name) }); err != nil {
+			p.log.Warn("sweep: detach", "pod", s.Labels[LabelPod], "error", err.Error())
+			continue
+		}
+		p.log.Info("sweep: detached pod whose namespace is gone", "pod", s.Labels[LabelPod], "pod_id", s.Labels[LabelPodID])
+	}
+}
+
 // complete reports whether the sandbox is attached to every network of nets.
 func complete(s *netmgr.Sandbox, nets []extraNetwork) bool {
 	for _, n := range nets {
