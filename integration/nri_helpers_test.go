@@ -10,7 +10,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,30 +20,15 @@ import (
 // nriAnnotation is the Multus annotation netmgr-nri reads.
 const nriAnnotation = "k8s.v1.cni.cncf.io/networks"
 
-var (
-	nriBinOnce sync.Once
-	nriBin     string
-	nriBinErr  error
-)
-
-// buildNRIPlugin builds netmgr-nri once per test binary.
+// buildNRIPlugin builds netmgr-nri into the test's temporary directory (from the build cache after
+// the first time).
 func buildNRIPlugin(t *testing.T) string {
 	t.Helper()
-	nriBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "netmgr-nri-bin-")
-		if err != nil {
-			nriBinErr = err
-			return
-		}
-		nriBin = filepath.Join(dir, "netmgr-nri")
-		if out, err := exec.Command("go", "build", "-o", nriBin, "github.com/netmgr/netmgr/examples/netmgr-nri").CombinedOutput(); err != nil {
-			nriBinErr = fmt.Errorf("build netmgr-nri: %v\n%s", err, out)
-		}
-	})
-	if nriBinErr != nil {
-		t.Fatal(nriBinErr)
+	bin := filepath.Join(t.TempDir(), "netmgr-nri")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/netmgr/netmgr/examples/netmgr-nri").CombinedOutput(); err != nil {
+		t.Fatalf("build netmgr-nri: %v\n%s", err, out)
 	}
-	return nriBin
+	return bin
 }
 
 // nriDirs are where the daemon's NRI keeps its socket and pre-registered plugins (under the
@@ -292,7 +276,7 @@ func (c *criHost) ifAddr(p *criPod, ifname string) string {
 }
 
 // waitHostLinks polls until the test host has exactly want links whose names start with prefix
-// (interfaces of destroyed namespaces go asynchronously), and fails the test after 10 s.
+// (interfaces of destroyed namespaces go asynchronously), and fails the test after 30 s.
 func (c *criHost) waitHostLinks(prefix string, want int) {
 	c.t.Helper()
 	h, err := c.ns.NewHandle()
@@ -301,7 +285,7 @@ func (c *criHost) waitHostLinks(prefix string, want int) {
 	}
 	defer h.Close()
 	var have []string
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		have = have[:0]
 		links, err := h.LinkList()
 		if err != nil {

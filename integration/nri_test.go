@@ -187,7 +187,7 @@ func TestNRIExtraNetworks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(c.networkSandboxes(extra)) != 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); len(c.networkSandboxes(extra)) != 0 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 	}
 	if got := c.networkSandboxes(extra); len(got) != 0 {
 		t.Errorf("network %s after removing every pod: sandboxes %v", extra, got)
