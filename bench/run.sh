@@ -66,8 +66,9 @@ CNI_PLUGIN_DIR=$CNI_PLUGIN_DIR bench_run bash "$ROOT/bench/cni/run.sh"  # netmgr
 if [[ -x $ROOT/bin/containerd ]]; then
 	"$GO" build -o "$WORK/podbench" ./bench/pod # built, not go run: the signal must reach the program
 	bench_run "$WORK/podbench" -out "$ROOT/bench/out/pod.txt"
+	bench_run bash "$ROOT/bench/nri/run.sh" # netmgr-nri's hooks on CRI pods vs CNI ADD/DEL of the same attachment (bench/out/nri.txt)
 else
-	echo "bench: pod start benchmark (bench/pod) skipped: run make containerd first" >&2
+	echo "bench: pod start benchmark (bench/pod) and NRI hook times (bench/nri) skipped: run make containerd first" >&2
 fi
 bench_run bash "$ROOT/bench/ports/run.sh"  # publish 1000 ports one by one: last 100 vs first 100 (bench/out/ports.txt)
 bench_run bash "$ROOT/bench/iperf/run.sh"  # iperf3 pod to pod: loopback, veth, bridge and macvlan, raw vs netmgr (bench/out/iperf.txt)

@@ -74,7 +74,8 @@ func requireContainerd(t *testing.T) {
 // sandbox (pause) and busybox images into CRI's namespace. Everything is torn down at cleanup, also
 // when the test fails: pods through CRI, then the daemon, its shims, mounts and directories, then
 // cgroups and CNI cache directories the run created.
-func newCRIHost(t *testing.T, network, subnet string) *criHost {
+// editConfig, if given, changes the daemon's configuration (the NRI tests enable NRI with it).
+func newCRIHost(t *testing.T, network, subnet string, editConfig ...func(h *host, dir, config string) string) *criHost {
 	t.Helper()
 	h := newHost(t) // skips without root or nsenter
 	requireContainerd(t)
@@ -116,7 +117,11 @@ func newCRIHost(t *testing.T, network, subnet string) *criHost {
 	ctd, err := StartContainerdWith(context.Background(), ContainerdOptions{
 		NetNS: h.ns.Path(),
 		Config: func(dir string) string {
-			return criContainerdConfig(dir, []string{bin, debianCNI}, confDir, c.pauseRef)
+			cfg := criContainerdConfig(dir, []string{bin, debianCNI}, confDir, c.pauseRef)
+			for _, edit := range editConfig {
+				cfg = edit(h, dir, cfg)
+			}
+			return cfg
 		},
 	})
 	if err != nil {
