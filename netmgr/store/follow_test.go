@@ -195,12 +195,16 @@ func TestFollowBoltCompaction(t *testing.T) {
 	defer b.Close()
 	txn(t, b, Put("n/a", []byte("1")), Put("n/b", []byte("1")))
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	ups := make(chan string, 100)
 	gate := make(chan struct{})
 	errc := make(chan error, 1)
+	done := make(chan struct{})
+	// Follow must have returned before the store closes and the temp dir goes: a call in flight
+	// still makes files there ("TempDir RemoveAll: directory not empty", seen once under load).
+	defer func() { cancel(); <-done }()
 	first := true
 	go func() {
+		defer close(done)
 		errc <- Follow(ctx, b, "n/", func(u Update) error {
 			ups <- describeUpdate(u)
 			if first {
