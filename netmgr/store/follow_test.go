@@ -201,7 +201,15 @@ func TestFollowBoltCompaction(t *testing.T) {
 	done := make(chan struct{})
 	// Follow must have returned before the store closes and the temp dir goes: a call in flight
 	// still makes files there ("TempDir RemoveAll: directory not empty", seen once under load).
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		select {
+		case <-gate:
+		default:
+			close(gate) // a failure before the gate opened: let apply return
+		}
+		<-done
+	}()
 	first := true
 	go func() {
 		defer close(done)
