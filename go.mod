@@ -19,7 +19,7 @@ require (
 	golang.org/x/sys v0.50.0
 )
 
-require github.com/miekg/dns v1.1.73 // indirect
+require github.com/miekg/dns v1.1.73
 
 require (
 	dario.cat/mergo v1.0.2 // indirect
