@@ -135,6 +135,23 @@ func (e *env) waitListening(t *testing.T, nets ...string) {
 	}
 }
 
+// waitName waits until name resolves from ns at server (the server re-reads its sources every
+// Poll: a listener may be up before the sandboxes made just before are in its answers).
+func waitName(t *testing.T, ns *sandbox.NetNS, server netip.Addr, name string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m, err := query(ns, server, name, mdns.TypeA, "udp")
+		if err == nil && len(m.Answer) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not resolve at %s: %v, %v", name, server, m, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // query asks server (port 53) from inside ns over proto.
 func query(ns *sandbox.NetNS, server netip.Addr, name string, qtype uint16, proto string) (*mdns.Msg, error) {
 	var c net.Conn
@@ -203,9 +220,12 @@ func TestSandboxNames(t *testing.T) {
 		t.Fatalf("listening on the network with dns=false: %v", a)
 	}
 	gw := na.Gateways[0]
+	nb, _ := e.m.Network(context.Background(), "netb")
+	waitName(t, cns, gw, "web")
+	waitName(t, ons, nb.Gateways[0], "other")
 	webIP := web.Attachments[0].IPv4.Addr().String()
 	for _, proto := range []string{"udp", "tcp"} {
-		for _, name := range []string{"web", "www", "front", "WEB"} {
+		for _, name := range []string{"web", "www", "front", "WEB", "web.cluster.local"} {
 			got, err := goResolve(cns, gw, name, proto)
 			if err != nil || !slices.Equal(got, []string{webIP}) {
 				t.Errorf("%s: Go resolver %q = %v, %v; want [%s]", proto, name, got, err, webIP)
@@ -241,7 +261,6 @@ func TestSandboxNames(t *testing.T) {
 		t.Errorf("netb client at neta's server: %v, %v; want REFUSED", m, err)
 	}
 	// From netb, other resolves and web does not.
-	nb, _ := e.m.Network(context.Background(), "netb")
 	if got, err := goResolve(ons, nb.Gateways[0], "other", "udp"); err != nil || !slices.Equal(got, []string{other.Attachments[0].IPv4.Addr().String()}) {
 		t.Errorf("other from netb = %v, %v", got, err)
 	}

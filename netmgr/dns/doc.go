@@ -2,8 +2,8 @@
 // default; `--opt dns=false` turns it off) it listens on the network's gateway addresses, port 53,
 // UDP and TCP, in the host namespace, and answers the network's own clients:
 //
-//   - the names and aliases of the sandboxes attached to that network (A, AAAA, and PTR for their
-//     addresses); a sandbox on another network is not visible, and a client whose source address is
+//   - the names and aliases of the sandboxes attached to that network, also as NAME.DOMAIN, where a
+//     pod's search path finds them (A, AAAA, and PTR for their addresses); a sandbox on another network is not visible, and a client whose source address is
 //     not on the network the listener serves is refused;
 //   - service names from a ServiceSource (NAME, NAME.svc, NAME.svc.DOMAIN, and with a namespace
 //     NAME.NS, NAME.NS.svc, NAME.NS.svc.DOMAIN; DOMAIN defaults to cluster.local), and PTR for their

@@ -91,6 +91,9 @@ func buildTable(s Snapshot, domain string) *table {
 						}
 					}
 					addUnique(nt.names, f, addrs)
+					// NAME.DOMAIN too: the pods' search path (svc.DOMAIN DOMAIN, ndots:5) finds it
+					// there first, as Podman's NAME.dns.podman, without a forward.
+					addUnique(nt.names, f+t.domain, addrs)
 					for _, a := range addrs {
 						if _, ok := nt.ptr[a]; !ok {
 							nt.ptr[a] = f
