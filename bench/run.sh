@@ -73,3 +73,4 @@ bench_run bash "$ROOT/bench/ports/run.sh"  # publish 1000 ports one by one: last
 bench_run bash "$ROOT/bench/iperf/run.sh"  # iperf3 pod to pod: loopback, veth, bridge and macvlan, raw vs netmgr (bench/out/iperf.txt)
 "$GO" build -o "$WORK/overlaybench" ./bench/overlay # built, not go run: the signal must reach the program
 bench_run "$WORK/overlaybench" -out "$ROOT/bench/out/overlay.txt" # iperf3 across two hosts: underlay, hand-built VXLAN, netmgr overlay (bench/out/overlay.txt)
+bench_run bash "$ROOT/bench/dns/run.sh" # netmgr's DNS server vs dnsmasq: q/s, p50, p99 (bench/out/dns.txt)

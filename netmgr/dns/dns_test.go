@@ -550,3 +550,57 @@ func TestAliasCollision(t *testing.T) {
 		t.Errorf("aliases = %v", s.Aliases)
 	}
 }
+
+// A flood of malformed packets neither crashes nor stalls the server: a truncated message gets
+// FORMERR, garbage and responses get nothing, and a good query right after is answered.
+func TestMalformedFlood(t *testing.T) {
+	e := newEnv(t, dns.Config{})
+	n := e.network(t, "neta", "10.89.80.0/24", nil)
+	_, cns := e.sandbox(t, "client", nil, "neta")
+	e.waitListening(t, "neta")
+	gw := n.Gateways[0]
+	waitName(t, cns, gw, "client")
+	var c net.Conn
+	if err := cns.Do(func() error {
+		var err error
+		c, err = net.Dial("udp", netip.AddrPortFrom(gw, 53).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A header that promises a question and has none.
+	if _, err := c.Write([]byte{0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 512)
+	k, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no answer to a truncated query: %v", err)
+	}
+	var m mdns.Msg
+	if err := m.Unpack(buf[:k]); err != nil || m.Id != 0xabcd || m.Rcode != mdns.RcodeFormatError {
+		t.Fatalf("answer to a truncated query: %v %v", &m, err)
+	}
+	// 5000 packets of garbage, some of them responses.
+	good := new(mdns.Msg)
+	good.SetQuestion("client.", mdns.TypeA)
+	pkt, _ := good.Pack()
+	seed := uint32(1)
+	for i := range 5000 {
+		b := slices.Clone(pkt)
+		for j := range b {
+			seed = seed*1664525 + 1013904223
+			if seed>>28 == 0 {
+				b[j] = byte(seed >> 16)
+			}
+		}
+		b = b[:1+int(seed>>8)%len(b)]
+		if i%3 == 0 && len(b) > 2 {
+			b[2] |= 0x80 // QR: a response
+		}
+		_, _ = c.Write(b)
+	}
+	waitName(t, cns, gw, "client")
+}

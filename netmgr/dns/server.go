@@ -8,12 +8,15 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/sandbox"
@@ -73,6 +76,9 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// maxForwards bounds the UDP queries being forwarded at once; more get SERVFAIL at once.
+const maxForwards = 1024
+
 // Server is the DNS server. Make it with New, run it with Run.
 type Server struct {
 	cfg   Config
@@ -84,6 +90,7 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[string]*listener // by network and address
 	failed    map[string]bool      // binds that failed, logged once
+	inflight  chan struct{}        // forwards under way over UDP (bounded)
 	ns        *sandbox.NetNS
 }
 
@@ -133,7 +140,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "dns"), hosts: cfg.Hosts, listeners: map[string]*listener{}, failed: map[string]bool{}}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "dns"), hosts: cfg.Hosts, listeners: map[string]*listener{}, failed: map[string]bool{},
+		inflight: make(chan struct{}, maxForwards)}
 	s.fwd = &forwarder{static: cfg.Upstreams, resolvConf: cfg.ResolvConf, timeout: cfg.UpstreamTimeout, budget: cfg.ForwardBudget,
 		log: s.log, down: map[netip.AddrPort]time.Time{}, self: s.isListenAddr}
 	s.tab.Store(buildTable(Snapshot{}, cfg.Domain))
@@ -254,10 +262,12 @@ func (s *Server) isListenAddr(a netip.AddrPort) bool {
 
 // listener serves one network on one address.
 type listener struct {
-	s        *Server
-	net      string
-	addr     netip.Addr
-	udp, tcp *mdns.Server
+	s    *Server
+	net  string
+	addr netip.Addr
+	udp  []net.PacketConn
+	tcp  *mdns.Server
+	wg   sync.WaitGroup // the UDP readers
 }
 
 func lkey(network string, a netip.Addr) string { return network + "|" + a.String() }
@@ -321,59 +331,132 @@ func (s *Server) closeAll() {
 // open binds UDP and TCP on the address inside the host namespace and starts serving.
 func (l *listener) open(ns *sandbox.NetNS, port int) error {
 	hp := net.JoinHostPort(l.addr.String(), strconv.Itoa(port))
-	var pc net.PacketConn
 	var ln net.Listener
+	// One UDP socket per CPU (SO_REUSEPORT; the kernel spreads clients over them), each read by a
+	// goroutine of its own: one reader alone is the bottleneck with several clients.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	readers := min(max(runtime.GOMAXPROCS(0), 1), 4)
+	var pcs []net.PacketConn
 	err := ns.Do(func() error {
+		for range readers {
+			pc, err := lc.ListenPacket(context.Background(), "udp", hp)
+			if err != nil {
+				return err
+			}
+			pcs = append(pcs, pc)
+		}
 		var err error
-		if pc, err = net.ListenPacket("udp", hp); err != nil {
-			return err
-		}
-		if ln, err = net.Listen("tcp", hp); err != nil {
-			pc.Close()
-			return err
-		}
-		return nil
+		ln, err = net.Listen("tcp", hp)
+		return err
 	})
 	if err != nil {
+		for _, pc := range pcs {
+			pc.Close()
+		}
 		return err
 	}
-	l.udp = &mdns.Server{PacketConn: pc, Handler: l, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second}
+	l.udp = pcs
 	l.tcp = &mdns.Server{Listener: ln, Handler: l, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, IdleTimeout: func() time.Duration { return 8 * time.Second }}
-	for _, srv := range []*mdns.Server{l.udp, l.tcp} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		go func() {
-			if err := srv.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
-				l.s.log.Debug("serve ended", "network", l.net, "addr", l.addr, "error", err)
-			}
-		}()
-		<-started
+	started := make(chan struct{})
+	l.tcp.NotifyStartedFunc = func() { close(started) }
+	go func() {
+		if err := l.tcp.ActivateAndServe(); err != nil && !errors.Is(err, net.ErrClosed) {
+			l.s.log.Debug("serve ended", "network", l.net, "addr", l.addr, "error", err)
+		}
+	}()
+	<-started
+	for _, pc := range pcs {
+		l.wg.Add(1)
+		go l.serveUDP(pc.(*net.UDPConn))
 	}
 	return nil
 }
 
 func (l *listener) close() {
-	for _, srv := range []*mdns.Server{l.udp, l.tcp} {
-		if srv != nil {
-			srv.Shutdown()
+	_ = l.tcp.Shutdown()
+	for _, pc := range l.udp {
+		pc.Close()
+	}
+	l.wg.Wait()
+}
+
+// serveUDP answers the queries on one UDP socket: a local answer in this goroutine (no goroutine
+// per query: that and the library's per-packet work were most of the cost), a forward in a
+// goroutine of its own so that a slow upstream holds up nothing else.
+func (l *listener) serveUDP(pc *net.UDPConn) {
+	defer l.wg.Done()
+	buf := make([]byte, mdns.MaxMsgSize)
+	out := make([]byte, 0, 4096)
+	for {
+		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		r := new(mdns.Msg)
+		if err := r.Unpack(buf[:n]); err != nil || r.Response {
+			// Unparseable: FORMERR when the header at least is there and asks something, as the
+			// library's own server does; a response is never answered (no loops).
+			var h mdns.Msg
+			if n >= 12 && buf[2]&0x80 == 0 && h.Unpack(buf[:12]) == nil {
+				m := reply(&h, mdns.RcodeFormatError)
+				m.Question = nil
+				if b, err := m.PackBuffer(out); err == nil {
+					_, _ = pc.WriteToUDPAddrPort(b, from)
+				}
+			}
+			continue
+		}
+		resp, forward := l.s.local(l.s.tab.Load(), l.net, from.Addr().Unmap(), r)
+		if forward {
+			select {
+			case l.s.inflight <- struct{}{}:
+			default:
+				// Too many forwards waiting on the upstreams: fail this one now rather than pile
+				// up goroutines behind a dead resolver.
+				if b, err := reply(r, mdns.RcodeServerFailure).PackBuffer(out); err == nil {
+					_, _ = pc.WriteToUDPAddrPort(b, from)
+				}
+				continue
+			}
+			go func() {
+				defer func() { <-l.s.inflight }()
+				resp := l.s.fwd.forward(context.Background(), r, false)
+				resp.Truncate(udpSize(r))
+				if b, err := resp.Pack(); err == nil {
+					_, _ = pc.WriteToUDPAddrPort(b, from)
+				}
+			}()
+			continue
+		}
+		if b, err := resp.PackBuffer(out); err == nil {
+			_, _ = pc.WriteToUDPAddrPort(b, from)
 		}
 	}
 }
 
-// ServeDNS answers one query that reached this listener.
-func (l *listener) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
-	src := addrOf(w.RemoteAddr())
-	tcp := w.RemoteAddr() != nil && w.RemoteAddr().Network() == "tcp"
-	resp := l.s.Answer(context.Background(), l.net, src, r, tcp)
-	if resp == nil {
-		return
+// udpSize is the largest answer the client takes over UDP.
+func udpSize(r *mdns.Msg) int {
+	size := mdns.MinMsgSize
+	if o := r.IsEdns0(); o != nil && int(o.UDPSize()) > size {
+		size = int(o.UDPSize())
 	}
-	if !tcp {
-		size := mdns.MinMsgSize
-		if o := r.IsEdns0(); o != nil && int(o.UDPSize()) > size {
-			size = int(o.UDPSize())
-		}
-		resp.Truncate(size)
+	return size
+}
+
+// ServeDNS answers one query that reached this listener over TCP.
+func (l *listener) ServeDNS(w mdns.ResponseWriter, r *mdns.Msg) {
+	resp, forward := l.s.local(l.s.tab.Load(), l.net, addrOf(w.RemoteAddr()), r)
+	if forward {
+		resp = l.s.fwd.forward(context.Background(), r, true)
 	}
 	_ = w.WriteMsg(resp)
 }
