@@ -45,6 +45,7 @@ func main() {
 	rounds := flag.Int("rounds", 2, "rounds per case (alternating servers)")
 	dnsmasq := flag.String("dnsmasq", "/usr/sbin/dnsmasq", "dnsmasq binary (empty: netmgr only)")
 	invocation := flag.String("invocation", "", "how the run was started, printed in the report")
+	serve := flag.Bool("serve", false, "internal: run netmgr's DNS server on -work's state until SIGTERM")
 	flag.Parse()
 	if *work == "" {
 		fmt.Fprintln(os.Stderr, "dns bench: -work is required")
@@ -52,6 +53,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *serve {
+		if err := serveDNS(ctx, *work); err != nil {
+			fmt.Fprintln(os.Stderr, "dns bench server:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, *work, *out, *dur, *rounds, *dnsmasq, *invocation); err != nil {
 		fmt.Fprintln(os.Stderr, "dns bench:", err)
 		os.Exit(1)
@@ -91,14 +99,18 @@ func run(ctx context.Context, work, out string, dur time.Duration, rounds int, d
 	svcIP := netip.MustParseAddr("10.96.0.10")
 	gw := n.Gateways[0]
 
-	srv, err := dns.New(dns.Config{Manager: m, Services: services{{Name: "api", IPs: []netip.Addr{svcIP}}}, ResolvConf: filepath.Join(work, "no-resolv.conf")})
-	if err != nil {
+	// The server runs in a process of its own, as the agent does and as dnsmasq does: the clients
+	// here take no CPU from it but what the machine shares.
+	srvCmd := exec.Command("/proc/self/exe", "-serve", "-work", work)
+	srvCmd.Stdout, srvCmd.Stderr = os.Stderr, os.Stderr
+	if err := srvCmd.Start(); err != nil {
 		return err
 	}
-	sctx, scancel := context.WithCancel(ctx)
-	sdone := make(chan error, 1)
-	go func() { sdone <- srv.Run(sctx) }()
-	defer func() { scancel(); err = errors.Join(err, <-sdone) }()
+	defer func() {
+		_ = srvCmd.Process.Signal(syscall.SIGTERM)
+		err = errors.Join(err, srvCmd.Wait())
+	}()
+	_ = svcIP
 
 	cns, err := sandbox.Open(client.NetNS)
 	if err != nil {
@@ -218,6 +230,21 @@ func dnsmasqVersion(bin string) string {
 		return f[2]
 	}
 	return ""
+}
+
+// serveDNS runs netmgr's DNS server on the state under work, with the service api.
+func serveDNS(ctx context.Context, work string) error {
+	m, err := netmgr.New(ctx, netmgr.WithStateDir(filepath.Join(work, "state")), netmgr.WithRunDir(filepath.Join(work, "run")))
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	srv, err := dns.New(dns.Config{Manager: m, Services: services{{Name: "api", IPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}}},
+		ResolvConf: filepath.Join(work, "no-resolv.conf")})
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
 }
 
 // startDnsmasq runs dnsmasq on gw:5353 with the same names in a hosts file, no upstreams, and no
