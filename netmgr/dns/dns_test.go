@@ -604,3 +604,45 @@ func TestMalformedFlood(t *testing.T) {
 	}
 	waitName(t, cns, gw, "client")
 }
+
+// On a dual-stack network the server listens on both gateways and answers AAAA (and PTR of the
+// IPv6 address) over IPv6.
+func TestDualStack(t *testing.T) {
+	e := newEnv(t, dns.Config{})
+	n, err := e.m.CreateNetwork(context.Background(), netmgr.NetworkSpec{Name: "ds", Driver: "bridge",
+		Subnets: []netip.Prefix{netip.MustParsePrefix("10.89.90.0/24"), netip.MustParsePrefix("fd00:89:90::/64")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	web, _ := e.sandbox(t, "web", nil, "ds")
+	_, cns := e.sandbox(t, "client", nil, "ds")
+	var gw6 netip.Addr
+	for _, g := range n.Gateways {
+		if g.Is6() {
+			gw6 = g
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Contains(e.srv.Addrs()["ds"], gw6) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not listening on %s: %v", gw6, e.srv.Addrs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	want := web.Attachments[0].IPv6.Addr().String()
+	var m *mdns.Msg
+	for {
+		m, err = query(cns, gw6, "web", mdns.TypeAAAA, "udp")
+		if err == nil && slices.Equal(answerAddrs(m), []string{want}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("AAAA web over IPv6: %v, %v; want %s", m, err, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	rev, _ := mdns.ReverseAddr(want)
+	if m, err := query(cns, gw6, rev, mdns.TypePTR, "tcp"); err != nil || !slices.Equal(answerAddrs(m), []string{"web."}) {
+		t.Errorf("PTR %s over TCP/IPv6: %v, %v", rev, m, err)
+	}
+}

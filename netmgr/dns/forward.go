@@ -231,8 +231,9 @@ func (f *forwarder) exchange(ctx context.Context, u netip.AddrPort, r *mdns.Msg,
 			}
 			return nil, err
 		}
-		if resp.Id != q.Id {
-			continue // a late answer to an earlier query on a reused port
+		if resp.Id != q.Id || len(resp.Question) != 1 || !strings.EqualFold(resp.Question[0].Name, q.Question[0].Name) ||
+			resp.Question[0].Qtype != q.Question[0].Qtype {
+			continue // a late answer to an earlier query on a reused port, or not an answer to this one
 		}
 		resp.Id = r.Id
 		return resp, nil
