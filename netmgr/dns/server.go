@@ -202,15 +202,21 @@ func (s *Server) Run(ctx context.Context) error {
 	tick := time.NewTicker(s.cfg.Poll)
 	defer tick.Stop()
 	var last *Snapshot
+	failing := false
 	for {
 		snap, err := s.read(ctx)
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("read names (keeping the last answers)", "error", err)
-		} else if err == nil && (last == nil || !reflect.DeepEqual(*last, snap)) {
+		if err != nil && ctx.Err() == nil && !failing {
+			// Once until it works again: a store that stays unreadable must not flood the log.
+			s.log.Warn("read names (keeping the last answers, retrying)", "error", err)
+		}
+		failing = err != nil
+		switch {
+		case err != nil: // the last answers stay
+		case last == nil || !reflect.DeepEqual(*last, snap):
 			s.tab.Store(buildTable(snap, s.cfg.Domain))
 			s.reconcile(snap.Nets)
 			last = &snap
-		} else if err == nil {
+		default:
 			s.reconcile(snap.Nets) // retry binds that failed
 		}
 		select {
