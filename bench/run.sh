@@ -57,6 +57,7 @@ fi
 echo "bench: running in network namespace $NS (scratch dir $WORK)" >&2
 bench_run nsenter --net="$NS" "$BIN" "${args[@]}"
 echo "bench: report written to $OUT" >&2
+bench_run bash "$ROOT/bench/dns/run.sh" # netmgr's DNS server vs dnsmasq: q/s, p50, p99 (bench/out/dns.txt)
 # The others run through bench_run, so that a SIGINT or SIGTERM to this script reaches them at once
 # (each cleans up after itself) instead of waiting for them to finish.
 if [[ -x $PODCTL ]]; then
@@ -73,4 +74,3 @@ bench_run bash "$ROOT/bench/ports/run.sh"  # publish 1000 ports one by one: last
 bench_run bash "$ROOT/bench/iperf/run.sh"  # iperf3 pod to pod: loopback, veth, bridge and macvlan, raw vs netmgr (bench/out/iperf.txt)
 "$GO" build -o "$WORK/overlaybench" ./bench/overlay # built, not go run: the signal must reach the program
 bench_run "$WORK/overlaybench" -out "$ROOT/bench/out/overlay.txt" # iperf3 across two hosts: underlay, hand-built VXLAN, netmgr overlay (bench/out/overlay.txt)
-bench_run bash "$ROOT/bench/dns/run.sh" # netmgr's DNS server vs dnsmasq: q/s, p50, p99 (bench/out/dns.txt)
