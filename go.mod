@@ -19,6 +19,8 @@ require (
 	golang.org/x/sys v0.50.0
 )
 
+require github.com/miekg/dns v1.1.73
+
 require (
 	dario.cat/mergo v1.0.2 // indirect
 	github.com/Microsoft/go-winio v0.6.2 // indirect

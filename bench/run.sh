@@ -57,6 +57,7 @@ fi
 echo "bench: running in network namespace $NS (scratch dir $WORK)" >&2
 bench_run nsenter --net="$NS" "$BIN" "${args[@]}"
 echo "bench: report written to $OUT" >&2
+bench_run bash "$ROOT/bench/dns/run.sh" # netmgr's DNS server vs dnsmasq: q/s, p50, p99 (bench/out/dns.txt)
 # The others run through bench_run, so that a SIGINT or SIGTERM to this script reaches them at once
 # (each cleans up after itself) instead of waiting for them to finish.
 if [[ -x $PODCTL ]]; then

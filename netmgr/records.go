@@ -135,6 +135,7 @@ type sandboxRecord struct {
 	Join      string            `json:"join,omitempty"`
 	Endpoints []endpointRecord  `json:"endpoints,omitempty"`
 	Labels    map[string]string `json:"labels,omitempty"`
+	Aliases   []string          `json:"aliases,omitempty"`
 	Pause     *pauseRecord      `json:"pause,omitempty"`
 	// WantPause is recorded before the pause process starts: a create killed between starting it
 	// and recording its pid leaves a pause process that only a scan of the namespace finds.

@@ -43,6 +43,9 @@ type SandboxSpec struct {
 	// namespace itself.
 	NetNS  string
 	Labels map[string]string
+	// Aliases are more names the sandbox answers to in the DNS of its networks. An alias that is
+	// another sandbox's name or alias on one of the networks is refused with ErrExists.
+	Aliases []string
 	// Pause starts a pause process holding the namespace (and new UTS and IPC namespaces).
 	Pause bool
 	// Hostname is set in the pause process's UTS namespace (needs Pause).
@@ -62,6 +65,7 @@ type Sandbox struct {
 	Join        string            `json:"join,omitempty"`
 	Attachments []Attachment      `json:"attachments"`
 	Labels      map[string]string `json:"labels,omitempty"`
+	Aliases     []string          `json:"aliases,omitempty"`
 	PausePID    int               `json:"pause_pid,omitempty"`
 	Ports       []PortMapping     `json:"ports,omitempty"`
 	Created     time.Time         `json:"created"`
@@ -81,7 +85,7 @@ type Attachment struct {
 
 func (r *sandboxRecord) public() *Sandbox {
 	s := &Sandbox{
-		ID: r.ID, Name: r.Name, Mode: r.Mode, NetNS: r.NetNS, Join: r.Join, Labels: r.Labels,
+		ID: r.ID, Name: r.Name, Mode: r.Mode, NetNS: r.NetNS, Join: r.Join, Labels: r.Labels, Aliases: r.Aliases,
 		Created: r.Created, Attachments: []Attachment{}, Ports: r.publicPorts(),
 	}
 	if r.Pause != nil {
@@ -178,6 +182,9 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 		if err := checkName("sandbox", spec.Join); err != nil {
 			return nil, err
 		}
+	}
+	if err := checkAliases(spec); err != nil {
+		return nil, err
 	}
 	seenNet := map[string]bool{}
 	for _, a := range spec.Networks {
@@ -284,7 +291,10 @@ func (m *Manager) sandboxExists(ctx context.Context, name string) bool {
 func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandboxRecord, nets []*netState, cmps []store.Cmp, ops []store.Op, release func(), err error) {
 	release = func() {}
 	// Whether the name is free is decided by the transaction's compare (see reserveSandbox).
-	rec = &sandboxRecord{ID: newID(), Name: spec.Name, Mode: ModeNetNS, Labels: spec.Labels, Created: time.Now().UTC(), WantPause: spec.Pause}
+	rec = &sandboxRecord{ID: newID(), Name: spec.Name, Mode: ModeNetNS, Labels: spec.Labels, Aliases: spec.Aliases, Created: time.Now().UTC(), WantPause: spec.Pause}
+	if err := m.refuseAliasCollision(ctx, spec); err != nil {
+		return nil, nil, nil, nil, release, err
+	}
 	rec.NetNS = m.netnsPath(spec.Name)
 	cmps = []store.Cmp{store.Absent(keySandboxes + spec.Name), store.Absent(intent.SandboxKey(spec.Name))}
 
@@ -624,4 +634,65 @@ func (m *Manager) sandboxRecords(ctx context.Context) ([]*sandboxRecord, error) 
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// checkAliases checks a spec's aliases: names as sandbox names are (each a DNS name), none twice,
+// none the sandbox's own name, and only on a sandbox with networks of its own.
+func checkAliases(spec SandboxSpec) error {
+	seen := map[string]bool{}
+	for _, a := range spec.Aliases {
+		if err := checkName("alias", a); err != nil {
+			return err
+		}
+		la := strings.ToLower(a)
+		if seen[la] || strings.EqualFold(a, spec.Name) {
+			return fmt.Errorf("%w: alias %q given twice (or equal to the sandbox's name)", ErrInvalid, a)
+		}
+		seen[la] = true
+	}
+	if len(spec.Aliases) > 0 && len(spec.Networks) == 0 {
+		return fmt.Errorf("%w: aliases are names on the sandbox's networks: give --network", ErrInvalid)
+	}
+	return nil
+}
+
+// refuseAliasCollision refuses an alias that another sandbox on one of the spec's networks has as
+// its name or alias (DNS names are case-insensitive). Only creates with aliases pay for the list.
+// The check is not atomic with the create: two concurrent creates may still take one name, and then
+// a sandbox's name wins over an alias in the DNS answers.
+func (m *Manager) refuseAliasCollision(ctx context.Context, spec SandboxSpec) error {
+	if len(spec.Aliases) == 0 {
+		return nil
+	}
+	recs, err := m.sandboxRecords(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.Name == spec.Name {
+			continue
+		}
+		var shared string
+		for _, e := range r.Endpoints {
+			for _, a := range spec.Networks {
+				if e.Network == a.Network {
+					shared = a.Network
+				}
+			}
+		}
+		if shared == "" {
+			continue
+		}
+		for _, a := range spec.Aliases {
+			if strings.EqualFold(a, r.Name) {
+				return fmt.Errorf("%w: alias %q is the name of sandbox %q on network %q", ErrExists, a, r.Name, shared)
+			}
+			for _, o := range r.Aliases {
+				if strings.EqualFold(a, o) {
+					return fmt.Errorf("%w: alias %q is an alias of sandbox %q on network %q", ErrExists, a, r.Name, shared)
+				}
+			}
+		}
+	}
+	return nil
 }

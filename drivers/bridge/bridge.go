@@ -47,7 +47,8 @@ func New(env drivers.Env) (drivers.Driver, error) {
 	return &Driver{env: env, log: log}, nil
 }
 
-var knownOpts = map[string]bool{"bridge": true, "masquerade": true, "hairpin": true, OptGatewayMode: true}
+// "dns" (a boolean) is netmgr's embedded DNS server's switch (netmgr/dns); the driver only checks it.
+var knownOpts = map[string]bool{"bridge": true, "masquerade": true, "hairpin": true, OptGatewayMode: true, "dns": true}
 
 // OptGatewayMode is the option that says whether hosts that route the network's subnets via this
 // host may open connections to its sandboxes, after Docker's gateway_mode_ipv4/ipv6:
@@ -70,7 +71,7 @@ func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network)
 	}
 	for k, v := range n.Options {
 		if !knownOpts[k] {
-			return fmt.Errorf("%w: unknown bridge option %q (known: bridge, masquerade, hairpin, gateway_mode)", drivers.ErrInvalid, k)
+			return fmt.Errorf("%w: unknown bridge option %q (known: bridge, masquerade, hairpin, gateway_mode, dns)", drivers.ErrInvalid, k)
 		}
 		if k == OptGatewayMode {
 			if v != GatewayModeNAT && v != GatewayModeRouted {

@@ -85,7 +85,10 @@ func New(env drivers.Env) (drivers.Driver, error) {
 	return &Driver{env: env, log: log}, nil
 }
 
-var knownOpts = []string{OptVNI, OptPort, OptNodePrefix, OptNodePrefix6, OptMasquerade}
+// OptDNS (a boolean) is netmgr's embedded DNS server's switch (netmgr/dns); the driver only checks it.
+const OptDNS = "dns"
+
+var knownOpts = []string{OptVNI, OptPort, OptNodePrefix, OptNodePrefix6, OptMasquerade, OptDNS}
 
 // PrepareNetwork implements drivers.Driver: n.Subnets are the cluster CIDRs (one per family), the
 // options are checked and the defaults of port and node prefixes filled in. The VNI is Allocate's.
@@ -96,6 +99,11 @@ func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network)
 	for k, v := range n.Options {
 		if !slices.Contains(knownOpts, k) {
 			return fmt.Errorf("%w: unknown overlay option %q (known: %s)", drivers.ErrInvalid, k, strings.Join(knownOpts, ", "))
+		}
+		if k == OptDNS {
+			if _, err := strconv.ParseBool(v); err != nil {
+				return fmt.Errorf("%w: option %s=%q is not a boolean", drivers.ErrInvalid, k, v)
+			}
 		}
 		if k == OptMasquerade {
 			on, err := strconv.ParseBool(v)

@@ -254,6 +254,22 @@ func TestCNIResult(t *testing.T) {
 	if len(r.Routes) != 1 || r.Routes[0].Dst.String() != "0.0.0.0/0" || len(r.DNS.Nameservers) != 1 {
 		t.Errorf("routes %v dns %v", r.Routes, r.DNS)
 	}
+	// Without dns in the configuration the result names the network's DNS server, the gateway; not
+	// with --opt dns=false, nor on macvlan.
+	c2, err := parseConfig(conf(`, "driver": "bridge", "subnets": ["10.250.0.0/24"]`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Driver = "bridge"
+	if r2, err := buildResult(c2, n, sb, &skel.CmdArgs{Netns: "/run/netns/x", IfName: "eth0"}); err != nil || fmt.Sprint(r2.DNS.Nameservers) != "[10.250.0.1]" {
+		t.Errorf("dns field %v, %v; want the gateway", r2.DNS, err)
+	}
+	for _, mod := range []func(){func() { n.Options = map[string]string{"dns": "false"} }, func() { n.Options, n.Driver = nil, "macvlan" }} {
+		mod()
+		if r2, err := buildResult(c2, n, sb, &skel.CmdArgs{Netns: "/run/netns/x", IfName: "eth0"}); err != nil || len(r2.DNS.Nameservers) != 0 {
+			t.Errorf("dns field %v, %v; want none (%s, %v)", r2.DNS, err, n.Driver, n.Options)
+		}
+	}
 	// Converted down for an older configuration, indexes survive.
 	old, err := r.GetAsVersion("0.4.0")
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -68,8 +69,35 @@ func buildResult(c *config, n *netmgr.Network, sb *netmgr.Sandbox, args *skel.Cm
 	}
 	if !c.conf.DNS.IsEmpty() {
 		r.DNS = c.conf.DNS
+	} else if ns, ok := networkDNS(n, at); ok {
+		r.DNS = types.DNS{Nameservers: []string{ns.String()}}
 	}
 	return r, nil
+}
+
+// networkDNS is the network's DNS server for this attachment, when there is one: netmgr/dns listens
+// on the gateways of every network whose dns option is not false, on the host's own interfaces (a
+// bridge or overlay network; a macvlan or cni network's gateway is someone else's). An IPv4 gateway
+// the attachment routes through comes first.
+func networkDNS(n *netmgr.Network, at *netmgr.Attachment) (netip.Addr, bool) {
+	if v, ok := n.Options["dns"]; ok {
+		if on, err := strconv.ParseBool(v); err == nil && !on {
+			return netip.Addr{}, false
+		}
+	}
+	if n.Driver == "macvlan" || n.Driver == "cni" {
+		return netip.Addr{}, false
+	}
+	var best netip.Addr
+	for _, g := range n.Gateways {
+		if !g.IsValid() || !slices.Contains(at.Gateways, g) && len(at.Gateways) > 0 {
+			continue
+		}
+		if !best.IsValid() || g.Is4() && !best.Is4() {
+			best = g
+		}
+	}
+	return best, best.IsValid()
 }
 
 func ipNet(p netip.Prefix) net.IPNet {

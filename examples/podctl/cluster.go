@@ -16,6 +16,7 @@ import (
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/agent"
 	"github.com/netmgr/netmgr/netmgr/cluster"
+	"github.com/netmgr/netmgr/netmgr/dns"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/netmgr/store/etcd"
 )
@@ -63,6 +64,10 @@ func (g *globals) cluster() (store.Store, bool) { return g.clusterStore, g.clust
 func newAgentCmd(g *globals) *cobra.Command {
 	var underlay string
 	var ttl, grace time.Duration
+	var dnsUpstreams []string
+	var dnsDomain string
+	var noDNS bool
+	var ups []netip.AddrPort
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Run this node's agent until stopped: on a cluster store (--store etcd://...) join the cluster and program its peers; on any store run the controllers",
@@ -70,6 +75,20 @@ func newAgentCmd(g *globals) *cobra.Command {
 			"network that spans nodes, plumbs them and keeps their peers current. On SIGTERM or SIGINT it exits\n" +
 			"and leaves the data path in place; the node's record expires after --ttl.",
 		Args: nameArgs(),
+		// Checked before the Manager opens: a bad flag changes nothing.
+		PreRunE: func(*cobra.Command, []string) error {
+			for _, u := range dnsUpstreams {
+				ap, err := dns.ParseUpstream(u)
+				if err != nil {
+					return fmt.Errorf("agent: --dns-upstream: %w", err)
+				}
+				ups = append(ups, ap)
+			}
+			if _, err := dns.New(dns.Config{Hosts: noHosts{}, HostNetNS: "-", Domain: dnsDomain}); err != nil {
+				return fmt.Errorf("agent: --dns-domain: %w", err)
+			}
+			return nil
+		},
 		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
 			if g.offlineErr != nil {
 				return fmt.Errorf("agent: %w", g.offlineErr)
@@ -82,7 +101,11 @@ func newAgentCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("agent: --underlay %q is not an IP address (a cluster agent needs the address other nodes reach this one by)", underlay)
 				}
 			}
-			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger()})
+			var controllers []agent.Controller
+			if !noDNS {
+				controllers = append(controllers, &dns.Controller{Config: dns.Config{Domain: dnsDomain, Upstreams: ups}})
+			}
+			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger(), Controllers: controllers})
 			if err != nil {
 				return err
 			}
@@ -99,8 +122,16 @@ func newAgentCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&underlay, "underlay", "", "this node's address that other nodes reach it by (required with a cluster store)")
 	c.Flags().DurationVar(&ttl, "ttl", cluster.DefaultTTL, "lifetime of this node's record without keep-alives")
 	c.Flags().DurationVar(&grace, "grace", cluster.DefaultGrace, "how long a dead node's subnets stay its own")
+	c.Flags().StringArrayVar(&dnsUpstreams, "dns-upstream", nil, "resolver IP[:PORT] the DNS server forwards other names to (repeatable; default the host's /etc/resolv.conf)")
+	c.Flags().StringVar(&dnsDomain, "dns-domain", dns.DefaultDomain, "cluster domain of service names (NAME.svc.DOMAIN)")
+	c.Flags().BoolVar(&noDNS, "no-dns", false, "do not run the DNS server on the networks' gateways")
 	return c
 }
+
+// noHosts lets the agent's flags be checked by dns.New before any Manager exists.
+type noHosts struct{}
+
+func (noHosts) Hosts(context.Context) ([]dns.Net, []dns.Host, error) { return nil, nil, nil }
 
 // agentLogger logs the agent's info lines too (joins, peers), to stderr.
 func (g *globals) agentLogger() *slog.Logger {

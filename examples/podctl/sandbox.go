@@ -73,10 +73,11 @@ type sandboxFlags struct {
 	pause    bool
 	labels   []string
 	publish  []string
+	aliases  []string
 }
 
 func (f *sandboxFlags) spec(name string) (netmgr.SandboxSpec, error) {
-	s := netmgr.SandboxSpec{Name: name, Join: f.join, Host: f.host, Pause: f.pause}
+	s := netmgr.SandboxSpec{Name: name, Join: f.join, Host: f.host, Pause: f.pause, Aliases: f.aliases}
 	for _, n := range f.networks {
 		a, err := parseAttach(n)
 		if err != nil {
@@ -139,6 +140,7 @@ func newSandboxCreateCmd(g *globals) *cobra.Command {
 	fl.BoolVar(&f.host, "host", false, "use the host's network namespace")
 	fl.BoolVar(&f.pause, "pause", false, "start a pause process holding the namespace (see --pause-binary)")
 	fl.StringArrayVar(&f.labels, "label", nil, "label KEY=VALUE (repeatable)")
+	fl.StringArrayVar(&f.aliases, "alias", nil, "another DNS name of the sandbox on its networks (repeatable)")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a port on the host: [HOSTIP:]HOSTPORT:PORT[/tcp|udp], or equal ranges 8000-8010:80-90 (repeatable)")
 	return c
 }

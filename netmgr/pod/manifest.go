@@ -20,7 +20,20 @@ type manifest struct {
 		Labels map[string]string `json:"labels"`
 	} `json:"metadata"`
 	Spec struct {
-		Hostname       string              `json:"hostname"`
+		Hostname  string `json:"hostname"`
+		DNSPolicy string `json:"dnsPolicy"`
+		DNSConfig *struct {
+			Nameservers []string `json:"nameservers"`
+			Searches    []string `json:"searches"`
+			Options     []struct {
+				Name  string  `json:"name"`
+				Value *string `json:"value"`
+			} `json:"options"`
+		} `json:"dnsConfig"`
+		HostAliases []struct {
+			IP        string   `json:"ip"`
+			Hostnames []string `json:"hostnames"`
+		} `json:"hostAliases"`
 		HostNetwork    bool                `json:"hostNetwork"`
 		Containers     []manifestContainer `json:"containers"`
 		InitContainers []manifestContainer `json:"initContainers"`
@@ -47,7 +60,8 @@ type manifestContainer struct {
 }
 
 // ParseManifest reads a Kubernetes v1 Pod manifest (YAML or JSON): metadata.name and labels, and
-// spec.hostname and spec.containers[] with name, image, command, args, env and ports. It rejects what
+// spec.hostname, dnsPolicy, dnsConfig, hostAliases and spec.containers[] with name, image, command,
+// args, env and ports. It rejects what
 // it cannot honour (initContainers, hostNetwork, env valueFrom) rather than ignore it, and returns a
 // validated Spec. Errors wrap netmgr.ErrInvalid.
 func ParseManifest(data []byte) (*Spec, error) {
@@ -76,7 +90,37 @@ func ParseManifest(data []byte) (*Spec, error) {
 	if len(m.Spec.InitContainers) > 0 {
 		return nil, bad("spec.initContainers are not supported")
 	}
-	s := &Spec{Name: m.Metadata.Name, Labels: m.Metadata.Labels, Hostname: m.Spec.Hostname}
+	s := &Spec{Name: m.Metadata.Name, Labels: m.Metadata.Labels, Hostname: m.Spec.Hostname, DNSPolicy: m.Spec.DNSPolicy}
+	if s.DNSPolicy == "ClusterFirstWithHostNet" {
+		s.DNSPolicy = DNSClusterFirst // hostNetwork is refused above, so this is ClusterFirst
+	}
+	if c := m.Spec.DNSConfig; c != nil {
+		s.DNSConfig = &DNSConfig{Searches: c.Searches}
+		for _, n := range c.Nameservers {
+			a, err := netip.ParseAddr(n)
+			if err != nil {
+				return nil, bad("dnsConfig: nameserver %q is not an IP address", n)
+			}
+			s.DNSConfig.Nameservers = append(s.DNSConfig.Nameservers, a)
+		}
+		for _, o := range c.Options {
+			if o.Name == "" {
+				return nil, bad("dnsConfig: an option has no name")
+			}
+			if o.Value != nil {
+				s.DNSConfig.Options = append(s.DNSConfig.Options, o.Name+":"+*o.Value)
+			} else {
+				s.DNSConfig.Options = append(s.DNSConfig.Options, o.Name)
+			}
+		}
+	}
+	for _, h := range m.Spec.HostAliases {
+		a, err := netip.ParseAddr(h.IP)
+		if err != nil {
+			return nil, bad("hostAliases: ip %q is not an IP address", h.IP)
+		}
+		s.HostAliases = append(s.HostAliases, HostAlias{IP: a, Hostnames: h.Hostnames})
+	}
 	for _, mc := range m.Spec.Containers {
 		c := ContainerSpec{Name: mc.Name, Image: mc.Image, Command: mc.Command, Args: mc.Args}
 		for j, e := range mc.Env {

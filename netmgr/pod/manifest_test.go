@@ -117,3 +117,28 @@ func TestLocalRootFS(t *testing.T) {
 		}
 	}
 }
+
+func TestParseManifestDNS(t *testing.T) {
+	s, err := ParseManifest([]byte(`{apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {dnsPolicy: None,
+  dnsConfig: {nameservers: [192.0.2.1, "2001:db8::1"], searches: [a.test], options: [{name: ndots, value: "1"}, {name: rotate}]},
+  hostAliases: [{ip: 192.0.2.9, hostnames: [db]}], containers: [{name: c, image: /x, command: [sh]}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &DNSConfig{Nameservers: []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")}, Searches: []string{"a.test"}, Options: []string{"ndots:1", "rotate"}}
+	if s.DNSPolicy != DNSNone || !reflect.DeepEqual(s.DNSConfig, want) || !reflect.DeepEqual(s.HostAliases, []HostAlias{{IP: netip.MustParseAddr("192.0.2.9"), Hostnames: []string{"db"}}}) {
+		t.Fatalf("got %q %+v %+v", s.DNSPolicy, s.DNSConfig, s.HostAliases)
+	}
+	for _, bad := range []string{
+		`spec: {dnsPolicy: None, containers: [{name: c, image: /x, command: [sh]}]}`,
+		`spec: {dnsPolicy: Weird, containers: [{name: c, image: /x, command: [sh]}]}`,
+		`spec: {dnsConfig: {nameservers: [nope]}, containers: [{name: c, image: /x, command: [sh]}]}`,
+		`spec: {dnsConfig: {searches: ["a b"]}, containers: [{name: c, image: /x, command: [sh]}]}`,
+		`spec: {hostAliases: [{ip: x, hostnames: [a]}], containers: [{name: c, image: /x, command: [sh]}]}`,
+		`spec: {hostAliases: [{ip: 192.0.2.1}], containers: [{name: c, image: /x, command: [sh]}]}`,
+	} {
+		if _, err := ParseManifest([]byte("{apiVersion: v1, kind: Pod, metadata: {name: p}, " + bad + "}")); !errors.Is(err, netmgr.ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", bad, err)
+		}
+	}
+}

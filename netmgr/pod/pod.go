@@ -21,6 +21,9 @@ type Manager struct {
 	log   *slog.Logger
 	pause bool
 	grace time.Duration
+
+	domain     string
+	hostResolv string
 }
 
 // Option configures a Manager.
@@ -39,7 +42,7 @@ func WithStopGrace(d time.Duration) Option { return func(m *Manager) { m.grace =
 
 // New returns a pod Manager. It does not own nm or rt: closing them is the caller's job.
 func New(nm *netmgr.Manager, rt Runtime, opts ...Option) *Manager {
-	m := &Manager{nm: nm, rt: rt, pause: true, grace: 10 * time.Second}
+	m := &Manager{nm: nm, rt: rt, pause: true, grace: 10 * time.Second, domain: "cluster.local", hostResolv: "/etc/resolv.conf"}
 	for _, o := range opts {
 		o(m)
 	}
@@ -158,6 +161,10 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 	if m.pause {
 		sbSpec.Hostname = hostname
 	}
+	if hostname != spec.Name && len(spec.Networks) > 0 {
+		// The hostname is one more DNS name of the pod on its networks.
+		sbSpec.Aliases = []string{hostname}
+	}
 	t0 := time.Now()
 	sb, err := m.nm.CreateSandbox(ctx, sbSpec)
 	if err != nil {
@@ -176,17 +183,22 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 		for _, id := range made {
 			errs = append(errs, m.rt.Delete(cctx, id))
 		}
-		errs = append(errs, m.nm.DeleteSandbox(cctx, spec.Name))
+		errs = append(errs, m.nm.DeleteSandbox(cctx, spec.Name), os.RemoveAll(m.filesDir(spec.Name)))
 		if rerr := errors.Join(errs...); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("roll back: %w", rerr))
 		} else {
 			m.log.Info("pod rolled back", "pod", spec.Name)
 		}
 	}()
+	resolv, hosts, err := m.writeDNSFiles(ctx, &spec, sb, hostname)
+	if err != nil {
+		return nil, fmt.Errorf("write resolv.conf and hosts: %w", err)
+	}
 	for _, c := range spec.Containers {
 		cfg := ContainerConfig{
 			ID: ContainerID(spec.Name, c.Name), Pod: spec.Name, Spec: c, NetNS: sb.NetNS,
-			Labels: map[string]string{LabelPod: spec.Name, LabelContainer: c.Name},
+			Labels:     map[string]string{LabelPod: spec.Name, LabelContainer: c.Name},
+			ResolvConf: resolv, Hosts: hosts,
 		}
 		if sb.PausePID != 0 {
 			cfg.PausePID = sb.PausePID
@@ -408,6 +420,9 @@ func (m *Manager) remove(ctx context.Context, name string) error {
 		if err := m.nm.DeleteSandbox(ctx, name); err != nil {
 			return err
 		}
+	}
+	if err := os.RemoveAll(m.filesDir(name)); err != nil {
+		return err
 	}
 	m.log.Info("pod removed", "pod", name)
 	return nil

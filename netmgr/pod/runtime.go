@@ -47,6 +47,9 @@ type ContainerConfig struct {
 	// Hostname is set in a UTS namespace of the container's own (when PausePID is zero).
 	Hostname string
 	Labels   map[string]string
+	// ResolvConf and Hosts, if set, are files the runtime bind-mounts (read-only) on the container's
+	// /etc/resolv.conf and /etc/hosts.
+	ResolvConf, Hosts string
 }
 
 // ExecConfig is a process to run in a container.

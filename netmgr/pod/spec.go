@@ -22,6 +22,11 @@ type Spec struct {
 	Hostname string
 	// Containers are created and started in order.
 	Containers []ContainerSpec
+	// DNSPolicy is ClusterFirst (default), Default or None; DNSConfig adds to it (None: is all of it).
+	DNSPolicy string
+	DNSConfig *DNSConfig
+	// HostAliases are added to every container's /etc/hosts.
+	HostAliases []HostAlias
 }
 
 // ContainerSpec describes one container of a pod, as a Kubernetes container does.
@@ -96,6 +101,9 @@ func (s *Spec) Validate() error {
 	}
 	if len(s.Containers) == 0 {
 		return bad("pod %q has no containers", s.Name)
+	}
+	if err := s.validateDNS(); err != nil {
+		return err
 	}
 	seen := map[string]bool{}
 	hostPorts := map[string]string{}

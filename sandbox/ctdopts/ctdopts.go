@@ -25,3 +25,13 @@ func WithPauseNamespaces(pausePID int) oci.SpecOpts {
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.IPCNamespace, Path: p + "ipc"}),
 	)
 }
+
+// WithResolvConf bind-mounts path (read-only) on the container's /etc/resolv.conf.
+func WithResolvConf(path string) oci.SpecOpts { return withFile(path, "/etc/resolv.conf") }
+
+// WithHostsFile bind-mounts path (read-only) on the container's /etc/hosts.
+func WithHostsFile(path string) oci.SpecOpts { return withFile(path, "/etc/hosts") }
+
+func withFile(src, dst string) oci.SpecOpts {
+	return oci.WithMounts([]specs.Mount{{Destination: dst, Type: "bind", Source: src, Options: []string{"rbind", "ro"}}})
+}

@@ -191,6 +191,12 @@ func (r *Runtime) Create(ctx context.Context, cfg pod.ContainerConfig) (err erro
 	if cfg.NetNS != "" {
 		sopts = append(sopts, ctdopts.WithNetNS(cfg.NetNS))
 	}
+	if cfg.ResolvConf != "" {
+		sopts = append(sopts, ctdopts.WithResolvConf(cfg.ResolvConf))
+	}
+	if cfg.Hosts != "" {
+		sopts = append(sopts, ctdopts.WithHostsFile(cfg.Hosts))
+	}
 	if cfg.PausePID != 0 {
 		sopts = append(sopts, ctdopts.WithPauseNamespaces(cfg.PausePID))
 	} else if cfg.Hostname != "" {
