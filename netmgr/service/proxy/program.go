@@ -1,0 +1,212 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	mnl "github.com/mdlayher/netlink"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// kernel programs the table of one network namespace.
+type kernel struct {
+	nsFd int
+	conn *nftables.Conn
+	ct   *netlink.Handle
+	// ops counts the messages queued on conn since its last flush; big syncs are cut into batches.
+	ops int
+}
+
+// maxBatchOps bounds one batch: every message is acknowledged, and the acknowledgements of one batch
+// must fit the socket's receive buffer.
+const maxBatchOps = 4000
+
+func (k *kernel) open() error {
+	if k.conn != nil {
+		return nil
+	}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(func(c *mnl.Conn) error {
+		_ = c.SetReadBuffer(8 << 20)
+		_ = c.SetWriteBuffer(8 << 20)
+		return nil
+	})}
+	if k.nsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(k.nsFd))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	k.conn = c
+	if k.ct == nil {
+		var h *netlink.Handle
+		if k.nsFd >= 0 {
+			h, err = netlink.NewHandleAt(netns.NsHandle(k.nsFd))
+		} else {
+			h, err = netlink.NewHandle()
+		}
+		if err != nil {
+			return fmt.Errorf("netlink: %w", err)
+		}
+		k.ct = h
+	}
+	return nil
+}
+
+func (k *kernel) close() {
+	if k.conn != nil {
+		_ = k.conn.CloseLasting()
+		k.conn = nil
+	}
+	if k.ct != nil {
+		k.ct.Close()
+		k.ct = nil
+	}
+}
+
+// flush sends what is queued as one batch.
+func (k *kernel) flush() error {
+	k.ops = 0
+	if err := k.conn.Flush(); err != nil {
+		k.close() // a fresh connection next time: a failed batch can leave acknowledgements unread
+		return fmt.Errorf("nftables table %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// step counts one queued message and flushes when the batch is full (only where the caller allows
+// splitting: a full sync).
+func (k *kernel) step(split bool) error {
+	k.ops++
+	if split && k.ops >= maxBatchOps {
+		return k.flush()
+	}
+	return nil
+}
+
+func setElems(es []elem) []nftables.SetElement {
+	out := make([]nftables.SetElement, len(es))
+	for i, e := range es {
+		out[i] = nftables.SetElement{Key: []byte(e.key)}
+		if e.set != setClusterIPs {
+			out[i].VerdictData = &expr.Verdict{Kind: e.kind, Chain: e.chain}
+		}
+	}
+	return out
+}
+
+// elements queues adds (or deletes) of es, grouped by set, in messages of at most 256 elements
+// (one message's element list must stay well under 64 KiB).
+func (k *kernel) elements(es []elem, del bool, split bool) error {
+	by := map[string][]elem{}
+	for _, e := range es {
+		by[e.set] = append(by[e.set], e)
+	}
+	names := make([]string, 0, len(by))
+	for n := range by {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		s := mapSet(n)
+		list := by[n]
+		for len(list) > 0 {
+			c := min(len(list), 256)
+			var err error
+			if del {
+				err = k.conn.SetDeleteElements(s, setElems(list[:c]))
+			} else {
+				err = k.conn.SetAddElements(s, setElems(list[:c]))
+			}
+			if err != nil {
+				return err
+			}
+			if err := k.step(split); err != nil {
+				return err
+			}
+			list = list[c:]
+		}
+	}
+	return nil
+}
+
+// rules queues c's rules.
+func (k *kernel) rules(c chainPlan) {
+	ch := chain(c.name)
+	for _, r := range c.rules {
+		exprs, anon, elems := r.render()
+		if anon != nil {
+			if err := k.conn.AddSet(anon, elems); err != nil {
+				panic(err) // only for a non-constant anonymous set
+			}
+			for _, e := range exprs {
+				if l, ok := e.(*expr.Lookup); ok {
+					l.SetID, l.SetName = anon.ID, anon.Name
+				}
+			}
+			k.ops++
+		}
+		k.conn.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: exprs})
+		k.ops++
+	}
+}
+
+// tableExists reports whether the table is there.
+func (k *kernel) tableExists() (bool, error) {
+	_, err := k.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	return false, err
+}
+
+// intact reports whether the table still has its fixed rules (someone may have flushed or deleted
+// it).
+func (k *kernel) intact() (bool, error) {
+	for _, name := range []string{chainServices, "nat-prerouting", "filter-prerouting"} {
+		rs, err := k.conn.GetRules(table, chain(name))
+		if err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return false, nil
+			}
+			return false, err
+		}
+		if len(rs) == 0 {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// conntrackDelete removes the UDP conntrack entries of flows to a service destination that were
+// translated to endpoint.
+func (k *kernel) conntrackDelete(f udpFlow) (uint, error) {
+	if k.ct == nil {
+		return 0, errors.New("no netlink handle")
+	}
+	filter := &netlink.ConntrackFilter{}
+	if err := filter.AddProtocol(unix.IPPROTO_UDP); err != nil {
+		return 0, err
+	}
+	if err := filter.AddPort(netlink.ConntrackOrigDstPort, f.port); err != nil {
+		return 0, err
+	}
+	if f.dst.IsValid() {
+		if err := filter.AddIP(netlink.ConntrackOrigDstIP, net.IP(f.dst.AsSlice())); err != nil {
+			return 0, err
+		}
+	}
+	if err := filter.AddIP(netlink.ConntrackReplySrcIP, net.IP(f.endpoint.AsSlice())); err != nil {
+		return 0, err
+	}
+	return k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filter)
+}
