@@ -15,6 +15,7 @@ import (
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/agent"
 	"github.com/netmgr/netmgr/netmgr/cluster"
+	"github.com/netmgr/netmgr/netmgr/service/proxy"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/netmgr/store/etcd"
 )
@@ -50,7 +51,8 @@ func newAgentCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("agent: --underlay %q is not an IP address (a cluster agent needs the address other nodes reach this one by)", underlay)
 				}
 			}
-			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger()})
+			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger(),
+				Controllers: []agent.Controller{proxy.New(proxy.Options{})}})
 			if err != nil {
 				return err
 			}

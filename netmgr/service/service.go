@@ -74,7 +74,7 @@ type Port struct {
 	Port       uint16 `json:"port"`
 	TargetPort uint16 `json:"target_port"`
 	Protocol   string `json:"protocol"`
-	NodePort   uint16 `json:"node_port,omitempty"`
+	NodePort   uint16 `json:"node_port"`
 }
 
 func (p Port) String() string {
