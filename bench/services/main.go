@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -57,11 +58,20 @@ func main() {
 	eps := flag.Int("endpoints", 10, "endpoints per service")
 	changes := flag.Int("changes", 200, "changes timed per run")
 	out := flag.String("out", filepath.Join(integration.RepoRoot(), "bench", "out", "services.txt"), "report file (also printed)")
+	prof := flag.String("cpuprofile", "", "write a CPU profile here")
 	flag.Parse()
+	if *prof != "" {
+		f, err := os.Create(*prof)
+		if err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, []int{100, *n}, *eps, *changes, *out); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/services:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
@@ -209,14 +219,23 @@ func runOne(ctx context.Context, work string, n, eps, changes int) (r result, er
 	if err != nil {
 		return r, err
 	}
-	els, err := conn.GetSetElements(&nftables.Set{Table: &nftables.Table{Name: proxy.TableName, Family: nftables.TableFamilyIPv4}, Name: "service-ips",
-		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService), IsMap: true, DataType: nftables.TypeVerdict})
+	els, err := conn.GetSetElements(&nftables.Set{Table: &nftables.Table{Name: proxy.TableName, Family: nftables.TableFamilyIPv4}, Name: "cluster-ips",
+		KeyType: nftables.TypeIPAddr})
 	if err != nil {
-		return r, fmt.Errorf("read back service-ips: %w", err)
+		return r, fmt.Errorf("read back cluster-ips: %w", err)
 	}
 	r.elements = len(els)
 	if r.elements != n {
-		return r, fmt.Errorf("service-ips holds %d elements after the full sync, want %d", r.elements, n)
+		return r, fmt.Errorf("cluster-ips holds %d elements after the full sync, want %d", r.elements, n)
+	}
+	bels, err := conn.GetSetElements(&nftables.Set{Table: &nftables.Table{Name: proxy.TableName, Family: nftables.TableFamilyIPv4}, Name: "backends",
+		IsMap: true, KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger),
+		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)})
+	if err != nil {
+		return r, fmt.Errorf("read back backends: %w", err)
+	}
+	if len(bels) != n*eps {
+		return r, fmt.Errorf("backends holds %d elements after the full sync, want %d", len(bels), n*eps)
 	}
 
 	// One change at a time, each timed from its store write to the controller's Sync.
@@ -235,10 +254,10 @@ func runOne(ctx context.Context, work string, n, eps, changes int) (r result, er
 			k, v := serviceRecord(n + i)
 			op = store.Put(k, v)
 		}
-		t := time.Now()
 		if err := st.Txn(ctx, nil, []store.Op{op}); err != nil {
 			return r, err
 		}
+		t := time.Now() // the write is committed (and synced: the state file is written with fsync)
 		if err := wait(); err != nil {
 			return r, err
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -23,6 +24,33 @@ type kernel struct {
 	ops int
 }
 
+// bigBuffers gives the socket buffers room for a batch of maxBatchOps messages and their
+// acknowledgements: the FORCE options pass net.core.[rw]mem_max (the agent has CAP_NET_ADMIN); where
+// they fail, the plain ones are capped there, and batches are kept small enough for that.
+func bigBuffers(c *mnl.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	forced := false
+	_ = raw.Control(func(fd uintptr) {
+		e1 := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sockBuf)
+		e2 := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sockBuf)
+		forced = e1 == nil && e2 == nil
+	})
+	if !forced {
+		_ = c.SetWriteBuffer(sockBuf)
+		_ = c.SetReadBuffer(sockBuf)
+		smallBatches.Store(true)
+	}
+	return nil
+}
+
+const sockBuf = 16 << 20
+
+// smallBatches is set where the socket buffers could not be raised past the system's maximum.
+var smallBatches atomic.Bool
+
 // maxBatchOps bounds one batch: every message is acknowledged, and the acknowledgements of one batch
 // must fit the socket's receive buffer.
 const maxBatchOps = 4000
@@ -31,11 +59,7 @@ func (k *kernel) open() error {
 	if k.conn != nil {
 		return nil
 	}
-	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(func(c *mnl.Conn) error {
-		_ = c.SetReadBuffer(8 << 20)
-		_ = c.SetWriteBuffer(8 << 20)
-		return nil
-	})}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(bigBuffers)}
 	if k.nsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(k.nsFd))
 	}
@@ -84,7 +108,7 @@ func (k *kernel) flush() error {
 // splitting: a full sync).
 func (k *kernel) step(split bool) error {
 	k.ops++
-	if split && k.ops >= maxBatchOps {
+	if split && (k.ops >= maxBatchOps || smallBatches.Load() && k.ops >= 200) {
 		return k.flush()
 	}
 	return nil
@@ -94,8 +118,11 @@ func setElems(es []elem) []nftables.SetElement {
 	out := make([]nftables.SetElement, len(es))
 	for i, e := range es {
 		out[i] = nftables.SetElement{Key: []byte(e.key)}
-		if e.set != setClusterIPs {
+		switch {
+		case isVerdictMap(e.set):
 			out[i].VerdictData = &expr.Verdict{Kind: e.kind, Chain: e.chain}
+		case isDataMap(e.set):
+			out[i].Val = []byte(e.data)
 		}
 	}
 	return out

@@ -28,6 +28,7 @@ type Proxier struct {
 	svcIndex  map[string]map[string]bool // "k=v" -> services selecting it
 
 	programmed map[string]*svcPlan
+	shared     map[string]int // elements several services put in (hairpin): how many
 	dirty      map[string]bool
 	full       bool // the next Sync is a full one
 	synced     bool // a full sync has succeeded
@@ -41,7 +42,7 @@ func NewProxier(nsFd int, node string, log *slog.Logger) *Proxier {
 	return &Proxier{k: kernel{nsFd: nsFd}, node: node, log: log,
 		services: map[string]*service.Service{}, endpoints: map[string]*service.Endpoint{},
 		epIndex: map[string]map[string]bool{}, svcIndex: map[string]map[string]bool{},
-		programmed: map[string]*svcPlan{}, dirty: map[string]bool{}, full: true}
+		programmed: map[string]*svcPlan{}, shared: map[string]int{}, dirty: map[string]bool{}, full: true}
 }
 
 // Close releases the proxier's netlink sockets; the table stays.
@@ -100,8 +101,11 @@ func (p *Proxier) DeleteService(name string) {
 	p.dirty[name] = true
 }
 
-// touch marks the services selecting labels dirty.
+// touch marks the services selecting labels dirty (needless before a full sync, which does all).
 func (p *Proxier) touch(labels map[string]string) {
+	if p.full {
+		return
+	}
 	for _, kv := range pairs(labels) {
 		for name := range p.svcIndex[kv] {
 			if s := p.services[name]; s != nil && s.Matches(labels) {
@@ -194,7 +198,12 @@ func (p *Proxier) Sync() error {
 	next := map[string]*svcPlan{}
 	for _, n := range names {
 		next[n] = p.planOf(n)
-		p.diff(p.programmed[n], next[n], false)
+		// Each service's changes are one transaction; many changed services may take several.
+		if err := p.diff(p.programmed[n], next[n], true); err != nil {
+			p.full = true
+			p.k.close()
+			return err
+		}
 	}
 	if err := p.k.flush(); err != nil {
 		p.full = true
@@ -244,7 +253,7 @@ func (p *Proxier) fullSync() error {
 		c.DelTable(table)
 	}
 	c.AddTable(table)
-	for _, n := range []string{mapServiceIPs, mapNodePorts, mapNoEPServices, mapNoEPNodePort, setClusterIPs} {
+	for _, n := range fixedSets() {
 		if err := c.AddSet(mapSet(n), nil); err != nil {
 			return err
 		}
@@ -253,9 +262,10 @@ func (p *Proxier) fullSync() error {
 		c.AddChain(ch)
 	}
 	// Rules that jump to a chain come after the chain exists (all are added above).
-	for _, name := range []string{chainMarkMasq, chainMasq, chainReject, chainChecks, chainServices,
+	rules := fixedRules(p.cidr)
+	for _, name := range []string{chainMarkMasq, chainMasq, chainChecks, chainServices,
 		"filter-prerouting", "filter-output", "nat-prerouting", "nat-output", "nat-postrouting"} {
-		for _, r := range fixedRules(p.cidr)[name] {
+		for _, r := range rules[name] {
 			c.AddRule(&nftables.Rule{Table: table, Chain: chain(name), Exprs: r})
 		}
 	}
@@ -264,18 +274,38 @@ func (p *Proxier) fullSync() error {
 	}
 	old := p.programmed
 	p.programmed = map[string]*svcPlan{}
+	p.shared = map[string]int{}
 	names := make([]string, 0, len(p.services))
 	for n := range p.services {
 		names = append(names, n)
 	}
 	slices.Sort(names)
+	// The chained services' sets and chains first, then every element at once, in full messages.
+	var elems []elem
+	seen := map[string]bool{}
 	for _, n := range names {
 		pl := p.planOf(n)
-		if err := p.diff(nil, pl, true); err != nil {
-			p.k.close()
-			return err
+		if len(pl.chains) > 0 || len(pl.sets) > 0 {
+			if err := p.diff(nil, &svcPlan{chains: pl.chains, sets: pl.sets}, true); err != nil {
+				p.k.close()
+				return err
+			}
+		}
+		for id, e := range pl.elems {
+			if e.set == setHairpin {
+				p.shared[id]++
+				if seen[id] {
+					continue
+				}
+				seen[id] = true
+			}
+			elems = append(elems, e)
 		}
 		p.programmed[n] = pl
+	}
+	if err := p.k.elements(elems, false, true); err != nil {
+		p.k.close()
+		return err
 	}
 	if err := p.k.flush(); err != nil {
 		return err
@@ -311,6 +341,25 @@ func (p *Proxier) diff(old, next *svcPlan, split bool) error {
 			add = append(add, e)
 		}
 	}
+	// The hairpin set is shared: an endpoint behind several services is one element.
+	del = slices.DeleteFunc(del, func(e elem) bool {
+		if e.set != setHairpin {
+			return false
+		}
+		p.shared[e.id()]--
+		if p.shared[e.id()] > 0 {
+			return true
+		}
+		delete(p.shared, e.id())
+		return false
+	})
+	add = slices.DeleteFunc(add, func(e elem) bool {
+		if e.set != setHairpin {
+			return false
+		}
+		p.shared[e.id()]++
+		return p.shared[e.id()] > 1
+	})
 	if err := p.k.elements(del, true, false); err != nil {
 		return err
 	}
@@ -370,7 +419,7 @@ func (p *Proxier) diff(old, next *svcPlan, split bool) error {
 			p.k.ops++
 		}
 	}
-	if split && p.k.ops >= maxBatchOps {
+	if split && (p.k.ops >= maxBatchOps || smallBatches.Load() && p.k.ops >= 200) {
 		return p.k.flush()
 	}
 	return nil
