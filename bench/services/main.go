@@ -229,7 +229,7 @@ func runOne(ctx context.Context, work string, n, eps, changes int) (r result, er
 		return r, fmt.Errorf("cluster-ips holds %d elements after the full sync, want %d", r.elements, n)
 	}
 	bels, err := conn.GetSetElements(&nftables.Set{Table: &nftables.Table{Name: proxy.TableName, Family: nftables.TableFamilyIPv4}, Name: "backends",
-		IsMap: true, KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger),
+		IsMap: true, KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 		DataType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)})
 	if err != nil {
 		return r, fmt.Errorf("read back backends: %w", err)

@@ -22,6 +22,8 @@ type kernel struct {
 	ct   *netlink.Handle
 	// ops counts the messages queued on conn since its last flush; big syncs are cut into batches.
 	ops int
+	// sent counts every message flushed (tests).
+	sent int
 }
 
 // bigBuffers gives the socket buffers room for a batch of maxBatchOps messages and their
@@ -96,6 +98,7 @@ func (k *kernel) close() {
 
 // flush sends what is queued as one batch.
 func (k *kernel) flush() error {
+	k.sent += k.ops
 	k.ops = 0
 	if err := k.conn.Flush(); err != nil {
 		k.close() // a fresh connection next time: a failed batch can leave acknowledgements unread

@@ -124,11 +124,11 @@ func mapSet(name string) *nftables.Set {
 		s.Concatenation, s.KeyType = true, concatType(nftables.TypeIPAddr, nftables.TypeIPAddr)
 	case name == mapBackends:
 		s.IsMap, s.Concatenation = true, true
-		s.KeyType = concatType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
+		s.KeyType = concatType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
 		s.DataType = typeAddrPort()
 	case name == mapNPBackends:
 		s.IsMap, s.Concatenation = true, true
-		s.KeyType = concatType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInteger)
+		s.KeyType = concatType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
 		s.DataType = typeAddrPort()
 	default:
 		panic("proxy: unknown set " + name)
