@@ -101,10 +101,10 @@ func TestTableContents(t *testing.T) {
 	for _, want := range []string{
 		"10.96.0.1 . tcp . 80 . 0x00000000 : 10.1.1.1 . 8080", // s1 mapped: slot 0 and 1
 		"10.96.0.1 . tcp . 80 . 0x00000001 : 10.1.1.2 . 8080",
-		"10.96.0.3 . tcp . 80",             // s3: no endpoints (reject)
-		"chain svc-s2/tcp/80",              // s2: chained for affinity
+		"10.96.0.3 . tcp . 80",              // s3: no endpoints (reject)
+		"chain svc-s2/tcp/80",               // s2: chained for affinity
 		"chain ep-s2/tcp/80__10.1.2.1/8080", // with its endpoint chains
-		"10.1.1.1 . 10.1.1.1",              // hairpin of a local endpoint
+		"10.1.1.1 . 10.1.1.1",               // hairpin of a local endpoint
 		"numgen random mod 2",
 	} {
 		if !strings.Contains(got, want) {
