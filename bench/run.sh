@@ -73,3 +73,5 @@ bench_run bash "$ROOT/bench/ports/run.sh"  # publish 1000 ports one by one: last
 bench_run bash "$ROOT/bench/iperf/run.sh"  # iperf3 pod to pod: loopback, veth, bridge and macvlan, raw vs netmgr (bench/out/iperf.txt)
 "$GO" build -o "$WORK/overlaybench" ./bench/overlay # built, not go run: the signal must reach the program
 bench_run "$WORK/overlaybench" -out "$ROOT/bench/out/overlay.txt" # iperf3 across two hosts: underlay, hand-built VXLAN, netmgr overlay (bench/out/overlay.txt)
+"$GO" build -o "$WORK/servicesbench" ./bench/services
+bench_run "$WORK/servicesbench" -out "$ROOT/bench/out/services.txt" # services: full sync, change latency at 100 and 10,000, linear-chain reference, RSS (bench/out/services.txt)

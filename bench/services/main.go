@@ -191,7 +191,7 @@ func runOne(ctx context.Context, work string, n, eps, changes int) (r result, er
 	defer m.Close()
 	synced := make(chan bool, 1000)
 	c := proxy.New(proxy.Options{NoPublish: true, Resync: time.Hour, OnSync: func(full bool) { synced <- full }})
-	a, err := agent.New(agent.Config{Manager: m, Controllers: []agent.Controller{c}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	a, err := agent.New(agent.Config{Manager: m, Controllers: []agent.Controller{c}, Logger: benchLogger()})
 	if err != nil {
 		return r, err
 	}
@@ -448,4 +448,12 @@ func report(rs []result, eps, changes int, out string) error {
 		return err
 	}
 	return os.WriteFile(out, []byte(b.String()), 0o644)
+}
+
+// benchLogger shows the controller's full-sync lines with BENCH_VERBOSE=1.
+func benchLogger() *slog.Logger {
+	if os.Getenv("BENCH_VERBOSE") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
