@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -122,17 +123,16 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 		q.haveSvc = true
 	})
 	follow(service.KeyEndpoints, func(u store.Update) {
-		for _, ch := range u.Changes {
-			if ch.Deleted {
+		eps, errs := decodeEndpoints(u.Changes)
+		for i, ch := range u.Changes {
+			switch {
+			case ch.Deleted:
 				q.endpoints[ch.KV.Key] = nil
-				continue
+			case errs[i] != nil:
+				log.Warn("services: undecodable endpoint", "key", ch.KV.Key, "error", errs[i])
+			default:
+				q.endpoints[ch.KV.Key] = eps[i]
 			}
-			e, err := service.DecodeEndpoint(ch.KV.Value)
-			if err != nil {
-				log.Warn("services: undecodable endpoint", "key", ch.KV.Key, "error", err)
-				continue
-			}
-			q.endpoints[ch.KV.Key] = e
 		}
 		q.haveEP = true
 	})
@@ -274,3 +274,33 @@ func publish(ctx context.Context, a *agent.Agent, log *slog.Logger) {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// decodeEndpoints decodes the endpoints of changes (nil for a delete), on every CPU when there are
+// many (the first list of a large cluster: 100,000 records).
+func decodeEndpoints(changes []store.Change) ([]*service.Endpoint, []error) {
+	eps := make([]*service.Endpoint, len(changes))
+	errs := make([]error, len(changes))
+	work := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			if !changes[i].Deleted {
+				eps[i], errs[i] = service.DecodeEndpoint(changes[i].KV.Value)
+			}
+		}
+	}
+	n := runtime.GOMAXPROCS(0)
+	if len(changes) < 1024 || n == 1 {
+		work(0, len(changes))
+		return eps, errs
+	}
+	var wg sync.WaitGroup
+	per := (len(changes) + n - 1) / n
+	for lo := 0; lo < len(changes); lo += per {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work(lo, min(lo+per, len(changes)))
+		}()
+	}
+	wg.Wait()
+	return eps, errs
+}

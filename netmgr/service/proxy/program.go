@@ -24,6 +24,8 @@ type kernel struct {
 	ops int
 	// sent counts every message flushed (tests).
 	sent int
+	// atomic makes a split batch as large as maxAtomicOps (a full sync).
+	atomic bool
 }
 
 // bigBuffers gives the socket buffers room for a batch of maxBatchOps messages and their
@@ -48,14 +50,29 @@ func bigBuffers(c *mnl.Conn) error {
 	return nil
 }
 
-const sockBuf = 16 << 20
+const sockBuf = 64 << 20
 
 // smallBatches is set where the socket buffers could not be raised past the system's maximum.
 var smallBatches atomic.Bool
 
 // maxBatchOps bounds one batch: every message is acknowledged, and the acknowledgements of one batch
-// must fit the socket's receive buffer.
-const maxBatchOps = 4000
+// must fit the socket's receive buffer. A full sync is one batch (one transaction: no moment
+// without the services) up to maxAtomicOps messages, where the buffers could be raised.
+const (
+	maxBatchOps  = 4000
+	maxAtomicOps = 200000
+)
+
+// limit is the number of messages after which a batch that may be split is flushed.
+func (k *kernel) limit() int {
+	switch {
+	case smallBatches.Load():
+		return 200
+	case k.atomic:
+		return maxAtomicOps
+	}
+	return maxBatchOps
+}
 
 func (k *kernel) open() error {
 	if k.conn != nil {
@@ -101,6 +118,9 @@ func (k *kernel) flush() error {
 	k.sent += k.ops
 	k.ops = 0
 	if err := k.conn.Flush(); err != nil {
+		if errors.Is(err, unix.EMSGSIZE) || errors.Is(err, unix.ENOBUFS) {
+			smallBatches.Store(true) // the buffers are smaller than asked: small batches from now on
+		}
 		k.close() // a fresh connection next time: a failed batch can leave acknowledgements unread
 		return fmt.Errorf("nftables table %s: %w", TableName, err)
 	}
@@ -111,7 +131,7 @@ func (k *kernel) flush() error {
 // splitting: a full sync).
 func (k *kernel) step(split bool) error {
 	k.ops++
-	if split && (k.ops >= maxBatchOps || smallBatches.Load() && k.ops >= 200) {
+	if split && k.ops >= k.limit() {
 		return k.flush()
 	}
 	return nil

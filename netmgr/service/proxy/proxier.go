@@ -267,11 +267,11 @@ func (p *Proxier) fullSync() error {
 		"filter-prerouting", "filter-output", "nat-prerouting", "nat-output", "nat-postrouting"} {
 		for _, r := range rules[name] {
 			c.AddRule(&nftables.Rule{Table: table, Chain: chain(name), Exprs: r})
+			p.k.ops++
 		}
 	}
-	if err := p.k.flush(); err != nil {
-		return err
-	}
+	p.k.atomic = true
+	defer func() { p.k.atomic = false }()
 	old := p.programmed
 	p.programmed = map[string]*svcPlan{}
 	p.shared = map[string]int{}
@@ -419,7 +419,7 @@ func (p *Proxier) diff(old, next *svcPlan, split bool) error {
 			p.k.ops++
 		}
 	}
-	if split && (p.k.ops >= maxBatchOps || smallBatches.Load() && p.k.ops >= 200) {
+	if split && p.k.ops >= p.k.limit() {
 		return p.k.flush()
 	}
 	return nil
