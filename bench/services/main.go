@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -44,6 +45,7 @@ import (
 	mnl "github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	_ "github.com/netmgr/netmgr/drivers/bridge"
 	"github.com/netmgr/netmgr/integration"
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/agent"
@@ -84,6 +86,7 @@ type result struct {
 	linearFull     time.Duration
 	linearChange   []time.Duration
 	rssKiB, hwmKiB int
+	cps            [2]float64 // new connections per second: straight to the pod, through the cluster IP
 	elements       int
 }
 
@@ -263,6 +266,9 @@ func runOne(ctx context.Context, work string, n, eps, changes int) (r result, er
 		}
 		r.lat = append(r.lat, time.Since(t))
 	}
+	if err := dataPath(ctx, m, st, &r, wait); err != nil {
+		return r, fmt.Errorf("data path: %w", err)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		return r, err
@@ -423,13 +429,13 @@ func report(rs []result, eps, changes int, out string) error {
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "bench/services — %s, %s, %d endpoints per service, %d changes timed per run\n\n", time.Now().UTC().Format(time.RFC3339), host, eps, changes)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "services\tfull sync (agent start -> kernel)\tproxier full sync\tstore -> kernel p50\tp99\tkernel only p50\tp99\tlinear full\tlinear change p50\tlinear / ours (change p50)\tRSS after sync")
+	fmt.Fprintln(tw, "services\tfull sync (agent start -> kernel)\tproxier full sync\tstore -> kernel p50\tp99\tkernel only p50\tp99\tlinear full\tlinear change p50\tlinear / ours (change p50)\tRSS after sync\tconn/s pod\tconn/s cluster IP")
 	for _, r := range rs {
 		lc := pct(r.linearChange, 0.5)
 		ratio := float64(lc) / float64(max(pct(r.kern, 0.5), 1))
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fx\t%.1f MiB (peak %.1f)\n", r.n, ms(r.fullSync), ms(r.proxierFull),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fx\t%.1f MiB (peak %.1f)\t%.0f\t%.0f (%.1f%%)\n", r.n, ms(r.fullSync), ms(r.proxierFull),
 			ms(pct(r.lat, 0.5)), ms(pct(r.lat, 0.99)), ms(pct(r.kern, 0.5)), ms(pct(r.kern, 0.99)), ms(r.linearFull), ms(lc), ratio,
-			float64(r.rssKiB)/1024, float64(r.hwmKiB)/1024)
+			float64(r.rssKiB)/1024, float64(r.hwmKiB)/1024, r.cps[0], r.cps[1], 100*(r.cps[1]/r.cps[0]-1))
 	}
 	tw.Flush()
 	if len(rs) == 2 {
@@ -456,4 +462,103 @@ func benchLogger() *slog.Logger {
 		return slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// dataPath measures new TCP connections per second (connect, read a line, close) from a client
+// sandbox to a server sandbox on one bridge, straight to the pod's address and through a cluster IP,
+// with every service of the run present; rounds alternate the two, each figure is the median.
+func dataPath(ctx context.Context, m *netmgr.Manager, st store.Store, r *result, wait func() error) error {
+	if _, err := m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "dp", Driver: "bridge", Subnets: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/24")}}); err != nil {
+		return err
+	}
+	srv, err := m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "server", Networks: []netmgr.AttachSpec{{Network: "dp"}}})
+	if err != nil {
+		return err
+	}
+	defer m.DeleteSandbox(context.Background(), "server")
+	cli, err := m.CreateSandbox(ctx, netmgr.SandboxSpec{Name: "client", Networks: []netmgr.AttachSpec{{Network: "dp"}}})
+	if err != nil {
+		return err
+	}
+	defer m.DeleteSandbox(context.Background(), "client")
+	defer m.DeleteNetwork(context.Background(), "dp")
+	sns, err := sandbox.Open(srv.NetNS)
+	if err != nil {
+		return err
+	}
+	defer sns.Close()
+	cns, err := sandbox.Open(cli.NetNS)
+	if err != nil {
+		return err
+	}
+	defer cns.Close()
+	var ln net.Listener
+	if err := sns.Do(func() (err error) { ln, err = net.Listen("tcp", ":8080"); return err }); err != nil {
+		return err
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("ok\n"))
+			c.Close()
+		}
+	}()
+	// The service, and its endpoint as this node's publisher would write it.
+	vip := serviceIP(200000)
+	svc := service.Service{Name: "dp", Type: service.ClusterIP, ClusterIP: vip, Ports: []service.Port{{Port: 80, TargetPort: 8080, Protocol: "tcp"}},
+		Selector: map[string]string{"app": "dp"}, ExternalTrafficPolicy: service.PolicyCluster}
+	sb, _ := json.Marshal(svc)
+	eb, _ := json.Marshal(service.Endpoint{Sandbox: "server", Node: "bench", Labels: map[string]string{"app": "dp"},
+		Addrs: []service.EndpointAddr{{Network: "dp", IP: srv.Attachments[0].IPv4.Addr()}}})
+	if err := st.Txn(ctx, nil, []store.Op{store.Put(service.KeyServices+"dp", sb), store.Put(service.EndpointKey("bench", "server"), eb)}); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := wait(); err != nil {
+			return err
+		}
+		if _, err := connectOnce(cns, netip.AddrPortFrom(vip, 80).String()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errors.New("the cluster IP never answered")
+		}
+	}
+	targets := []string{netip.AddrPortFrom(srv.Attachments[0].IPv4.Addr(), 8080).String(), netip.AddrPortFrom(vip, 80).String()}
+	var rates [2][]float64
+	for round := 0; round < 5; round++ {
+		for i, t := range targets {
+			n, d := 0, time.Second
+			start := time.Now()
+			for time.Since(start) < d {
+				if _, err := connectOnce(cns, t); err != nil {
+					return fmt.Errorf("%s: %w", t, err)
+				}
+				n++
+			}
+			rates[i] = append(rates[i], float64(n)/time.Since(start).Seconds())
+		}
+	}
+	for i := range rates {
+		slices.Sort(rates[i])
+		r.cps[i] = rates[i][2]
+	}
+	return nil
+}
+
+func connectOnce(ns *sandbox.NetNS, addr string) (string, error) {
+	var c net.Conn
+	if err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", addr, time.Second); return err }); err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	b := make([]byte, 8)
+	n, err := c.Read(b)
+	return string(b[:n]), err
 }
