@@ -103,7 +103,7 @@ func run(ctx context.Context, ns []int, eps, changes int, out string) error {
 		}
 		r, err := runOne(ctx, work, n, eps, changes)
 		if err != nil {
-			return fmt.Errorf("N=%d: %w", n, err)
+			return fmt.Errorf("services=%d: %w", n, err)
 		}
 		results = append(results, r)
 	}

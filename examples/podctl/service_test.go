@@ -83,9 +83,9 @@ func ask(ns *sandbox.NetNS, addr string) (string, error) {
 func TestPodctlService(t *testing.T) {
 	testutil.RequireRoot(t)
 	bin, _ := buildBinaries(t)
-	out, err := exec.Command("go", "build", "-tags", "podctl_pod", "-o", filepath.Join(filepath.Dir(bin), PodBinary), ".").CombinedOutput()
+	out, err := exec.Command("go", "build", "-tags", "podctl_pod", "-o", filepath.Join(filepath.Dir(bin), "podctl-pod"), ".").CombinedOutput()
 	if err != nil {
-		t.Fatalf("build %s: %v\n%s", PodBinary, err, out)
+		t.Fatalf("build podctl-pod: %v\n%s", err, out)
 	}
 	host := testutil.NewNS(t, "host")
 	c := newCLI(t, bin, host)
