@@ -78,3 +78,5 @@ bench_run "$WORK/routedbench" -n "${BENCH_ROUTED_N:-100,1000,4000}" -out "$ROOT/
 "$GO" build -o "$WORK/overlaybench" ./bench/overlay # built, not go run: the signal must reach the program
 bench_run "$WORK/overlaybench" -out "$ROOT/bench/out/overlay.txt" # iperf3 across two hosts: underlay, hand-built VXLAN, netmgr overlay (bench/out/overlay.txt)
 bench_run bash "$ROOT/bench/cluster/run.sh" # cluster: sandbox create on overlay+etcd vs bridge+bolt, join convergence p50/p99 (bench/out/cluster.txt)
+"$GO" build -o "$WORK/servicesbench" ./bench/services
+bench_run "$WORK/servicesbench" -out "$ROOT/bench/out/services.txt" # services: full sync, change latency at 100 and 10,000, linear-chain reference, RSS (bench/out/services.txt)

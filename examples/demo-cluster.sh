@@ -155,7 +155,10 @@ podctl_on "$D" host1 network ls
 
 declare -A IP
 for h in $HOSTS; do
-	podctl_on "$D" "$h" sandbox create web --network pods >/dev/null
+	# The pods on host1 and host2 back the service below; host3's does not.
+	label=()
+	[ "$h" != host3 ] && label=(--label app=web)
+	podctl_on "$D" "$h" sandbox create web --network pods "${label[@]}" >/dev/null
 	IP[$h]=$(podctl_on "$D" "$h" -o json sandbox inspect web | sed -n 's/.*"ipv4": *"\([0-9.]*\)\/.*/\1/p' | head -1)
 	mkdir -p "$D/www/$h"
 	echo "hello from the pod on $h (${IP[$h]})" >"$D/www/$h/index.html"
@@ -188,6 +191,51 @@ if [ "$ok" != "$want" ]; then
 	echo "demo-cluster: only $ok of $want fetches across hosts succeeded" >&2
 	exit 1
 fi
+
+# A service: the pods on host1 and host2 behind a NodePort service (the agents program it); the pod
+# on host3 uses the cluster IP, and an outside namespace on the underlay asks host3, which runs no
+# backend, at the node port.
+echo
+podctl_on "$D" host1 service create web --selector app=web --port 80:8080 --type NodePort --node-port 30080 >/dev/null
+for _ in $(seq 100); do
+	[ "$(podctl_on "$D" host1 -o json service inspect web | grep -c '"sandbox"')" -ge 2 ] && break
+	sleep 0.1
+done
+podctl_on "$D" host1 service ls
+CIP=$(podctl_on "$D" host1 -o json service inspect web | sed -n 's/.*"cluster_ip": *"\([0-9.]*\)".*/\1/p' | head -1)
+touch "$D/outside.ns"
+unshare --net="$D/outside.ns" true
+on "$D" underlay ip link add ul-outside type veth peer name eth0 netns "$D/outside.ns"
+on "$D" underlay ip link set ul-outside master ul0 up
+on "$D" outside ip addr add 198.18.0.200/24 dev eth0
+on "$D" outside ip link set eth0 up
+sok=0 swant=0
+for i in 1 2 3 4 5 6; do
+	swant=$((swant + 1))
+	a=
+	for _ in $(seq 30); do a=$(fetch host3 "http://$CIP/") && break; sleep 0.1; done
+	if [ -n "$a" ]; then
+		sok=$((sok + 1))
+		echo "[$i] pod on host3 -> cluster IP $CIP: $a"
+	else
+		echo "[$i] pod on host3 -> cluster IP $CIP: FAILED"
+	fi
+done
+for i in 1 2 3; do
+	swant=$((swant + 1))
+	a=
+	for _ in $(seq 30); do a=$(on "$D" outside timeout 3 busybox wget -qO- http://198.18.0.3:30080/ 2>/dev/null) && break; sleep 0.1; done
+	if [ -n "$a" ]; then
+		sok=$((sok + 1))
+		echo "[$i] outside 198.18.0.200 -> node port 198.18.0.3:30080 (host3, no backend there): $a"
+	else
+		echo "[$i] outside 198.18.0.200 -> node port 198.18.0.3:30080 (host3): FAILED"
+	fi
+done
+if [ "$sok" != "$swant" ]; then
+	echo "demo-cluster: only $sok of $swant requests to the service succeeded" >&2
+	exit 1
+fi
 echo
 if [ "$KEEP" = 1 ]; then
 	trap - EXIT
@@ -195,5 +243,5 @@ if [ "$KEEP" = 1 ]; then
 	echo "   nsenter --net=$D/host1.ns ./bin/podctl --store 'etcd://$ETCD_EP?prefix=/demo/' --node host1 --state-dir $D/host1/state --run-dir $D/host1/run node ls"
 	echo "   remove it all with: bash examples/demo-cluster.sh --clean $D"
 else
-	echo "== $ok of $want fetches across hosts answered; removing pods, network, agents, etcd and the namespaces"
+	echo "== $ok of $want fetches across hosts and $sok of $swant requests to the service answered; removing pods, service, network, agents, etcd and the namespaces"
 fi

@@ -200,7 +200,7 @@ func TestRelativeStorePath(t *testing.T) {
 // TestCommandTree: a run builds only the top-level command it names, found past the global flags and
 // their values; anything else builds them all (help, completion, suggestions for a typo).
 func TestCommandTree(t *testing.T) {
-	all := "agent gc network node pod sandbox version"
+	all := "agent gc network node pod sandbox service version"
 	for _, tt := range []struct {
 		args []string
 		want string

@@ -17,6 +17,7 @@ import (
 	"github.com/netmgr/netmgr/netmgr/agent"
 	"github.com/netmgr/netmgr/netmgr/cluster"
 	"github.com/netmgr/netmgr/netmgr/dns"
+	"github.com/netmgr/netmgr/netmgr/service/proxy"
 	"github.com/netmgr/netmgr/netmgr/store"
 	"github.com/netmgr/netmgr/netmgr/store/etcd"
 )
@@ -101,9 +102,10 @@ func newAgentCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("agent: --underlay %q is not an IP address (a cluster agent needs the address other nodes reach this one by)", underlay)
 				}
 			}
-			var controllers []agent.Controller
+			// The service proxy, and the DNS server answering service names from the same store.
+			controllers := []agent.Controller{proxy.New(proxy.Options{})}
 			if !noDNS {
-				controllers = append(controllers, &dns.Controller{Config: dns.Config{Domain: dnsDomain, Upstreams: ups}})
+				controllers = append(controllers, &dns.Controller{Config: dns.Config{Domain: dnsDomain, Upstreams: ups}, ServicesFromStore: true})
 			}
 			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger(), Controllers: controllers})
 			if err != nil {

@@ -123,7 +123,7 @@ type topCommand struct {
 
 var topCommands = []topCommand{
 	{"network", newNetworkCmd}, {"sandbox", newSandboxCmd}, {"pod", newPodCmd}, {"agent", newAgentCmd},
-	{"node", newNodeCmd}, {"gc", newGCCmd}, {"version", newVersionCmd},
+	{"node", newNodeCmd}, {"service", newServiceCmd}, {"gc", newGCCmd}, {"version", newVersionCmd},
 }
 
 // commandIn returns the top-level command args name: its first argument that is neither a flag nor

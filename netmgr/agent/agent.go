@@ -107,6 +107,17 @@ func (a *Agent) Manager() *netmgr.Manager { return a.m }
 // Cluster is the cluster store.
 func (a *Agent) Cluster() store.Store { return a.cfg.Cluster }
 
+// Lease is the lease of this node's record: a controller that publishes keys which must vanish with
+// the node (its endpoints) puts them with it (store.PutWithLease). It is store.NoLease on one host
+// (Local), before Run has registered the node, and while a lost lease is being granted again; it
+// changes when the record is registered again, and the keys of the old lease are gone then.
+func (a *Agent) Lease() store.LeaseID {
+	if a.member == nil {
+		return store.NoLease
+	}
+	return a.member.Lease()
+}
+
 // Logger is the agent's logger.
 func (a *Agent) Logger() *slog.Logger { return a.log }
 

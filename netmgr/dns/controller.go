@@ -8,7 +8,12 @@ import (
 
 // Controller runs the DNS server in the node agent (agent.Config.Controllers). Its Config is the
 // server's, with the Manager taken from the agent when it is nil.
-type Controller struct{ Config Config }
+type Controller struct {
+	Config Config
+	// ServicesFromStore answers service names from the services recorded in the agent's store
+	// (netmgr/service) when Config.Services is not set.
+	ServicesFromStore bool
+}
 
 // Name implements agent.Controller.
 func (c *Controller) Name() string { return "dns" }
@@ -21,6 +26,9 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = a.Logger()
+	}
+	if cfg.Services == nil && c.ServicesFromStore {
+		cfg.Services = FollowServices(ctx, a.Cluster(), cfg.Logger)
 	}
 	s, err := New(cfg)
 	if err != nil {
