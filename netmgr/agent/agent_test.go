@@ -339,5 +339,4 @@ func hasNode(nodes []cluster.Node, name string) bool {
 	return false
 }
 
-
 var _ = fmt.Sprint

@@ -131,4 +131,3 @@ func BenchmarkClusterConvergence(b *testing.B) {
 	b.ReportMetric(pct(0.5), "join-p50-ms")
 	b.ReportMetric(pct(0.99), "join-p99-ms")
 }
-
