@@ -154,6 +154,10 @@ type FirewallSpec struct {
 	// (a bridge network: its bridge). A name ending in "*" is a prefix wildcard (a routed network's
 	// veths, "nmr1a2b*"). A network without any gets no interface-keyed rules.
 	HostIfaces []string
+	// HairpinIfaces are the HostIfaces on which a translated connection from the network's own
+	// subnets is masqueraded, because client and server share an L2 segment there (a bridge);
+	// nil: all of HostIfaces.
+	HairpinIfaces []string
 	// Masquerade SNATs traffic from the network's subnets leaving by other interfaces.
 	Masquerade bool
 	// NoMasqueradeTo are destinations Masquerade leaves alone although the traffic leaves by

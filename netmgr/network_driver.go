@@ -112,6 +112,7 @@ func firewallNetworkOf(dn *drivers.Network, fs drivers.FirewallSpec) firewall.Ne
 	return firewall.Network{
 		Name: dn.Name, Ifaces: fs.HostIfaces, Subnets: dn.Subnets, Internal: dn.Internal,
 		Masquerade: fs.Masquerade, Routed: fs.Routed, NoMasqueradeTo: fs.NoMasqueradeTo,
+		HairpinIfaces: fs.HairpinIfaces,
 	}
 }
 

@@ -842,6 +842,7 @@ func (d *Driver) Firewall(n *drivers.Network) (drivers.FirewallSpec, bool) {
 	}
 	return drivers.FirewallSpec{
 		HostIfaces:     []string{p.bridge, p.vxlan},
+		HairpinIfaces:  []string{p.bridge},
 		Masquerade:     masq && !n.Internal,
 		NoMasqueradeTo: clusterCIDRs(n),
 		PortTargets:    true,

@@ -70,6 +70,15 @@ type Network struct {
 	// whose pods on other hosts must see the sender's own pod address.
 	// Prefixes of a family the network has no subnet of are ignored.
 	NoMasqueradeTo []netip.Prefix
+	// HairpinIfaces are the interfaces of Ifaces on which a translated
+	// connection (a published port, a service) from the network's own
+	// subnets is masqueraded: those where client and server share one L2
+	// segment, whose replies would go straight back without meeting the
+	// host's conntrack (a bridge). Nil: all of Ifaces. An overlay names only
+	// its bridge: a connection that leaves by the VXLAN device reaches
+	// another host, whose replies come back through this one, so the server
+	// sees the client's own pod address.
+	HairpinIfaces []string
 	// Routed lets other interfaces open connections into Ifaces: a
 	// neighbour that routes Subnets via the host reaches every port of every
 	// sandbox. Without it only published ports (connections the ports table
@@ -327,6 +336,17 @@ func normalize(nets []Network) ([]Network, error) {
 			return nil, err
 		}
 		n.NoMasqueradeTo = nm
+		if n.HairpinIfaces != nil {
+			hp := slices.Clone(n.HairpinIfaces)
+			slices.Sort(hp)
+			hp = slices.Compact(hp)
+			for _, i := range hp {
+				if !slices.Contains(n.Ifaces, i) {
+					return nil, fmt.Errorf("network %q: hairpin interface %q is not one of its interfaces %v: %w", n.Name, i, n.Ifaces, ErrInvalid)
+				}
+			}
+			n.HairpinIfaces = hp
+		}
 		out = append(out, n)
 	}
 	slices.SortFunc(out, func(a, b Network) int { return strings.Compare(a.Name, b.Name) })

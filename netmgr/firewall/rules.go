@@ -318,8 +318,12 @@ func hairpinRules(n Network) [][]expr.Any {
 	if n.Internal {
 		return nil
 	}
-	rules := make([][]expr.Any, 0, len(n.Subnets)*len(n.Ifaces))
-	for _, b := range n.Ifaces {
+	ifaces := n.Ifaces
+	if n.HairpinIfaces != nil {
+		ifaces = n.HairpinIfaces
+	}
+	rules := make([][]expr.Any, 0, len(n.Subnets)*len(ifaces))
+	for _, b := range ifaces {
 		for _, p := range n.Subnets {
 			// ct status dnat meta nfproto ipvX ip[6] saddr S oifname B masquerade
 			rules = append(rules, concat(
