@@ -32,6 +32,7 @@ func newPodCmd(g *globals) *cobra.Command {
 	groupCmd(c)
 	pf := c.PersistentFlags()
 	pf.StringVar(&ctdNamespace, "containerd-namespace", containerd.DefaultNamespace, "containerd namespace of the pods' containers")
+	addPullFlags(pf)
 	c.AddCommand(newPodRunCmd(g), newPodLsCmd(g), newPodInspectCmd(g), newPodExecCmd(g), newPodLogsCmd(g),
 		newPodRestartCmd(g), newPodRmCmd(g))
 	return c
@@ -53,6 +54,11 @@ func (g *globals) containerdAddress() string {
 func (g *globals) pods(ctx context.Context, opts ...pod.Option) (*pod.Manager, func(), error) {
 	addr := g.containerdAddress()
 	copts := []containerd.Option{containerd.WithNamespace(ctdNamespace), containerd.WithDir(filepath.Join(g.stateDir, "pods"))}
+	popts, err := g.pullOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	copts = append(copts, popts...)
 	var log *slog.Logger
 	if g.debug {
 		log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -82,9 +88,11 @@ func newPodRunCmd(g *globals) *cobra.Command {
 		Use:   "run -f POD.yaml [--network NET]...",
 		Short: "Run a pod from a Kubernetes v1 Pod manifest",
 		Long: "Run a pod from a Kubernetes v1 Pod manifest (metadata.name and labels; spec.containers[] with name,\n" +
-			"image, command, args, env and ports). An image that is an absolute path or rootfs:/path is a local\n" +
-			"root filesystem; anything else is pulled by containerd. If a container fails to start, the pod is\n" +
-			"removed again.",
+			"image, imagePullPolicy, command, args, env and ports). An image that is an absolute path or\n" +
+			"rootfs:/path is a local root filesystem; anything else is an image reference, pulled before anything\n" +
+			"is created as imagePullPolicy says (Always, IfNotPresent, Never; Kubernetes' default when unset),\n" +
+			"over HTTPS unless its registry is named with --insecure-registry. If a pull fails, nothing is made;\n" +
+			"if a container fails to start, the pod is removed again.",
 		Args: nameArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if file == "" {

@@ -140,6 +140,10 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 	if len(left) > 0 {
 		return nil, fmt.Errorf("%w: containers of an earlier pod %q are left (an interrupted run or remove); remove them first (pod rm %s)", netmgr.ErrExists, spec.Name, spec.Name)
 	}
+	// Images first: a pull that fails leaves nothing to roll back.
+	if err := m.pullImages(ctx, spec); err != nil {
+		return nil, err
+	}
 
 	labels := map[string]string{LabelPod: spec.Name}
 	names := make([]string, len(spec.Containers))

@@ -38,6 +38,9 @@ type ContainerSpec struct {
 	Env []string `json:"env,omitempty"`
 	// Ports are informational unless HostPort is set, which publishes the port on the host.
 	Ports []Port `json:"ports,omitempty"`
+	// ImagePullPolicy says when an image reference is pulled; empty is Kubernetes' default (see
+	// PullPolicy). It means nothing for a local root filesystem.
+	ImagePullPolicy PullPolicy `json:"image_pull_policy,omitempty"`
 }
 
 // Port is one port of a container.
@@ -114,6 +117,9 @@ func (s *Spec) Validate() error {
 		}
 		if c.Image == "" {
 			return bad("%s: no image", where)
+		}
+		if !validPullPolicy(c.ImagePullPolicy) {
+			return bad("%s: imagePullPolicy %q is not Always, IfNotPresent or Never", where, c.ImagePullPolicy)
 		}
 		if p, ok := LocalRootFS(c.Image); ok {
 			if !filepath.IsAbs(p) {

@@ -23,7 +23,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
@@ -57,6 +56,9 @@ type Runtime struct {
 	runtime     string
 	snapshotter string
 	log         *slog.Logger
+	insecure    []string
+	regTimeout  time.Duration
+	progress    func(PullProgress)
 }
 
 // Option configures the containerd Runtime.
@@ -167,7 +169,7 @@ func (r *Runtime) Create(ctx context.Context, cfg pod.ContainerConfig) (err erro
 		sopts = append(sopts, oci.WithDefaultPathEnv,
 			oci.WithProcessArgs(append(append([]string{}, spec.Command...), spec.Args...)...))
 	} else {
-		img, err := r.image(ctx, spec.Image)
+		img, err := r.image(ctx, spec)
 		if err != nil {
 			return err
 		}
@@ -210,28 +212,14 @@ func (r *Runtime) Create(ctx context.Context, cfg pod.ContainerConfig) (err erro
 	return nil
 }
 
-// image finds a pulled image or pulls it.
-func (r *Runtime) image(ctx context.Context, ref string) (client.Image, error) {
-	named, err := reference.ParseDockerRef(ref)
-	if err != nil {
-		return nil, fmt.Errorf("%w: image %q: %v (a local root filesystem must be an absolute path or rootfs:/path)", netmgr.ErrInvalid, ref, err)
+// image finds the image of a container, pulling it if it is missing and its pull policy allows.
+// Always is not pulled again here: pod.Manager.Run has just pulled it (EnsureImage).
+func (r *Runtime) image(ctx context.Context, spec pod.ContainerSpec) (client.Image, error) {
+	policy := pod.EffectivePullPolicy(spec.Image, spec.ImagePullPolicy)
+	if policy == pod.PullAlways {
+		policy = pod.PullIfNotPresent
 	}
-	img, err := r.c.GetImage(ctx, named.String())
-	if err == nil {
-		return img, nil
-	}
-	if !errdefs.IsNotFound(err) {
-		return nil, err
-	}
-	popts := []client.RemoteOpt{client.WithPullUnpack}
-	if r.snapshotter != "" {
-		popts = append(popts, client.WithPullSnapshotter(r.snapshotter))
-	}
-	img, err = r.c.Pull(ctx, named.String(), popts...)
-	if err != nil {
-		return nil, fmt.Errorf("pull image %s: %w", named, err)
-	}
-	return img, nil
+	return r.ensureImage(ctx, spec.Image, policy)
 }
 
 func (r *Runtime) removeSnapshot(ctx context.Context, key string) error {
