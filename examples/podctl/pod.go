@@ -18,6 +18,7 @@ import (
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
 	"github.com/netmgr/netmgr/netmgr/pod/containerd"
+	"github.com/netmgr/netmgr/netmgr/pod/kube"
 )
 
 // rememberArgs is needed by the lean build only, which hands its arguments on to this one.
@@ -87,12 +88,14 @@ func newPodRunCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "run -f POD.yaml [--network NET]...",
 		Short: "Run a pod from a Kubernetes v1 Pod manifest",
-		Long: "Run a pod from a Kubernetes v1 Pod manifest (metadata.name and labels; spec.containers[] with name,\n" +
-			"image, imagePullPolicy, command, args, env and ports). An image that is an absolute path or\n" +
-			"rootfs:/path is a local root filesystem; anything else is an image reference, pulled before anything\n" +
-			"is created as imagePullPolicy says (Always, IfNotPresent, Never; Kubernetes' default when unset),\n" +
-			"over HTTPS unless its registry is named with --insecure-registry. If a pull fails, nothing is made;\n" +
-			"if a container fails to start, the pod is removed again.",
+		Long: "Run a pod from a Kubernetes v1 Pod manifest, read with Kubernetes' own types: metadata.name, labels\n" +
+			"and annotations; spec.hostname, spec.restartPolicy and spec.containers[] with name, image,\n" +
+			"imagePullPolicy, command, args, env and ports. A misspelt field is an error naming it, and any other\n" +
+			"field is refused by name rather than dropped. An image that is an absolute path or rootfs:/path is\n" +
+			"a local root filesystem; anything else is an image reference, pulled before anything is created as\n" +
+			"imagePullPolicy says (Always, IfNotPresent, Never; Kubernetes' default when unset), over HTTPS\n" +
+			"unless its registry is named with --insecure-registry. If a pull fails, nothing is made; if a\n" +
+			"container fails to start, the pod is removed again.",
 		Args: nameArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if file == "" {
@@ -108,7 +111,7 @@ func newPodRunCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("read manifest: %w", err)
 			}
-			spec, err := pod.ParseManifest(data)
+			spec, err := kube.ParsePod(data)
 			if err != nil {
 				return fmt.Errorf("%s: %w", file, err)
 			}
