@@ -64,6 +64,7 @@ func (g *globals) cluster() (store.Store, bool) { return g.clusterStore, g.clust
 func newAgentCmd(g *globals) *cobra.Command {
 	var underlay string
 	var ttl, grace time.Duration
+	var podControllers func(context.Context, *globals) ([]agent.Controller, func(), error)
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Run this node's agent until stopped: on a cluster store (--store etcd://...) join the cluster and program its peers; on any store run the controllers",
@@ -83,7 +84,12 @@ func newAgentCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("agent: --underlay %q is not an IP address (a cluster agent needs the address other nodes reach this one by)", underlay)
 				}
 			}
-			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger()})
+			ctrls, closeCtrls, err := podControllers(ctx, g)
+			if err != nil {
+				return err
+			}
+			defer closeCtrls()
+			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger(), Controllers: ctrls})
 			if err != nil {
 				return err
 			}
@@ -100,6 +106,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&underlay, "underlay", "", "this node's address that other nodes reach it by (required with a cluster store)")
 	c.Flags().DurationVar(&ttl, "ttl", cluster.DefaultTTL, "lifetime of this node's record without keep-alives")
 	c.Flags().DurationVar(&grace, "grace", cluster.DefaultGrace, "how long a dead node's subnets stay its own")
+	podControllers = addKeeperFlags(c)
 	return c
 }
 

@@ -115,6 +115,9 @@ func newPodRunCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", file, err)
 			}
+			if err := g.needKeeper(spec); err != nil {
+				return err
+			}
 			for _, n := range networks {
 				a, err := parseAttach(n)
 				if err != nil {
@@ -310,10 +313,11 @@ func newPodRmCmd(g *globals) *cobra.Command {
 // netns, attachments, ...), the pod's own labels, and its containers with their state.
 type podJSON struct {
 	sandboxJSON
-	Labels     map[string]string     `json:"labels"`
-	IPs        []string              `json:"ips"`
-	Containers []pod.ContainerStatus `json:"containers"`
-	Timing     *timingJSON           `json:"timing,omitempty"`
+	Labels        map[string]string     `json:"labels"`
+	RestartPolicy pod.RestartPolicy     `json:"restart_policy"`
+	IPs           []string              `json:"ips"`
+	Containers    []pod.ContainerStatus `json:"containers"`
+	Timing        *timingJSON           `json:"timing,omitempty"`
 }
 
 type timingJSON struct {
@@ -326,7 +330,7 @@ func toPodJSON(p *pod.Pod) podJSON {
 	if sb == nil {
 		sb = &netmgr.Sandbox{Name: p.Name}
 	}
-	out := podJSON{sandboxJSON: toJSON(sb), Labels: p.Labels, IPs: p.IPs(), Containers: p.Containers}
+	out := podJSON{sandboxJSON: toJSON(sb), Labels: p.Labels, RestartPolicy: p.RestartPolicy(), IPs: p.IPs(), Containers: p.Containers}
 	if out.Labels == nil {
 		out.Labels = map[string]string{}
 	}
@@ -389,6 +393,7 @@ func printPod(g *globals, p *pod.Pod) error {
 	fmt.Fprintf(tw, "Name:\t%s\n", p.Name)
 	fmt.Fprintf(tw, "Status:\t%s\n", podStatus(p))
 	fmt.Fprintf(tw, "Labels:\t%s\n", orDash(kvList(p.Labels)))
+	fmt.Fprintf(tw, "Restart policy:\t%s\n", p.RestartPolicy())
 	fmt.Fprintf(tw, "IPs:\t%s\n", list(p.IPs()))
 	if p.Sandbox != nil {
 		fmt.Fprintf(tw, "NetNS:\t%s\n", p.Sandbox.NetNS)
@@ -402,16 +407,19 @@ func printPod(g *globals, p *pod.Pod) error {
 	}
 	fmt.Fprintln(g.stdout)
 	tw = newTable(g.stdout)
-	fmt.Fprintln(tw, "CONTAINER\tSTATE\tPID\tEXIT\tIMAGE")
+	fmt.Fprintln(tw, "CONTAINER\tSTATE\tPID\tEXIT\tRESTARTS\tLAST EXIT\tREASON\tIMAGE")
 	for _, c := range p.Containers {
-		pid, exit := "-", "-"
+		pid, exit, last := "-", "-", "-"
 		if c.PID != 0 {
 			pid = fmt.Sprint(c.PID)
 		}
 		if c.State == pod.StateStopped {
 			exit = fmt.Sprint(c.ExitCode)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Name, c.State, pid, exit, strings.TrimPrefix(c.Image, "rootfs:"))
+		if c.LastExitCode != nil {
+			last = fmt.Sprint(*c.LastExitCode)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Name, c.State, pid, exit, c.Restarts, last, orDash(c.Reason), strings.TrimPrefix(c.Image, "rootfs:"))
 	}
 	return tw.Flush()
 }

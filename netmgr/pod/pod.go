@@ -151,6 +151,9 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 		names[i] = c.Name
 	}
 	labels[LabelContainers] = strings.Join(names, ",")
+	if spec.RestartPolicy != "" && spec.RestartPolicy != RestartNever {
+		labels[LabelRestartPolicy] = string(spec.RestartPolicy)
+	}
 	for k, v := range spec.Labels {
 		labels[k] = v
 	}

@@ -22,6 +22,8 @@ type Spec struct {
 	Hostname string
 	// Containers are created and started in order.
 	Containers []ContainerSpec
+	// RestartPolicy is recorded on the sandbox for a keeper (see RestartPolicy); empty is Never.
+	RestartPolicy RestartPolicy
 }
 
 // ContainerSpec describes one container of a pod, as a Kubernetes container does.
@@ -99,6 +101,9 @@ func (s *Spec) Validate() error {
 	}
 	if len(s.Containers) == 0 {
 		return bad("pod %q has no containers", s.Name)
+	}
+	if !validRestartPolicy(s.RestartPolicy) {
+		return bad("restartPolicy %q is not Always, OnFailure or Never", s.RestartPolicy)
 	}
 	seen := map[string]bool{}
 	hostPorts := map[string]string{}

@@ -521,6 +521,7 @@ func (r *Runtime) status(ctx context.Context, ctr client.Container) (pod.Contain
 		Name: info.Labels[pod.LabelContainer], ID: info.ID, Pod: info.Labels[pod.LabelPod],
 		Image: info.Labels[labelImage], State: pod.StateCreated, Created: info.CreatedAt,
 	}
+	restartRecord(&s, info.Labels)
 	t, err := ctr.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
 		return s, nil

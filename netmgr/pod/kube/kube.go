@@ -34,7 +34,7 @@ var supported = tree{
 	},
 	"spec": tree{
 		"hostname":      nil,
-		"restartPolicy": nil, // only Never without the agent, checked below
+		"restartPolicy": nil,
 		"containers": tree{"[]": tree{
 			"name":            nil,
 			"image":           nil,
@@ -92,13 +92,11 @@ func ParsePod(data []byte) (*pod.Spec, error) {
 		return nil, bad("metadata.namespace %q is not supported (pods here have no namespaces; leave it out or say default)", p.Namespace)
 	}
 	switch p.Spec.RestartPolicy {
-	case "", corev1.RestartPolicyNever:
-	case corev1.RestartPolicyAlways, corev1.RestartPolicyOnFailure:
-		return nil, bad("spec.restartPolicy %s is not supported (containers that exit stay exited: say Never)", p.Spec.RestartPolicy)
+	case "", corev1.RestartPolicyNever, corev1.RestartPolicyAlways, corev1.RestartPolicyOnFailure:
 	default:
 		return nil, bad("spec.restartPolicy %q is not Always, OnFailure or Never", p.Spec.RestartPolicy)
 	}
-	s := &pod.Spec{Name: p.Name, Labels: p.Labels, Hostname: p.Spec.Hostname}
+	s := &pod.Spec{Name: p.Name, Labels: p.Labels, Hostname: p.Spec.Hostname, RestartPolicy: pod.RestartPolicy(p.Spec.RestartPolicy)}
 	for i, mc := range p.Spec.Containers {
 		where := fmt.Sprintf("spec.containers[%d]", i)
 		c := pod.ContainerSpec{

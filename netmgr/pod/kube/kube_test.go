@@ -49,6 +49,10 @@ func TestParsePodSameAsCore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if s.RestartPolicy != pod.RestartNever {
+		t.Errorf("restartPolicy %q", s.RestartPolicy)
+	}
+	s.RestartPolicy = ""
 	if !reflect.DeepEqual(s, core) {
 		t.Fatalf("kube %+v\ncore %+v", s, core)
 	}
@@ -73,6 +77,7 @@ func TestParsePodRefuses(t *testing.T) {
 		{strings.Replace(base, "image: busybox:1", "image: busybox:1, livenessProbe: {exec: {command: [x]}}", 1), "spec.containers[0].livenessProbe is not supported"},
 		{strings.Replace(base, "metadata: {name: p}", "metadata: {name: p, namespace: kube-system}", 1), `metadata.namespace "kube-system" is not supported`},
 		{strings.Replace(base, "spec:", "spec:\n  restartPolicy: Sometimes", 1), `spec.restartPolicy "Sometimes" is not Always, OnFailure or Never`},
+		{strings.Replace(base, "image: busybox:1", "image: busybox:1, readinessProbe: {tcpSocket: {port: 80}}", 1), "spec.containers[0].readinessProbe is not supported"},
 		{strings.Replace(base, "image: busybox:1", "image: busybox:1, imagePullPolicy: Sometimes", 1), `imagePullPolicy "Sometimes"`},
 		{strings.Replace(base, "image: busybox:1", "image: busybox:1, ports: [{containerPort: x}]", 1), "cannot unmarshal string"},
 		{strings.Replace(base, "kind: Pod", "kind: Deployment", 1), `kind is "Deployment", want Pod`},
