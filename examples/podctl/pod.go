@@ -315,6 +315,7 @@ type podJSON struct {
 	sandboxJSON
 	Labels        map[string]string     `json:"labels"`
 	RestartPolicy pod.RestartPolicy     `json:"restart_policy"`
+	Ready         *bool                 `json:"ready,omitempty"`
 	IPs           []string              `json:"ips"`
 	Containers    []pod.ContainerStatus `json:"containers"`
 	Timing        *timingJSON           `json:"timing,omitempty"`
@@ -334,6 +335,7 @@ func toPodJSON(p *pod.Pod) podJSON {
 	if out.Labels == nil {
 		out.Labels = map[string]string{}
 	}
+	out.Ready = p.Ready()
 	if out.IPs == nil {
 		out.IPs = []string{}
 	}
@@ -394,6 +396,9 @@ func printPod(g *globals, p *pod.Pod) error {
 	fmt.Fprintf(tw, "Status:\t%s\n", podStatus(p))
 	fmt.Fprintf(tw, "Labels:\t%s\n", orDash(kvList(p.Labels)))
 	fmt.Fprintf(tw, "Restart policy:\t%s\n", p.RestartPolicy())
+	if r := p.Ready(); r != nil {
+		fmt.Fprintf(tw, "Ready:\t%t\n", *r)
+	}
 	fmt.Fprintf(tw, "IPs:\t%s\n", list(p.IPs()))
 	if p.Sandbox != nil {
 		fmt.Fprintf(tw, "NetNS:\t%s\n", p.Sandbox.NetNS)

@@ -39,13 +39,14 @@ func (g *globals) needKeeper(spec *pod.Spec) error {
 func addKeeperFlags(c *cobra.Command) func(ctx context.Context, g *globals) ([]agent.Controller, func(), error) {
 	var on bool
 	var ns string
-	var base, maxDelay, reset time.Duration
+	var base, maxDelay, reset, stopGrace time.Duration
 	f := c.Flags()
 	f.BoolVar(&on, "pod-keeper", true, "keep pods' restart policies (needs containerd; without it the agent runs without, unless this flag is given)")
 	f.StringVar(&ns, "containerd-namespace", containerd.DefaultNamespace, "containerd namespace of the pods kept")
 	f.DurationVar(&base, "restart-backoff", keeper.DefaultBase, "delay before a pod's exited container is first restarted; it doubles with each restart")
 	f.DurationVar(&maxDelay, "restart-backoff-max", keeper.DefaultMax, "the longest delay between restarts")
 	f.DurationVar(&reset, "restart-backoff-reset", keeper.DefaultReset, "a container that ran this long is restarted after the first delay again")
+	f.DurationVar(&stopGrace, "stop-grace", 10*time.Second, "how long a container whose liveness probe failed gets between SIGTERM and SIGKILL")
 	return func(ctx context.Context, g *globals) ([]agent.Controller, func(), error) {
 		if !on {
 			return nil, func() {}, nil
@@ -63,7 +64,7 @@ func addKeeperFlags(c *cobra.Command) func(ctx context.Context, g *globals) ([]a
 			return nil, nil, err
 		}
 		k, err := keeper.New(rt, keeper.Options{
-			LockFile: g.keeperLock(ns), Base: base, Max: maxDelay, Reset: reset,
+			LockFile: g.keeperLock(ns), Base: base, Max: maxDelay, Reset: reset, StopGrace: stopGrace,
 			PodOptions: []pod.Option{pod.WithPause(g.pauseBinary() != "")}, Logger: g.agentLogger(),
 		})
 		if err != nil {

@@ -2,6 +2,7 @@ package pod
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -154,6 +155,11 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 	if spec.RestartPolicy != "" && spec.RestartPolicy != RestartNever {
 		labels[LabelRestartPolicy] = string(spec.RestartPolicy)
 	}
+	for _, c := range spec.Containers {
+		if c.Readiness != nil {
+			labels[LabelReady] = "false" // until the keeper's first probe passes
+		}
+	}
 	for k, v := range spec.Labels {
 		labels[k] = v
 	}
@@ -194,6 +200,13 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 		cfg := ContainerConfig{
 			ID: ContainerID(spec.Name, c.Name), Pod: spec.Name, Spec: c, NetNS: sb.NetNS,
 			Labels: map[string]string{LabelPod: spec.Name, LabelContainer: c.Name},
+		}
+		if c.Readiness != nil || c.Liveness != nil {
+			b, err := json.Marshal(Probes{Readiness: c.Readiness, Liveness: c.Liveness})
+			if err != nil {
+				return nil, err
+			}
+			cfg.Labels[LabelProbes] = string(b)
 		}
 		if sb.PausePID != 0 {
 			cfg.PausePID = sb.PausePID

@@ -87,4 +87,6 @@ type ContainerStatus struct {
 	LastExitCode *int      `json:"last_exit_code,omitempty"`
 	LastExitedAt time.Time `json:"last_exited_at,omitzero"`
 	Reason       string    `json:"reason,omitempty"`
+	// Labels are the container's labels in the runtime (LabelProbes among them).
+	Labels map[string]string `json:"-"`
 }

@@ -43,6 +43,9 @@ type ContainerSpec struct {
 	// ImagePullPolicy says when an image reference is pulled; empty is Kubernetes' default (see
 	// PullPolicy). It means nothing for a local root filesystem.
 	ImagePullPolicy PullPolicy `json:"image_pull_policy,omitempty"`
+	// Readiness and Liveness are probes the agent's keeper runs (see Probe).
+	Readiness *Probe `json:"readiness,omitempty"`
+	Liveness  *Probe `json:"liveness,omitempty"`
 }
 
 // Port is one port of a container.
@@ -122,6 +125,12 @@ func (s *Spec) Validate() error {
 		}
 		if c.Image == "" {
 			return bad("%s: no image", where)
+		}
+		if err := c.Readiness.validate(where + ": readinessProbe"); err != nil {
+			return err
+		}
+		if err := c.Liveness.validate(where + ": livenessProbe"); err != nil {
+			return err
 		}
 		if !validPullPolicy(c.ImagePullPolicy) {
 			return bad("%s: imagePullPolicy %q is not Always, IfNotPresent or Never", where, c.ImagePullPolicy)

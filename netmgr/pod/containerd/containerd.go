@@ -522,6 +522,7 @@ func (r *Runtime) status(ctx context.Context, ctr client.Container) (pod.Contain
 		Image: info.Labels[labelImage], State: pod.StateCreated, Created: info.CreatedAt,
 	}
 	restartRecord(&s, info.Labels)
+	s.Labels = info.Labels
 	t, err := ctr.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
 		return s, nil

@@ -49,6 +49,9 @@ type Options struct {
 	Base, Max, Reset time.Duration
 	// Period is how often the pods are looked at (DefaultPeriod; at most Base/2 is used).
 	Period time.Duration
+	// StopGrace is how long a container whose liveness probe failed gets between SIGTERM and
+	// SIGKILL (default 10 s).
+	StopGrace time.Duration
 	// PodOptions are given to the pod Manager the keeper makes over the agent's netmgr Manager.
 	PodOptions []pod.Option
 	Logger     *slog.Logger
@@ -60,8 +63,15 @@ type Keeper struct {
 	opts Options
 	log  *slog.Logger
 
-	mu    sync.Mutex
-	state map[string]*backoff // by container ID
+	nm *netmgr.Manager // the agent's, for readiness
+
+	mu      sync.Mutex
+	state   map[string]*backoff // by container ID
+	probers map[string]*prober  // by proberKey
+	ready   map[string]bool     // by container ID: its readiness probe passes
+	probed  map[string][]string // by pod: its containers with a readiness probe
+	written map[string]bool     // by pod: the readiness last written on its sandbox
+	wmu     sync.Mutex          // orders writes of readiness
 }
 
 type backoff struct {
@@ -96,7 +106,11 @@ func New(rt pod.Runtime, opts Options) (*Keeper, error) {
 	if opts.Period > opts.Base/2 {
 		opts.Period = max(opts.Base/2, 10*time.Millisecond)
 	}
-	k := &Keeper{rt: rt, opts: opts, log: opts.Logger, state: map[string]*backoff{}}
+	if opts.StopGrace <= 0 {
+		opts.StopGrace = 10 * time.Second
+	}
+	k := &Keeper{rt: rt, opts: opts, log: opts.Logger, state: map[string]*backoff{},
+		probers: map[string]*prober{}, ready: map[string]bool{}, probed: map[string][]string{}, written: map[string]bool{}}
 	if k.log == nil {
 		k.log = slog.New(slog.DiscardHandler)
 	}
@@ -113,7 +127,16 @@ func (k *Keeper) Run(ctx context.Context, a *agent.Agent) error {
 		return err
 	}
 	defer unlock()
-	pm := pod.New(a.Manager(), k.rt, k.opts.PodOptions...)
+	k.nm = a.Manager()
+	pm := pod.New(k.nm, k.rt, k.opts.PodOptions...)
+	defer func() {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		for key, pr := range k.probers {
+			pr.cancel()
+			delete(k.probers, key)
+		}
+	}()
 	t := time.NewTicker(k.opts.Period)
 	defer t.Stop()
 	for {
@@ -135,10 +158,13 @@ func (k *Keeper) Sync(ctx context.Context, pm *pod.Manager) error {
 		return err
 	}
 	k.mu.Lock()
-	defer k.mu.Unlock()
 	seen := map[string]bool{}
+	probeSeen := map[string]bool{}
+	podNames := map[string]bool{}
 	var errs []error
 	for _, p := range pods {
+		podNames[p.Name] = true
+		k.syncProbes(ctx, p, probeSeen)
 		policy := p.RestartPolicy()
 		if p.Sandbox == nil || policy == pod.RestartNever {
 			continue
@@ -154,6 +180,16 @@ func (k *Keeper) Sync(ctx context.Context, pm *pod.Manager) error {
 		if !seen[id] {
 			delete(k.state, id) // the pod is gone
 		}
+	}
+	k.stopProbers(probeSeen, podNames)
+	var probedPods []string
+	for name := range k.probed {
+		probedPods = append(probedPods, name)
+	}
+	k.mu.Unlock()
+	// A container that stopped is unready now, not at its next probe.
+	for _, name := range probedPods {
+		k.writeReady(ctx, name)
 	}
 	return errors.Join(errs...)
 }

@@ -13,8 +13,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/netmgr/netmgr/netmgr"
@@ -45,11 +47,83 @@ var supported = tree{
 			"ports": tree{"[]": tree{
 				"name": nil, "containerPort": nil, "hostPort": nil, "hostIP": nil, "protocol": nil,
 			}},
+			"readinessProbe": probeFields,
+			"livenessProbe":  probeFields,
 		}},
 	},
 }
 
 type tree map[string]any
+
+var probeFields = tree{
+	"exec":                nil,
+	"tcpSocket":           tree{"port": nil, "host": nil},
+	"httpGet":             tree{"path": nil, "port": nil, "host": nil, "scheme": nil},
+	"initialDelaySeconds": nil,
+	"periodSeconds":       nil,
+	"timeoutSeconds":      nil,
+	"failureThreshold":    nil,
+	"successThreshold":    nil,
+}
+
+// probe converts a Kubernetes probe; named ports are the container's.
+func probe(kp *corev1.Probe, mc corev1.Container, where string) (*pod.Probe, error) {
+	if kp == nil {
+		return nil, nil
+	}
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("manifest: %w: %s: %s", netmgr.ErrInvalid, where, fmt.Sprintf(format, a...))
+	}
+	port := func(v intstr.IntOrString, field string) (uint16, error) {
+		if v.Type == intstr.String {
+			for _, p := range mc.Ports {
+				if p.Name == v.StrVal {
+					return uint16(p.ContainerPort), nil
+				}
+			}
+			return 0, bad("%s %q names no port of the container", field, v.StrVal)
+		}
+		if v.IntVal < 1 || v.IntVal > 65535 {
+			return 0, bad("%s %d is not 1-65535", field, v.IntVal)
+		}
+		return uint16(v.IntVal), nil
+	}
+	secs := func(n int32) time.Duration { return time.Duration(n) * time.Second }
+	p := &pod.Probe{
+		InitialDelay: secs(kp.InitialDelaySeconds), Period: secs(kp.PeriodSeconds), Timeout: secs(kp.TimeoutSeconds),
+		FailureThreshold: int(kp.FailureThreshold), SuccessThreshold: int(kp.SuccessThreshold),
+	}
+	var err error
+	switch {
+	case kp.Exec != nil:
+		if len(kp.Exec.Command) == 0 {
+			return nil, bad("exec.command is empty")
+		}
+		p.Exec = kp.Exec.Command
+	case kp.TCPSocket != nil:
+		p.Host = kp.TCPSocket.Host
+		if p.TCPPort, err = port(kp.TCPSocket.Port, "tcpSocket.port"); err != nil {
+			return nil, err
+		}
+	case kp.HTTPGet != nil:
+		if kp.HTTPGet.Scheme != "" && kp.HTTPGet.Scheme != corev1.URISchemeHTTP {
+			return nil, bad("httpGet.scheme %s is not supported (HTTP only)", kp.HTTPGet.Scheme)
+		}
+		p.Host, p.HTTPPath = kp.HTTPGet.Host, kp.HTTPGet.Path
+		if p.HTTPPath == "" {
+			p.HTTPPath = "/"
+		}
+		if p.HTTPPort, err = port(kp.HTTPGet.Port, "httpGet.port"); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, bad("want one of exec, tcpSocket and httpGet")
+	}
+	if kp.SuccessThreshold > 1 && strings.HasSuffix(where, "livenessProbe") {
+		return nil, bad("successThreshold must be 1 for a liveness probe")
+	}
+	return p, nil
+}
 
 // ParsePod reads a Kubernetes v1 Pod manifest (YAML or JSON) and returns the validated pod.Spec it
 // describes. Errors wrap netmgr.ErrInvalid and name the field at fault.
@@ -102,6 +176,13 @@ func ParsePod(data []byte) (*pod.Spec, error) {
 		c := pod.ContainerSpec{
 			Name: mc.Name, Image: mc.Image, Command: mc.Command, Args: mc.Args,
 			ImagePullPolicy: pod.PullPolicy(mc.ImagePullPolicy),
+		}
+		var err error
+		if c.Readiness, err = probe(mc.ReadinessProbe, mc, where+".readinessProbe"); err != nil {
+			return nil, err
+		}
+		if c.Liveness, err = probe(mc.LivenessProbe, mc, where+".livenessProbe"); err != nil {
+			return nil, err
 		}
 		for j, e := range mc.Env {
 			if e.Name == "" {

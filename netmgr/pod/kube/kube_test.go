@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
@@ -38,6 +39,23 @@ spec:
     imagePullPolicy: IfNotPresent
     args: [sh, -c, "true"]
 `
+
+func TestParsePodProbes(t *testing.T) {
+	m := "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n    ports: [{name: web, containerPort: 8080}]\n" +
+		"    readinessProbe: {httpGet: {path: /healthz, port: web}, periodSeconds: 2, failureThreshold: 1}\n" +
+		"    livenessProbe: {exec: {command: [cat, /tmp/alive]}, initialDelaySeconds: 3, timeoutSeconds: 2}\n"
+	s, err := ParsePod([]byte(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, l := s.Containers[0].Readiness, s.Containers[0].Liveness
+	if r == nil || r.HTTPPort != 8080 || r.HTTPPath != "/healthz" || r.Period != 2*time.Second || r.FailureThreshold != 1 {
+		t.Errorf("readiness %+v", r)
+	}
+	if l == nil || len(l.Exec) != 2 || l.InitialDelay != 3*time.Second || l.Timeout != 2*time.Second {
+		t.Errorf("liveness %+v", l)
+	}
+}
 
 // TestParsePodSameAsCore: what both parsers accept, they read alike.
 func TestParsePodSameAsCore(t *testing.T) {
@@ -74,10 +92,11 @@ func TestParsePodRefuses(t *testing.T) {
 		{strings.Replace(base, "spec:", "spec:\n  initContainers: [{name: i, image: busybox:1}]", 1), "spec.initContainers is not supported"},
 		{strings.Replace(base, "spec:", "spec:\n  volumes: [{name: v, emptyDir: {}}]", 1), "spec.volumes is not supported"},
 		{strings.Replace(base, "image: busybox:1", "image: busybox:1, env: [{name: A, valueFrom: {fieldRef: {fieldPath: x}}}]", 1), "spec.containers[0].env[0].valueFrom is not supported"},
-		{strings.Replace(base, "image: busybox:1", "image: busybox:1, livenessProbe: {exec: {command: [x]}}", 1), "spec.containers[0].livenessProbe is not supported"},
+		{strings.Replace(base, "image: busybox:1", "image: busybox:1, livenessProbe: {grpc: {port: 9}}", 1), "spec.containers[0].livenessProbe.grpc is not supported"},
+		{strings.Replace(base, "image: busybox:1", "image: busybox:1, livenessProbe: {tcpSocket: {port: web}}", 1), `tcpSocket.port "web" names no port`},
 		{strings.Replace(base, "metadata: {name: p}", "metadata: {name: p, namespace: kube-system}", 1), `metadata.namespace "kube-system" is not supported`},
 		{strings.Replace(base, "spec:", "spec:\n  restartPolicy: Sometimes", 1), `spec.restartPolicy "Sometimes" is not Always, OnFailure or Never`},
-		{strings.Replace(base, "image: busybox:1", "image: busybox:1, readinessProbe: {tcpSocket: {port: 80}}", 1), "spec.containers[0].readinessProbe is not supported"},
+		{strings.Replace(base, "image: busybox:1", "image: busybox:1, readinessProbe: {httpGet: {port: 80, scheme: HTTPS}}", 1), "httpGet.scheme HTTPS is not supported"},
 		{strings.Replace(base, "image: busybox:1", "image: busybox:1, imagePullPolicy: Sometimes", 1), `imagePullPolicy "Sometimes"`},
 		{strings.Replace(base, "image: busybox:1", "image: busybox:1, ports: [{containerPort: x}]", 1), "cannot unmarshal string"},
 		{strings.Replace(base, "kind: Pod", "kind: Deployment", 1), `kind is "Deployment", want Pod`},
