@@ -18,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -29,6 +30,9 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/netmgr/netmgr/integration"
 	"github.com/netmgr/netmgr/netmgr"
@@ -99,11 +103,46 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, nm.DeleteNetwork(context.WithoutCancel(ctx), "bench")) }()
-	rt, err := containerd.New(ctx, ctd.Address, containerd.WithNamespace(ctdNS), containerd.WithDir(filepath.Join(work, "pods")))
+	// A registry on 127.0.0.1 in the bench's host namespace, with a busybox image; the runtime pulls
+	// from there (its dialer enters that namespace).
+	hostNS, err := sandbox.Open(hostPath)
+	if err != nil {
+		return err
+	}
+	defer hostNS.Close()
+	reg, err := integration.StartRegistry(ctx, hostNS, integration.RegistryOptions{})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, reg.Stop()) }()
+	img, err := integration.BusyboxImage("sleep", "3600")
+	if err != nil {
+		return err
+	}
+	ref, err := reg.Push(ctx, "busybox:bench", img)
+	if err != nil {
+		return err
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := hostNS.Do(func() (err error) {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	rt, err := containerd.New(ctx, ctd.Address, containerd.WithNamespace(ctdNS), containerd.WithDir(filepath.Join(work, "pods")),
+		containerd.WithInsecureRegistries(reg.Host), containerd.WithRegistryDialer(dial))
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
+	defer func() {
+		// The pulled image and its snapshots go with the namespace.
+		cctx := namespaces.WithNamespace(context.WithoutCancel(ctx), ctdNS)
+		err = errors.Join(err, rt.Client().ImageService().Delete(cctx, ref, images.SynchronousDelete()))
+	}()
 	pm := pod.New(nm, rt, pod.WithPause(usePause))
 
 	var made []string
@@ -114,10 +153,11 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 			err = errors.Join(err, pm.Remove(cctx, name))
 		}
 	}()
+	image := rootfs
 	start := func(name string) (sample, error) {
 		spec := pod.Spec{Name: name, Networks: []netmgr.AttachSpec{{Network: "bench"}}, Containers: []pod.ContainerSpec{
-			{Name: "app", Image: rootfs, Command: []string{"sleep", "3600"}},
-			{Name: "sidecar", Image: rootfs, Command: []string{"sleep", "3600"}},
+			{Name: "app", Image: image, Command: []string{"sleep", "3600"}, ImagePullPolicy: pod.PullIfNotPresent},
+			{Name: "sidecar", Image: image, Command: []string{"sleep", "3600"}, ImagePullPolicy: pod.PullIfNotPresent},
 		}}
 		p, err := pm.Run(ctx, spec)
 		if err != nil {
@@ -161,6 +201,27 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 		return err
 	}
 
+	// The same pods from the pulled image (present: IfNotPresent fetches nothing), one after another.
+	t0 := time.Now()
+	if err := rt.EnsureImage(ctx, ref, pod.PullIfNotPresent); err != nil {
+		return err
+	}
+	pullTook := time.Since(t0)
+	image = ref
+	if _, err := start("imgwarmup"); err != nil {
+		return err
+	}
+	began = time.Now()
+	var imgS []sample
+	for i := 0; i < n; i++ {
+		s, err := start(fmt.Sprintf("img%02d", i))
+		if err != nil {
+			return err
+		}
+		imgS = append(imgS, s)
+	}
+	imgWall := time.Since(began)
+
 	began = time.Now()
 	cctx := context.WithoutCancel(ctx)
 	for _, name := range made {
@@ -172,7 +233,7 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 	made = nil
 
 	var b strings.Builder
-	report(&b, n, par, usePause, seq, parS, seqWall, parWall, rmEach, cniPath)
+	report(&b, n, par, usePause, seq, parS, imgS, seqWall, parWall, imgWall, pullTook, rmEach, cniPath)
 	fmt.Print(b.String())
 	if outPath != "" {
 		if err := os.MkdirAll(filepath.Dir(outPath), 0o755); err == nil {
@@ -185,7 +246,7 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 	return nil
 }
 
-func report(w io.Writer, n, par int, pause bool, seq, parS []sample, seqWall, parWall, rmEach time.Duration, cniPath string) {
+func report(w io.Writer, n, par int, pause bool, seq, parS, imgS []sample, seqWall, parWall, imgWall, pullTook, rmEach time.Duration, cniPath string) {
 	host, _ := os.Hostname()
 	fmt.Fprintf(w, "netmgr pod start benchmark, %s, host %s, %d CPUs, %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(w, "command: make bench (go run ./bench/pod -n %d -parallel %d)\n", n, par)
@@ -217,7 +278,10 @@ func report(w io.Writer, n, par int, pause bool, seq, parS []sample, seqWall, pa
 	}
 	s1 := row("sequential", seq, seqWall)
 	s2 := row("parallel", parS, parWall)
+	s3 := row("image", imgS, imgWall)
 	tw.Flush()
+	fmt.Fprintf(w, "image = the sequential run from a pulled image (a busybox layer in a local docker-registry, pulled once in %.0f ms,\n", float64(pullTook.Microseconds())/1000)
+	fmt.Fprintln(w, "then present: imagePullPolicy IfNotPresent fetches nothing); each container gets a snapshot of it")
 	fmt.Fprintf(w, "pod rm: %.1f ms per pod (containers, tasks, sandbox, address)\n", float64(rmEach.Microseconds())/1000)
 	fmt.Fprintln(w)
 	verdict := func(share float64) string {
@@ -227,7 +291,7 @@ func report(w io.Writer, n, par int, pause bool, seq, parS []sample, seqWall, pa
 		return "MISS"
 	}
 	fmt.Fprintln(w, "target (informational: timing never fails the run): network setup under 5% of pod start")
-	fmt.Fprintf(w, "  sequential: %.1f%% %s    parallel: %.1f%% %s\n", s1, verdict(s1), s2, verdict(s2))
+	fmt.Fprintf(w, "  sequential: %.1f%% %s    parallel: %.1f%% %s    image: %.1f%% %s\n", s1, verdict(s1), s2, verdict(s2), s3, verdict(s3))
 
 	var netP50 float64
 	{

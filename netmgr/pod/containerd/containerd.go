@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -59,6 +60,7 @@ type Runtime struct {
 	insecure    []string
 	regTimeout  time.Duration
 	progress    func(PullProgress)
+	regDial     func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Option configures the containerd Runtime.

@@ -53,6 +53,13 @@ func WithInsecureRegistries(hosts ...string) Option {
 // unreachable registry fails a pull in bounded time. Default DefaultRegistryTimeout.
 func WithRegistryTimeout(d time.Duration) Option { return func(r *Runtime) { r.regTimeout = d } }
 
+// WithRegistryDialer makes the connections to registries with dial instead of a plain net.Dialer:
+// for example to reach a registry from another network namespace. The registry timeout still bounds
+// each dial.
+func WithRegistryDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return func(r *Runtime) { r.regDial = dial }
+}
+
 // WithPullProgress has pulls report their progress to f: an event when a blob starts, at most every
 // half second while it is fetched, and when it is done. f is called from several goroutines, one at
 // a time.
@@ -72,9 +79,17 @@ func (r *Runtime) resolver() remotes.Resolver {
 	if timeout <= 0 {
 		timeout = DefaultRegistryTimeout
 	}
+	dial := (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext
+	if r.regDial != nil {
+		dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			return r.regDial(ctx, network, addr)
+		}
+	}
 	tr := &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           dial,
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   timeout,
 		ResponseHeaderTimeout: timeout,
