@@ -316,6 +316,7 @@ type podJSON struct {
 	Labels        map[string]string     `json:"labels"`
 	RestartPolicy pod.RestartPolicy     `json:"restart_policy"`
 	Ready         *bool                 `json:"ready,omitempty"`
+	ReadySince    time.Time             `json:"ready_since,omitzero"`
 	IPs           []string              `json:"ips"`
 	Containers    []pod.ContainerStatus `json:"containers"`
 	Timing        *timingJSON           `json:"timing,omitempty"`
@@ -335,7 +336,7 @@ func toPodJSON(p *pod.Pod) podJSON {
 	if out.Labels == nil {
 		out.Labels = map[string]string{}
 	}
-	out.Ready = p.Ready()
+	out.Ready, out.ReadySince = p.Ready(), p.ReadySince()
 	if out.IPs == nil {
 		out.IPs = []string{}
 	}

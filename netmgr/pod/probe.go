@@ -38,9 +38,11 @@ type Probes struct {
 // kept by the keeper ("true" once every container with a readiness probe runs and passes it). A
 // sandbox without the label has no readiness probe: it is ready when it runs. A services controller
 // routes only to sandboxes whose LabelReady is not "false".
+// LabelReadySince holds when the keeper last changed LabelReady (RFC 3339, nanoseconds).
 const (
-	LabelProbes = labelPrefix + "probes"
-	LabelReady  = labelPrefix + "ready"
+	LabelProbes     = labelPrefix + "probes"
+	LabelReady      = labelPrefix + "ready"
+	LabelReadySince = labelPrefix + "ready-since"
 )
 
 // WithDefaults returns the probe with Kubernetes' defaults filled in.
@@ -105,4 +107,13 @@ func (p *Pod) Ready() *bool {
 	}
 	r := v == "true"
 	return &r
+}
+
+// ReadySince returns when the keeper last changed the pod's readiness (zero if it never did).
+func (p *Pod) ReadySince() time.Time {
+	if p.Sandbox == nil {
+		return time.Time{}
+	}
+	t, _ := time.Parse(time.RFC3339Nano, p.Sandbox.Labels[LabelReadySince])
+	return t
 }

@@ -182,7 +182,9 @@ func (k *Keeper) writeReady(ctx context.Context, podName string) {
 	if !ok || (written && last == ready) || k.nm == nil {
 		return
 	}
-	if _, err := k.nm.SetSandboxLabels(ctx, podName, map[string]string{pod.LabelReady: strconv.FormatBool(ready)}); err != nil {
+	if _, err := k.nm.SetSandboxLabels(ctx, podName, map[string]string{
+		pod.LabelReady: strconv.FormatBool(ready), pod.LabelReadySince: time.Now().UTC().Format(time.RFC3339Nano),
+	}); err != nil {
 		k.log.Warn("record readiness", "pod", podName, "err", err)
 		return
 	}
