@@ -237,8 +237,8 @@ func unsupported(v any, allowed tree, path string) string {
 				p = path + "." + k
 			}
 			if !ok {
-				if v[k] == nil {
-					continue // written but empty: means nothing
+				if empty(v[k]) {
+					continue // written but empty (kubectl's `resources: {}`, `status: {}`): means nothing
 				}
 				return p
 			}
@@ -338,6 +338,18 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 		out[name] = f.Type
 	}
 	return out
+}
+
+func empty(v any) bool {
+	switch v := v.(type) {
+	case nil:
+		return true
+	case map[string]any:
+		return len(v) == 0
+	case []any:
+		return len(v) == 0
+	}
+	return false
 }
 
 // cleanDecodeErr shortens the decoders' wording: `error unmarshaling JSON: while decoding JSON: json:

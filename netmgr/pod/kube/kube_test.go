@@ -40,6 +40,16 @@ spec:
     args: [sh, -c, "true"]
 `
 
+// TestParsePodKubectl: what `kubectl run --dry-run=client -o yaml` writes, empty fields and all.
+func TestParsePodKubectl(t *testing.T) {
+	m := "apiVersion: v1\nkind: Pod\nmetadata:\n  creationTimestamp: null\n  labels: {run: web}\n  name: web\nspec:\n" +
+		"  containers:\n  - image: busybox:1\n    name: web\n    resources: {}\n  restartPolicy: Never\nstatus: {}\n"
+	s, err := ParsePod([]byte(m))
+	if err != nil || s.Name != "web" || s.Containers[0].Image != "busybox:1" {
+		t.Fatalf("%+v %v", s, err)
+	}
+}
+
 func TestParsePodProbes(t *testing.T) {
 	m := "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n    ports: [{name: web, containerPort: 8080}]\n" +
 		"    readinessProbe: {httpGet: {path: /healthz, port: web}, periodSeconds: 2, failureThreshold: 1}\n" +
