@@ -4,6 +4,9 @@
 // with the network's share of the total. It compares the network part with a CNI ADD of the same
 // attachment as bench/cni measured it (bench/out/cni.txt), if that report exists.
 //
+// With -probe-pods N it then runs N pods with a readiness and a liveness probe each every second
+// under the agent's pod keeper in this process, and reports the process's CPU: the probe cost.
+//
 // It needs root and a built containerd (make containerd). It starts its own containerd in the root
 // namespace on a private socket, puts the pods' host side in a namespace of its own, and removes all of
 // it at the end, also on error or interrupt. Timing never makes it fail.
@@ -44,12 +47,14 @@ import (
 func main() {
 	n := flag.Int("n", 20, "pods started one after another")
 	par := flag.Int("parallel", 10, "pods started at once")
+	probes := flag.Int("probe-pods", 100, "pods probed every second for the probe cost (0: skip)")
+	probeTime := flag.Duration("probe-time", 20*time.Second, "how long the probe cost is measured")
 	out := flag.String("out", filepath.Join(integration.RepoRoot(), "bench", "out", "pod.txt"), "report file (also printed)")
 	cniReport := flag.String("cni", filepath.Join(integration.RepoRoot(), "bench", "out", "cni.txt"), "bench/cni report to compare with")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *n, *par, *out, *cniReport); err != nil {
+	if err := run(ctx, *n, *par, *probes, *probeTime, *out, *cniReport); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/pod:", err)
 		os.Exit(1)
 	}
@@ -59,7 +64,7 @@ type sample struct{ network, containers time.Duration }
 
 func (s sample) total() time.Duration { return s.network + s.containers }
 
-func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
+func run(ctx context.Context, n, par, probePods int, probeTime time.Duration, outPath, cniPath string) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: creates network namespaces and runs containerd")
 	}
@@ -234,6 +239,11 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 
 	var b strings.Builder
 	report(&b, n, par, usePause, seq, parS, imgS, seqWall, parWall, imgWall, pullTook, rmEach, cniPath)
+	if probePods > 0 {
+		if err := probeCost(ctx, &b, nm, pm, rt, rootfs, filepath.Join(work, "run"), probePods, probeTime); err != nil {
+			return err
+		}
+	}
 	fmt.Print(b.String())
 	if outPath != "" {
 		if err := os.MkdirAll(filepath.Dir(outPath), 0o755); err == nil {

@@ -266,9 +266,14 @@ func (m *Manager) pod(ctx context.Context, name string, sb *netmgr.Sandbox) (*Po
 	if err != nil {
 		return nil, err
 	}
+	return m.podOf(name, sb, cs), nil
+}
+
+// podOf makes the pod of a sandbox (nil: its remains) and its containers as the runtime listed them.
+func (m *Manager) podOf(name string, sb *netmgr.Sandbox, cs []ContainerStatus) *Pod {
 	p := &Pod{Name: name, Sandbox: sb, Containers: cs}
 	if sb == nil {
-		return p, nil
+		return p
 	}
 	p.Labels = map[string]string{}
 	for k, v := range sb.Labels {
@@ -298,7 +303,7 @@ func (m *Manager) pod(ctx context.Context, name string, sb *netmgr.Sandbox) (*Po
 			p.Containers = append(p.Containers, c)
 		}
 	}
-	return p, nil
+	return p
 }
 
 // Pods returns every pod, sorted by name.
@@ -311,28 +316,21 @@ func (m *Manager) Pods(ctx context.Context) ([]*Pod, error) {
 	if err != nil {
 		return nil, err
 	}
-	byPod := map[string]bool{}
+	// One listing of the runtime for every pod.
+	byPod := map[string][]ContainerStatus{}
 	for _, c := range all {
-		byPod[c.Pod] = true
+		byPod[c.Pod] = append(byPod[c.Pod], c)
 	}
 	var out []*Pod
 	for _, sb := range sbs {
 		if sb.Labels[LabelPod] != sb.Name {
 			continue
 		}
-		p, err := m.pod(ctx, sb.Name, sb)
-		if err != nil {
-			return nil, err
-		}
+		out = append(out, m.podOf(sb.Name, sb, byPod[sb.Name]))
 		delete(byPod, sb.Name)
-		out = append(out, p)
 	}
-	for name := range byPod {
-		p, err := m.pod(ctx, name, nil)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
+	for name, cs := range byPod {
+		out = append(out, m.podOf(name, nil, cs))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/cio"
@@ -515,6 +517,12 @@ func (r *Runtime) Status(ctx context.Context, id string) (pod.ContainerStatus, e
 }
 
 func (r *Runtime) status(ctx context.Context, ctr client.Container) (pod.ContainerStatus, error) {
+	return r.statusWith(ctx, ctr, nil)
+}
+
+// statusWith reports a container; procs, if not nil, holds every task of the namespace by container
+// ID (List reads them in one call instead of two per container).
+func (r *Runtime) statusWith(ctx context.Context, ctr client.Container, procs map[string]*task.Process) (pod.ContainerStatus, error) {
 	info, err := ctr.Info(ctx, client.WithoutRefreshedMetadata)
 	if err != nil {
 		return pod.ContainerStatus{}, containerdErr(err)
@@ -525,6 +533,26 @@ func (r *Runtime) status(ctx context.Context, ctr client.Container) (pod.Contain
 	}
 	restartRecord(&s, info.Labels)
 	s.Labels = info.Labels
+	if procs != nil {
+		p, ok := procs[info.ID]
+		if !ok {
+			return s, nil
+		}
+		switch p.Status {
+		case task.Status_RUNNING, task.Status_PAUSED, task.Status_PAUSING:
+			s.State, s.PID = pod.StateRunning, p.Pid
+		case task.Status_STOPPED:
+			s.State, s.ExitCode = pod.StateStopped, p.ExitStatus
+			if p.ExitedAt != nil {
+				s.ExitedAt = p.ExitedAt.AsTime()
+			}
+		case task.Status_CREATED:
+			s.State = pod.StateCreated
+		default:
+			s.State = pod.StateUnknown
+		}
+		return s, nil
+	}
 	t, err := ctr.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
 		return s, nil
@@ -563,9 +591,19 @@ func (r *Runtime) List(ctx context.Context, podName string) ([]pod.ContainerStat
 	if err != nil {
 		return nil, containerdErr(err)
 	}
+	procs := map[string]*task.Process{}
+	if len(ctrs) > 0 {
+		ts, err := r.c.TaskService().List(ctx, &tasks.ListTasksRequest{})
+		if err != nil {
+			return nil, containerdErr(err)
+		}
+		for _, p := range ts.Tasks {
+			procs[p.ID] = p
+		}
+	}
 	out := make([]pod.ContainerStatus, 0, len(ctrs))
 	for _, c := range ctrs {
-		s, err := r.status(ctx, c)
+		s, err := r.statusWith(ctx, c, procs)
 		if errdefs.IsNotFound(err) || errors.Is(err, netmgr.ErrNotFound) {
 			continue // removed meanwhile
 		}
