@@ -69,6 +69,15 @@ cleanup() {
 	fi
 	podctl_in "$d" pod --containerd-namespace "$NS" rm web client >/dev/null 2>&1 || true
 	podctl_in "$d" network rm demo >/dev/null 2>&1 || true
+	# The demo's image registry (in the demo namespace; the sweep below would find it too).
+	if [ -f "$d/registry.pid" ]; then
+		local rpid
+		rpid=$(cat "$d/registry.pid")
+		if grep -qs "$d/registry/config.yml" "/proc/$rpid/cmdline"; then
+			kill "$rpid" 2>/dev/null || true
+			for _ in $(seq 50); do kill -0 "$rpid" 2>/dev/null || break; sleep 0.1; done
+		fi
+	fi
 	if [ -f "$d/containerd.pid" ]; then
 		local pid
 		pid=$(cat "$d/containerd.pid")
@@ -119,6 +128,7 @@ command -v runc >/dev/null || missing+=(runc)
 command -v busybox >/dev/null || missing+=(busybox-static)
 command -v ip >/dev/null || missing+=(iproute2)
 { command -v nsenter && command -v unshare; } >/dev/null || missing+=(util-linux)
+[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "== installing ${missing[*]}"
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -175,6 +185,24 @@ for a in $("$ROOTFS/bin/busybox" --list); do [ "$a" = busybox ] || ln -s busybox
 echo "root:x:0:0:root:/root:/bin/sh" >"$ROOTFS/etc/passwd"
 echo "root:x:0:" >"$ROOTFS/etc/group"
 
+# Pod client's image comes from a registry: Debian's docker-registry on 127.0.0.1:5000 inside the demo
+# namespace (never the root namespace), with a busybox image pushed to it; podctl pulls it from there.
+echo "== image registry (docker-registry) on 127.0.0.1:5000 in the demo namespace; pushing busybox:demo"
+mkdir -p "$D/registry"
+nsenter --net="$D/hostns" ip link set lo up
+printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: "127.0.0.1:5000"}\n' \
+	"$D/registry/data" >"$D/registry/config.yml"
+setsid nsenter --net="$D/hostns" /usr/bin/docker-registry serve "$D/registry/config.yml" >"$D/registry.log" 2>&1 </dev/null &
+echo $! >"$D/registry.pid"
+go build -o "$D/pushimage" ./integration/cmd/pushimage
+pushed=
+for _ in $(seq 50); do
+	if pushed=$("$D/pushimage" -netns "$D/hostns" -registry 127.0.0.1:5000 -ref busybox:demo 2>"$D/push.err"); then break; fi
+	pushed=
+	sleep 0.2
+done
+[ -n "$pushed" ] || { echo "demo: could not push to the registry:" >&2; cat "$D/push.err" "$D/registry.log" >&2; exit 1; }
+
 cat >"$D/web.yaml" <<EOF
 apiVersion: v1
 kind: Pod
@@ -204,11 +232,13 @@ metadata:
 spec:
   containers:
   - name: fetch
-    image: rootfs:$ROOTFS
+    image: 127.0.0.1:5000/busybox:demo
+    imagePullPolicy: IfNotPresent
     env: [{name: WEB, value: "$WEB_IP"}]
     command: [sh, -c, 'while true; do echo "\$(date +%T) client/fetch -> \$WEB:8080 : \$(wget -qO- http://\$WEB:8080/ 2>&1)"; sleep 1; done']
 EOF
-pod run -f "$D/client.yaml" --network demo >/dev/null
+echo "== pod client from 127.0.0.1:5000/busybox:demo (podctl pod --insecure-registry 127.0.0.1:5000 --progress plain run)"
+pod --insecure-registry 127.0.0.1:5000 --progress plain run -f "$D/client.yaml" --network demo >/dev/null
 echo "== pods (podctl pod ls)"
 pod ls
 echo

@@ -185,6 +185,8 @@ func TestPodBadInput(t *testing.T) {
 		{"missing root filesystem", nil, strings.ReplaceAll(named("b"), "ROOTFS", "/nonexistent/rootfs"), "root filesystem /nonexistent/rootfs: no such file or directory"},
 		{"malformed manifest", nil, "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n", "manifest"},
 		{"not a pod", nil, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n", `kind is "Deployment", want Pod`},
+		{"misspelt field", nil, strings.Replace(named("m1"), "command:", "comand:", 1), `unknown field "spec.containers[0].comand"`},
+		{"unsupported field", nil, strings.Replace(named("m2"), "command:", "resources: {limits: {memory: 64Mi}}\n    command:", 1), "spec.containers[0].resources is not supported"},
 		{"container fails to start", []string{"--network", "bad"}, named("c") + `  - name: broken
     image: ROOTFS
     command: [/no/such/program]

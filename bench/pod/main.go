@@ -4,6 +4,9 @@
 // with the network's share of the total. It compares the network part with a CNI ADD of the same
 // attachment as bench/cni measured it (bench/out/cni.txt), if that report exists.
 //
+// With -probe-pods N it then runs N pods with a readiness and a liveness probe each every second
+// under the agent's pod keeper in this process, and reports the process's CPU: the probe cost.
+//
 // It needs root and a built containerd (make containerd). It starts its own containerd in the root
 // namespace on a private socket, puts the pods' host side in a namespace of its own, and removes all of
 // it at the end, also on error or interrupt. Timing never makes it fail.
@@ -18,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -30,6 +34,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
 	"github.com/netmgr/netmgr/integration"
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
@@ -40,12 +47,14 @@ import (
 func main() {
 	n := flag.Int("n", 20, "pods started one after another")
 	par := flag.Int("parallel", 10, "pods started at once")
+	probes := flag.Int("probe-pods", 100, "pods probed every second for the probe cost (0: skip)")
+	probeTime := flag.Duration("probe-time", 20*time.Second, "how long the probe cost is measured")
 	out := flag.String("out", filepath.Join(integration.RepoRoot(), "bench", "out", "pod.txt"), "report file (also printed)")
 	cniReport := flag.String("cni", filepath.Join(integration.RepoRoot(), "bench", "out", "cni.txt"), "bench/cni report to compare with")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *n, *par, *out, *cniReport); err != nil {
+	if err := run(ctx, *n, *par, *probes, *probeTime, *out, *cniReport); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/pod:", err)
 		os.Exit(1)
 	}
@@ -55,7 +64,7 @@ type sample struct{ network, containers time.Duration }
 
 func (s sample) total() time.Duration { return s.network + s.containers }
 
-func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
+func run(ctx context.Context, n, par, probePods int, probeTime time.Duration, outPath, cniPath string) (err error) {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root: creates network namespaces and runs containerd")
 	}
@@ -99,11 +108,46 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 		return err
 	}
 	defer func() { err = errors.Join(err, nm.DeleteNetwork(context.WithoutCancel(ctx), "bench")) }()
-	rt, err := containerd.New(ctx, ctd.Address, containerd.WithNamespace(ctdNS), containerd.WithDir(filepath.Join(work, "pods")))
+	// A registry on 127.0.0.1 in the bench's host namespace, with a busybox image; the runtime pulls
+	// from there (its dialer enters that namespace).
+	hostNS, err := sandbox.Open(hostPath)
+	if err != nil {
+		return err
+	}
+	defer hostNS.Close()
+	reg, err := integration.StartRegistry(ctx, hostNS, integration.RegistryOptions{})
+	if err != nil {
+		return err
+	}
+	defer func() { err = errors.Join(err, reg.Stop()) }()
+	img, err := integration.BusyboxImage("sleep", "3600")
+	if err != nil {
+		return err
+	}
+	ref, err := reg.Push(ctx, "busybox:bench", img)
+	if err != nil {
+		return err
+	}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := hostNS.Do(func() (err error) {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	rt, err := containerd.New(ctx, ctd.Address, containerd.WithNamespace(ctdNS), containerd.WithDir(filepath.Join(work, "pods")),
+		containerd.WithInsecureRegistries(reg.Host), containerd.WithRegistryDialer(dial))
 	if err != nil {
 		return err
 	}
 	defer rt.Close()
+	defer func() {
+		// The pulled image and its snapshots go with the namespace.
+		cctx := namespaces.WithNamespace(context.WithoutCancel(ctx), ctdNS)
+		err = errors.Join(err, rt.Client().ImageService().Delete(cctx, ref, images.SynchronousDelete()))
+	}()
 	pm := pod.New(nm, rt, pod.WithPause(usePause))
 
 	var made []string
@@ -114,10 +158,11 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 			err = errors.Join(err, pm.Remove(cctx, name))
 		}
 	}()
+	image := rootfs
 	start := func(name string) (sample, error) {
 		spec := pod.Spec{Name: name, Networks: []netmgr.AttachSpec{{Network: "bench"}}, Containers: []pod.ContainerSpec{
-			{Name: "app", Image: rootfs, Command: []string{"sleep", "3600"}},
-			{Name: "sidecar", Image: rootfs, Command: []string{"sleep", "3600"}},
+			{Name: "app", Image: image, Command: []string{"sleep", "3600"}, ImagePullPolicy: pod.PullIfNotPresent},
+			{Name: "sidecar", Image: image, Command: []string{"sleep", "3600"}, ImagePullPolicy: pod.PullIfNotPresent},
 		}}
 		p, err := pm.Run(ctx, spec)
 		if err != nil {
@@ -161,6 +206,27 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 		return err
 	}
 
+	// The same pods from the pulled image (present: IfNotPresent fetches nothing), one after another.
+	t0 := time.Now()
+	if err := rt.EnsureImage(ctx, ref, pod.PullIfNotPresent); err != nil {
+		return err
+	}
+	pullTook := time.Since(t0)
+	image = ref
+	if _, err := start("imgwarmup"); err != nil {
+		return err
+	}
+	began = time.Now()
+	var imgS []sample
+	for i := 0; i < n; i++ {
+		s, err := start(fmt.Sprintf("img%02d", i))
+		if err != nil {
+			return err
+		}
+		imgS = append(imgS, s)
+	}
+	imgWall := time.Since(began)
+
 	began = time.Now()
 	cctx := context.WithoutCancel(ctx)
 	for _, name := range made {
@@ -172,7 +238,12 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 	made = nil
 
 	var b strings.Builder
-	report(&b, n, par, usePause, seq, parS, seqWall, parWall, rmEach, cniPath)
+	report(&b, n, par, usePause, seq, parS, imgS, seqWall, parWall, imgWall, pullTook, rmEach, cniPath)
+	if probePods > 0 {
+		if err := probeCost(ctx, &b, nm, pm, rt, rootfs, filepath.Join(work, "run"), probePods, probeTime); err != nil {
+			return err
+		}
+	}
 	fmt.Print(b.String())
 	if outPath != "" {
 		if err := os.MkdirAll(filepath.Dir(outPath), 0o755); err == nil {
@@ -185,7 +256,7 @@ func run(ctx context.Context, n, par int, outPath, cniPath string) (err error) {
 	return nil
 }
 
-func report(w io.Writer, n, par int, pause bool, seq, parS []sample, seqWall, parWall, rmEach time.Duration, cniPath string) {
+func report(w io.Writer, n, par int, pause bool, seq, parS, imgS []sample, seqWall, parWall, imgWall, pullTook, rmEach time.Duration, cniPath string) {
 	host, _ := os.Hostname()
 	fmt.Fprintf(w, "netmgr pod start benchmark, %s, host %s, %d CPUs, %s\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), runtime.Version())
 	fmt.Fprintf(w, "command: make bench (go run ./bench/pod -n %d -parallel %d)\n", n, par)
@@ -217,7 +288,10 @@ func report(w io.Writer, n, par int, pause bool, seq, parS []sample, seqWall, pa
 	}
 	s1 := row("sequential", seq, seqWall)
 	s2 := row("parallel", parS, parWall)
+	s3 := row("image", imgS, imgWall)
 	tw.Flush()
+	fmt.Fprintf(w, "image = the sequential run from a pulled image (a busybox layer in a local docker-registry, pulled once in %.0f ms,\n", float64(pullTook.Microseconds())/1000)
+	fmt.Fprintln(w, "then present: imagePullPolicy IfNotPresent fetches nothing); each container gets a snapshot of it")
 	fmt.Fprintf(w, "pod rm: %.1f ms per pod (containers, tasks, sandbox, address)\n", float64(rmEach.Microseconds())/1000)
 	fmt.Fprintln(w)
 	verdict := func(share float64) string {
@@ -227,7 +301,7 @@ func report(w io.Writer, n, par int, pause bool, seq, parS []sample, seqWall, pa
 		return "MISS"
 	}
 	fmt.Fprintln(w, "target (informational: timing never fails the run): network setup under 5% of pod start")
-	fmt.Fprintf(w, "  sequential: %.1f%% %s    parallel: %.1f%% %s\n", s1, verdict(s1), s2, verdict(s2))
+	fmt.Fprintf(w, "  sequential: %.1f%% %s    parallel: %.1f%% %s    image: %.1f%% %s\n", s1, verdict(s1), s2, verdict(s2), s3, verdict(s3))
 
 	var netP50 float64
 	{

@@ -69,6 +69,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	var dnsDomain string
 	var noDNS bool
 	var ups []netip.AddrPort
+	var podControllers func(context.Context, *globals) ([]agent.Controller, func(), error)
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Run this node's agent until stopped: on a cluster store (--store etcd://...) join the cluster and program its peers; on any store run the controllers",
@@ -102,11 +103,18 @@ func newAgentCmd(g *globals) *cobra.Command {
 					return fmt.Errorf("agent: --underlay %q is not an IP address (a cluster agent needs the address other nodes reach this one by)", underlay)
 				}
 			}
-			// The service proxy, and the DNS server answering service names from the same store.
+			// The service proxy, the DNS server answering service names from the same store, and the
+			// pod keeper (restart policies, probes) when containerd is there.
 			controllers := []agent.Controller{proxy.New(proxy.Options{})}
 			if !noDNS {
 				controllers = append(controllers, &dns.Controller{Config: dns.Config{Domain: dnsDomain, Upstreams: ups}, ServicesFromStore: true})
 			}
+			pcs, closeCtrls, err := podControllers(ctx, g)
+			if err != nil {
+				return err
+			}
+			defer closeCtrls()
+			controllers = append(controllers, pcs...)
 			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger(), Controllers: controllers})
 			if err != nil {
 				return err
@@ -127,6 +135,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	c.Flags().StringArrayVar(&dnsUpstreams, "dns-upstream", nil, "resolver IP[:PORT] the DNS server forwards other names to (repeatable; default the host's /etc/resolv.conf)")
 	c.Flags().StringVar(&dnsDomain, "dns-domain", dns.DefaultDomain, "cluster domain of service names (NAME.svc.DOMAIN)")
 	c.Flags().BoolVar(&noDNS, "no-dns", false, "do not run the DNS server on the networks' gateways")
+	podControllers = addKeeperFlags(c)
 	return c
 }
 

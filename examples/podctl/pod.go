@@ -18,6 +18,7 @@ import (
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
 	"github.com/netmgr/netmgr/netmgr/pod/containerd"
+	"github.com/netmgr/netmgr/netmgr/pod/kube"
 )
 
 // rememberArgs is needed by the lean build only, which hands its arguments on to this one.
@@ -32,6 +33,7 @@ func newPodCmd(g *globals) *cobra.Command {
 	groupCmd(c)
 	pf := c.PersistentFlags()
 	pf.StringVar(&ctdNamespace, "containerd-namespace", containerd.DefaultNamespace, "containerd namespace of the pods' containers")
+	addPullFlags(pf)
 	c.AddCommand(newPodRunCmd(g), newPodLsCmd(g), newPodInspectCmd(g), newPodExecCmd(g), newPodLogsCmd(g),
 		newPodRestartCmd(g), newPodRmCmd(g))
 	return c
@@ -53,6 +55,11 @@ func (g *globals) containerdAddress() string {
 func (g *globals) pods(ctx context.Context, opts ...pod.Option) (*pod.Manager, func(), error) {
 	addr := g.containerdAddress()
 	copts := []containerd.Option{containerd.WithNamespace(ctdNamespace), containerd.WithDir(filepath.Join(g.stateDir, "pods"))}
+	popts, err := g.pullOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	copts = append(copts, popts...)
 	var log *slog.Logger
 	if g.debug {
 		log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -81,10 +88,14 @@ func newPodRunCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "run -f POD.yaml [--network NET]...",
 		Short: "Run a pod from a Kubernetes v1 Pod manifest",
-		Long: "Run a pod from a Kubernetes v1 Pod manifest (metadata.name and labels; spec.containers[] with name,\n" +
-			"image, command, args, env and ports). An image that is an absolute path or rootfs:/path is a local\n" +
-			"root filesystem; anything else is pulled by containerd. If a container fails to start, the pod is\n" +
-			"removed again.",
+		Long: "Run a pod from a Kubernetes v1 Pod manifest, read with Kubernetes' own types: metadata.name, labels\n" +
+			"and annotations; spec.hostname, spec.restartPolicy and spec.containers[] with name, image,\n" +
+			"imagePullPolicy, command, args, env and ports. A misspelt field is an error naming it, and any other\n" +
+			"field is refused by name rather than dropped. An image that is an absolute path or rootfs:/path is\n" +
+			"a local root filesystem; anything else is an image reference, pulled before anything is created as\n" +
+			"imagePullPolicy says (Always, IfNotPresent, Never; Kubernetes' default when unset), over HTTPS\n" +
+			"unless its registry is named with --insecure-registry. If a pull fails, nothing is made; if a\n" +
+			"container fails to start, the pod is removed again.",
 		Args: nameArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if file == "" {
@@ -100,9 +111,12 @@ func newPodRunCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("read manifest: %w", err)
 			}
-			spec, err := pod.ParseManifest(data)
+			spec, err := kube.ParsePod(data)
 			if err != nil {
 				return fmt.Errorf("%s: %w", file, err)
+			}
+			if err := g.needKeeper(spec); err != nil {
+				return err
 			}
 			for _, n := range networks {
 				a, err := parseAttach(n)
@@ -299,10 +313,13 @@ func newPodRmCmd(g *globals) *cobra.Command {
 // netns, attachments, ...), the pod's own labels, and its containers with their state.
 type podJSON struct {
 	sandboxJSON
-	Labels     map[string]string     `json:"labels"`
-	IPs        []string              `json:"ips"`
-	Containers []pod.ContainerStatus `json:"containers"`
-	Timing     *timingJSON           `json:"timing,omitempty"`
+	Labels        map[string]string     `json:"labels"`
+	RestartPolicy pod.RestartPolicy     `json:"restart_policy"`
+	Ready         *bool                 `json:"ready,omitempty"`
+	ReadySince    time.Time             `json:"ready_since,omitzero"`
+	IPs           []string              `json:"ips"`
+	Containers    []pod.ContainerStatus `json:"containers"`
+	Timing        *timingJSON           `json:"timing,omitempty"`
 }
 
 type timingJSON struct {
@@ -315,10 +332,11 @@ func toPodJSON(p *pod.Pod) podJSON {
 	if sb == nil {
 		sb = &netmgr.Sandbox{Name: p.Name}
 	}
-	out := podJSON{sandboxJSON: toJSON(sb), Labels: p.Labels, IPs: p.IPs(), Containers: p.Containers}
+	out := podJSON{sandboxJSON: toJSON(sb), Labels: p.Labels, RestartPolicy: p.RestartPolicy(), IPs: p.IPs(), Containers: p.Containers}
 	if out.Labels == nil {
 		out.Labels = map[string]string{}
 	}
+	out.Ready, out.ReadySince = p.Ready(), p.ReadySince()
 	if out.IPs == nil {
 		out.IPs = []string{}
 	}
@@ -378,6 +396,10 @@ func printPod(g *globals, p *pod.Pod) error {
 	fmt.Fprintf(tw, "Name:\t%s\n", p.Name)
 	fmt.Fprintf(tw, "Status:\t%s\n", podStatus(p))
 	fmt.Fprintf(tw, "Labels:\t%s\n", orDash(kvList(p.Labels)))
+	fmt.Fprintf(tw, "Restart policy:\t%s\n", p.RestartPolicy())
+	if r := p.Ready(); r != nil {
+		fmt.Fprintf(tw, "Ready:\t%t\n", *r)
+	}
 	fmt.Fprintf(tw, "IPs:\t%s\n", list(p.IPs()))
 	if p.Sandbox != nil {
 		fmt.Fprintf(tw, "NetNS:\t%s\n", p.Sandbox.NetNS)
@@ -391,16 +413,19 @@ func printPod(g *globals, p *pod.Pod) error {
 	}
 	fmt.Fprintln(g.stdout)
 	tw = newTable(g.stdout)
-	fmt.Fprintln(tw, "CONTAINER\tSTATE\tPID\tEXIT\tIMAGE")
+	fmt.Fprintln(tw, "CONTAINER\tSTATE\tPID\tEXIT\tRESTARTS\tLAST EXIT\tREASON\tIMAGE")
 	for _, c := range p.Containers {
-		pid, exit := "-", "-"
+		pid, exit, last := "-", "-", "-"
 		if c.PID != 0 {
 			pid = fmt.Sprint(c.PID)
 		}
 		if c.State == pod.StateStopped {
 			exit = fmt.Sprint(c.ExitCode)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Name, c.State, pid, exit, strings.TrimPrefix(c.Image, "rootfs:"))
+		if c.LastExitCode != nil {
+			last = fmt.Sprint(*c.LastExitCode)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Name, c.State, pid, exit, c.Restarts, last, orDash(c.Reason), strings.TrimPrefix(c.Image, "rootfs:"))
 	}
 	return tw.Flush()
 }

@@ -41,11 +41,12 @@ type manifest struct {
 }
 
 type manifestContainer struct {
-	Name    string   `json:"name"`
-	Image   string   `json:"image"`
-	Command []string `json:"command"`
-	Args    []string `json:"args"`
-	Env     []struct {
+	Name            string   `json:"name"`
+	Image           string   `json:"image"`
+	ImagePullPolicy string   `json:"imagePullPolicy"`
+	Command         []string `json:"command"`
+	Args            []string `json:"args"`
+	Env             []struct {
 		Name      string `json:"name"`
 		Value     string `json:"value"`
 		ValueFrom any    `json:"valueFrom"`
@@ -122,7 +123,7 @@ func ParseManifest(data []byte) (*Spec, error) {
 		s.HostAliases = append(s.HostAliases, HostAlias{IP: a, Hostnames: h.Hostnames})
 	}
 	for _, mc := range m.Spec.Containers {
-		c := ContainerSpec{Name: mc.Name, Image: mc.Image, Command: mc.Command, Args: mc.Args}
+		c := ContainerSpec{Name: mc.Name, Image: mc.Image, Command: mc.Command, Args: mc.Args, ImagePullPolicy: PullPolicy(mc.ImagePullPolicy)}
 		for j, e := range mc.Env {
 			if e.ValueFrom != nil {
 				return nil, bad("container %q: env %q: valueFrom is not supported", mc.Name, e.Name)

@@ -2,6 +2,7 @@ package pod
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -143,6 +144,10 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 	if len(left) > 0 {
 		return nil, fmt.Errorf("%w: containers of an earlier pod %q are left (an interrupted run or remove); remove them first (pod rm %s)", netmgr.ErrExists, spec.Name, spec.Name)
 	}
+	// Images first: a pull that fails leaves nothing to roll back.
+	if err := m.pullImages(ctx, spec); err != nil {
+		return nil, err
+	}
 
 	labels := map[string]string{LabelPod: spec.Name}
 	names := make([]string, len(spec.Containers))
@@ -150,6 +155,14 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 		names[i] = c.Name
 	}
 	labels[LabelContainers] = strings.Join(names, ",")
+	if spec.RestartPolicy != "" && spec.RestartPolicy != RestartNever {
+		labels[LabelRestartPolicy] = string(spec.RestartPolicy)
+	}
+	for _, c := range spec.Containers {
+		if c.Readiness != nil {
+			labels[LabelReady] = "false" // until the keeper's first probe passes
+		}
+	}
 	for k, v := range spec.Labels {
 		labels[k] = v
 	}
@@ -199,6 +212,13 @@ func (m *Manager) run(ctx context.Context, spec Spec) (_ *Pod, err error) {
 			ID: ContainerID(spec.Name, c.Name), Pod: spec.Name, Spec: c, NetNS: sb.NetNS,
 			Labels:     map[string]string{LabelPod: spec.Name, LabelContainer: c.Name},
 			ResolvConf: resolv, Hosts: hosts,
+		}
+		if c.Readiness != nil || c.Liveness != nil {
+			b, err := json.Marshal(Probes{Readiness: c.Readiness, Liveness: c.Liveness})
+			if err != nil {
+				return nil, err
+			}
+			cfg.Labels[LabelProbes] = string(b)
 		}
 		if sb.PausePID != 0 {
 			cfg.PausePID = sb.PausePID
@@ -258,9 +278,14 @@ func (m *Manager) pod(ctx context.Context, name string, sb *netmgr.Sandbox) (*Po
 	if err != nil {
 		return nil, err
 	}
+	return m.podOf(name, sb, cs), nil
+}
+
+// podOf makes the pod of a sandbox (nil: its remains) and its containers as the runtime listed them.
+func (m *Manager) podOf(name string, sb *netmgr.Sandbox, cs []ContainerStatus) *Pod {
 	p := &Pod{Name: name, Sandbox: sb, Containers: cs}
 	if sb == nil {
-		return p, nil
+		return p
 	}
 	p.Labels = map[string]string{}
 	for k, v := range sb.Labels {
@@ -290,7 +315,7 @@ func (m *Manager) pod(ctx context.Context, name string, sb *netmgr.Sandbox) (*Po
 			p.Containers = append(p.Containers, c)
 		}
 	}
-	return p, nil
+	return p
 }
 
 // Pods returns every pod, sorted by name.
@@ -303,28 +328,21 @@ func (m *Manager) Pods(ctx context.Context) ([]*Pod, error) {
 	if err != nil {
 		return nil, err
 	}
-	byPod := map[string]bool{}
+	// One listing of the runtime for every pod.
+	byPod := map[string][]ContainerStatus{}
 	for _, c := range all {
-		byPod[c.Pod] = true
+		byPod[c.Pod] = append(byPod[c.Pod], c)
 	}
 	var out []*Pod
 	for _, sb := range sbs {
 		if sb.Labels[LabelPod] != sb.Name {
 			continue
 		}
-		p, err := m.pod(ctx, sb.Name, sb)
-		if err != nil {
-			return nil, err
-		}
+		out = append(out, m.podOf(sb.Name, sb, byPod[sb.Name]))
 		delete(byPod, sb.Name)
-		out = append(out, p)
 	}
-	for name := range byPod {
-		p, err := m.pod(ctx, name, nil)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
+	for name, cs := range byPod {
+		out = append(out, m.podOf(name, nil, cs))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil

@@ -83,4 +83,13 @@ type ContainerStatus struct {
 	ExitCode uint32    `json:"exit_code"`
 	ExitedAt time.Time `json:"exited_at,omitzero"`
 	Created  time.Time `json:"created,omitzero"`
+	// Restarts, LastExitCode, LastExitedAt and Reason are what a keeper recorded (RestartRecorder):
+	// how often the container was restarted, its last exit, and why it is not running (or last was
+	// not).
+	Restarts     int       `json:"restarts"`
+	LastExitCode *int      `json:"last_exit_code,omitempty"`
+	LastExitedAt time.Time `json:"last_exited_at,omitzero"`
+	Reason       string    `json:"reason,omitempty"`
+	// Labels are the container's labels in the runtime (LabelProbes among them).
+	Labels map[string]string `json:"-"`
 }

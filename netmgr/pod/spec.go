@@ -27,6 +27,8 @@ type Spec struct {
 	DNSConfig *DNSConfig
 	// HostAliases are added to every container's /etc/hosts.
 	HostAliases []HostAlias
+	// RestartPolicy is recorded on the sandbox for a keeper (see RestartPolicy); empty is Never.
+	RestartPolicy RestartPolicy
 }
 
 // ContainerSpec describes one container of a pod, as a Kubernetes container does.
@@ -43,6 +45,12 @@ type ContainerSpec struct {
 	Env []string `json:"env,omitempty"`
 	// Ports are informational unless HostPort is set, which publishes the port on the host.
 	Ports []Port `json:"ports,omitempty"`
+	// ImagePullPolicy says when an image reference is pulled; empty is Kubernetes' default (see
+	// PullPolicy). It means nothing for a local root filesystem.
+	ImagePullPolicy PullPolicy `json:"image_pull_policy,omitempty"`
+	// Readiness and Liveness are probes the agent's keeper runs (see Probe).
+	Readiness *Probe `json:"readiness,omitempty"`
+	Liveness  *Probe `json:"liveness,omitempty"`
 }
 
 // Port is one port of a container.
@@ -105,6 +113,9 @@ func (s *Spec) Validate() error {
 	if err := s.validateDNS(); err != nil {
 		return err
 	}
+	if !validRestartPolicy(s.RestartPolicy) {
+		return bad("restartPolicy %q is not Always, OnFailure or Never", s.RestartPolicy)
+	}
 	seen := map[string]bool{}
 	hostPorts := map[string]string{}
 	for i := range s.Containers {
@@ -122,6 +133,15 @@ func (s *Spec) Validate() error {
 		}
 		if c.Image == "" {
 			return bad("%s: no image", where)
+		}
+		if err := c.Readiness.validate(where + ": readinessProbe"); err != nil {
+			return err
+		}
+		if err := c.Liveness.validate(where + ": livenessProbe"); err != nil {
+			return err
+		}
+		if !validPullPolicy(c.ImagePullPolicy) {
+			return bad("%s: imagePullPolicy %q is not Always, IfNotPresent or Never", where, c.ImagePullPolicy)
 		}
 		if p, ok := LocalRootFS(c.Image); ok {
 			if !filepath.IsAbs(p) {

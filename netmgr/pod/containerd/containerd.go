@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,13 +18,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
-	"github.com/distribution/reference"
 
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/pod"
@@ -57,6 +59,10 @@ type Runtime struct {
 	runtime     string
 	snapshotter string
 	log         *slog.Logger
+	insecure    []string
+	regTimeout  time.Duration
+	progress    func(PullProgress)
+	regDial     func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Option configures the containerd Runtime.
@@ -167,7 +173,7 @@ func (r *Runtime) Create(ctx context.Context, cfg pod.ContainerConfig) (err erro
 		sopts = append(sopts, oci.WithDefaultPathEnv,
 			oci.WithProcessArgs(append(append([]string{}, spec.Command...), spec.Args...)...))
 	} else {
-		img, err := r.image(ctx, spec.Image)
+		img, err := r.image(ctx, spec)
 		if err != nil {
 			return err
 		}
@@ -216,28 +222,14 @@ func (r *Runtime) Create(ctx context.Context, cfg pod.ContainerConfig) (err erro
 	return nil
 }
 
-// image finds a pulled image or pulls it.
-func (r *Runtime) image(ctx context.Context, ref string) (client.Image, error) {
-	named, err := reference.ParseDockerRef(ref)
-	if err != nil {
-		return nil, fmt.Errorf("%w: image %q: %v (a local root filesystem must be an absolute path or rootfs:/path)", netmgr.ErrInvalid, ref, err)
+// image finds the image of a container, pulling it if it is missing and its pull policy allows.
+// Always is not pulled again here: pod.Manager.Run has just pulled it (EnsureImage).
+func (r *Runtime) image(ctx context.Context, spec pod.ContainerSpec) (client.Image, error) {
+	policy := pod.EffectivePullPolicy(spec.Image, spec.ImagePullPolicy)
+	if policy == pod.PullAlways {
+		policy = pod.PullIfNotPresent
 	}
-	img, err := r.c.GetImage(ctx, named.String())
-	if err == nil {
-		return img, nil
-	}
-	if !errdefs.IsNotFound(err) {
-		return nil, err
-	}
-	popts := []client.RemoteOpt{client.WithPullUnpack}
-	if r.snapshotter != "" {
-		popts = append(popts, client.WithPullSnapshotter(r.snapshotter))
-	}
-	img, err = r.c.Pull(ctx, named.String(), popts...)
-	if err != nil {
-		return nil, fmt.Errorf("pull image %s: %w", named, err)
-	}
-	return img, nil
+	return r.ensureImage(ctx, spec.Image, policy)
 }
 
 func (r *Runtime) removeSnapshot(ctx context.Context, key string) error {
@@ -531,6 +523,12 @@ func (r *Runtime) Status(ctx context.Context, id string) (pod.ContainerStatus, e
 }
 
 func (r *Runtime) status(ctx context.Context, ctr client.Container) (pod.ContainerStatus, error) {
+	return r.statusWith(ctx, ctr, nil)
+}
+
+// statusWith reports a container; procs, if not nil, holds every task of the namespace by container
+// ID (List reads them in one call instead of two per container).
+func (r *Runtime) statusWith(ctx context.Context, ctr client.Container, procs map[string]*task.Process) (pod.ContainerStatus, error) {
 	info, err := ctr.Info(ctx, client.WithoutRefreshedMetadata)
 	if err != nil {
 		return pod.ContainerStatus{}, containerdErr(err)
@@ -538,6 +536,28 @@ func (r *Runtime) status(ctx context.Context, ctr client.Container) (pod.Contain
 	s := pod.ContainerStatus{
 		Name: info.Labels[pod.LabelContainer], ID: info.ID, Pod: info.Labels[pod.LabelPod],
 		Image: info.Labels[labelImage], State: pod.StateCreated, Created: info.CreatedAt,
+	}
+	restartRecord(&s, info.Labels)
+	s.Labels = info.Labels
+	if procs != nil {
+		p, ok := procs[info.ID]
+		if !ok {
+			return s, nil
+		}
+		switch p.Status {
+		case task.Status_RUNNING, task.Status_PAUSED, task.Status_PAUSING:
+			s.State, s.PID = pod.StateRunning, p.Pid
+		case task.Status_STOPPED:
+			s.State, s.ExitCode = pod.StateStopped, p.ExitStatus
+			if p.ExitedAt != nil {
+				s.ExitedAt = p.ExitedAt.AsTime()
+			}
+		case task.Status_CREATED:
+			s.State = pod.StateCreated
+		default:
+			s.State = pod.StateUnknown
+		}
+		return s, nil
 	}
 	t, err := ctr.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
@@ -577,9 +597,19 @@ func (r *Runtime) List(ctx context.Context, podName string) ([]pod.ContainerStat
 	if err != nil {
 		return nil, containerdErr(err)
 	}
+	procs := map[string]*task.Process{}
+	if len(ctrs) > 0 {
+		ts, err := r.c.TaskService().List(ctx, &tasks.ListTasksRequest{})
+		if err != nil {
+			return nil, containerdErr(err)
+		}
+		for _, p := range ts.Tasks {
+			procs[p.ID] = p
+		}
+	}
 	out := make([]pod.ContainerStatus, 0, len(ctrs))
 	for _, c := range ctrs {
-		s, err := r.status(ctx, c)
+		s, err := r.statusWith(ctx, c, procs)
 		if errdefs.IsNotFound(err) || errors.Is(err, netmgr.ErrNotFound) {
 			continue // removed meanwhile
 		}
