@@ -89,9 +89,15 @@ func NewPublisher(st store.Store, node string, global func(network string) bool)
 	return &Publisher{st: st, node: node, global: global}
 }
 
-// EndpointOf is a sandbox's endpoint, or nil if the sandbox has no labels or no address.
+// LabelReady is the sandbox label a pod's readiness probes keep (netmgr/pod's LabelReady): a sandbox
+// whose LabelReady is "false" is not an endpoint until it turns ready; one without it (no readiness
+// probe) always is, as in Kubernetes.
+const LabelReady = "netmgr.io/ready"
+
+// EndpointOf is a sandbox's endpoint, or nil if the sandbox has no labels, no address, or is not
+// ready (LabelReady).
 func EndpointOf(node string, sb *netmgr.Sandbox, global func(string) bool) *Endpoint {
-	if len(sb.Labels) == 0 {
+	if len(sb.Labels) == 0 || sb.Labels[LabelReady] == "false" {
 		return nil
 	}
 	e := &Endpoint{Sandbox: sb.Name, Node: node, Labels: sb.Labels}

@@ -86,3 +86,20 @@ func TestPublisher(t *testing.T) {
 		t.Fatal("a lease on a store without leases: no error")
 	}
 }
+
+// A pod that its readiness probe holds unready is no endpoint; ready again (or without a probe), it is.
+func TestEndpointReadiness(t *testing.T) {
+	sb := &netmgr.Sandbox{Name: "p", Labels: map[string]string{"app": "web", service.LabelReady: "false"},
+		Attachments: []netmgr.Attachment{{Network: "n", IPv4: netip.MustParsePrefix("10.1.0.2/24")}}}
+	if e := service.EndpointOf("n1", sb, func(string) bool { return false }); e != nil {
+		t.Fatalf("unready sandbox is endpoint %+v", e)
+	}
+	sb.Labels[service.LabelReady] = "true"
+	if e := service.EndpointOf("n1", sb, func(string) bool { return false }); e == nil {
+		t.Fatal("ready sandbox is no endpoint")
+	}
+	delete(sb.Labels, service.LabelReady)
+	if e := service.EndpointOf("n1", sb, func(string) bool { return false }); e == nil {
+		t.Fatal("sandbox without a readiness probe is no endpoint")
+	}
+}
