@@ -410,6 +410,17 @@ func watchKeys(ctx context.Context, st store.Store, prefix string, log *slog.Log
 		wait := 100 * time.Millisecond
 		for ctx.Err() == nil {
 			_, rev, err := st.List(ctx, prefix)
+			if err == nil && rev == 0 {
+				// Never written: Watch(0) would mean "from now" and lose a write made meanwhile
+				// (store.Follow does the same). List again shortly.
+				poke()
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				continue
+			}
 			if err == nil {
 				poke()
 				var ch <-chan store.Event

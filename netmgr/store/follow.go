@@ -64,6 +64,9 @@ func Follow(ctx context.Context, s Store, prefix string, apply func(Update) erro
 	return f.run(ctx)
 }
 
+// emptyStorePoll is how often Follow lists a store that was never written (see run).
+const emptyStorePoll = 50 * time.Millisecond
+
 const (
 	followBackoffMin = 100 * time.Millisecond
 	followBackoffMax = 5 * time.Second
@@ -99,6 +102,17 @@ func (f *follower) run(ctx context.Context) error {
 			}
 			if err := f.resync(kvs, rev); err != nil {
 				return err.(applyError).err
+			}
+			if rev == 0 {
+				// A store that was never written lists at revision 0, which Watch reads as "from
+				// now": a write between this List and the Watch would be lost. Nothing to follow
+				// yet: list again shortly, until the store has a revision to watch from.
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(emptyStorePoll):
+				}
+				continue
 			}
 			relist = false
 		}

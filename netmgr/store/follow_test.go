@@ -258,3 +258,42 @@ func TestFollowEnds(t *testing.T) {
 		t.Fatalf("Follow with a cancelled context: %v", err)
 	}
 }
+
+// A store that was never written lists at revision 0, which Watch reads as "from now": a write made
+// between Follow's List and its Watch was lost, and Follow never caught up (seen as a flaky
+// TestFollowServices under load). The write is made here right after the first, empty, update.
+func TestFollowEmptyStore(t *testing.T) {
+	b, err := OpenBolt(t.TempDir()+"/s.db", WithNoSync(), WithWatchInterval(10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	ups := make(chan string, 10)
+	done := make(chan struct{})
+	defer func() { cancel(); <-done }()
+	go func() {
+		defer close(done)
+		_ = Follow(ctx, b, "n/", func(u Update) error {
+			if len(u.State) == 0 {
+				// The first update: write now, before Follow gets to its Watch.
+				if err := b.Txn(ctx, nil, []Op{Put("n/a", []byte("1"))}); err != nil {
+					t.Error(err)
+				}
+			}
+			ups <- describeUpdate(u)
+			return nil
+		})
+	}()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case got := <-ups:
+			if strings.Contains(got, "put n/a=1") {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the write made while Follow started on an empty store was never seen")
+		}
+	}
+}
