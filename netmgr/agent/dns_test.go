@@ -156,6 +156,18 @@ func TestDNSCluster(t *testing.T) {
 		waitResolves(t, client, gw1, "www.", web2, 0)   // its alias
 		waitResolves(t, client3, gw3, "web2.", web2, 0) // and from the third host
 		waitResolves(t, client3, gw3, "client.", []string{clientIP.String()}, 0)
+		// And its address back to its name (PTR).
+		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var c net.Conn
+			err := client.Do(func() (err error) {
+				c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, netip.AddrPortFrom(gw1, 53).String())
+				return err
+			})
+			return c, err
+		}}
+		if names, err := r.LookupAddr(ctx, web2[0]); err != nil || !slices.Contains(names, "web2.") {
+			t.Errorf("PTR of web2's %s from host1: %v, %v; want web2.", web2[0], names, err)
+		}
 	})
 
 	t.Run("service by name from another host", func(t *testing.T) {
