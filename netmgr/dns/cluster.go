@@ -174,18 +174,21 @@ func (c *ClusterHosts) publish(ctx context.Context) {
 	relist := time.NewTicker(30 * time.Second)
 	defer relist.Stop()
 	var last []Host
-	failing := false
+	have, failing := false, false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case last = <-c.pub:
+			have = true
 		case <-relist.C:
 			p.published = nil // re-read what the store holds now and then
 		}
 		lease := c.lease()
-		if lease == store.NoLease {
-			continue // not registered (yet, or again): nothing would vanish with the node
+		if !have || lease == store.NoLease {
+			// Nothing read yet (publishing nothing would delete an earlier run's records), or not
+			// registered (yet, or again): nothing would vanish with the node.
+			continue
 		}
 		err := p.sync(ctx, last, lease)
 		if err != nil && ctx.Err() == nil && !failing {
