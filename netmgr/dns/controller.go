@@ -27,6 +27,14 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 	if cfg.Logger == nil {
 		cfg.Logger = a.Logger()
 	}
+	if !a.Local() {
+		// A cluster: sandboxes of every node on the networks that span nodes resolve here too.
+		local := cfg.Hosts
+		if local == nil {
+			local = ManagerSource{M: cfg.Manager}
+		}
+		cfg.Hosts = NewClusterHosts(ctx, local, a.Cluster(), a.Node(), a.Lease, cfg.Logger)
+	}
 	if cfg.Services == nil && c.ServicesFromStore {
 		cfg.Services = FollowServices(ctx, a.Cluster(), cfg.Logger)
 	}

@@ -14,6 +14,10 @@
 //     for a while, and when every upstream fails the client gets SERVFAIL within the budget (1.5 s by
 //     default) instead of waiting for its own timeout.
 //
+// In a cluster (the agent on an etcd store) the Controller answers, on a network that spans nodes, for
+// the sandboxes of every node on it (ClusterHosts): each node publishes its own under KeyHosts with
+// its node's lease and follows everyone's, so a dead node's names go with its lease.
+//
 // Names inside the cluster domain that nothing answers get an authoritative NXDOMAIN at once, so that
 // Kubernetes-style search paths (ndots:5) do not send every external name to the upstreams several
 // times. Local answers carry a short TTL (5 s by default) and are rebuilt from the Manager's records

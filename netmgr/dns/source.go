@@ -52,7 +52,7 @@ func (s ManagerSource) Hosts(ctx context.Context) ([]Net, []Host, error) {
 			if j == nil {
 				continue // not on this node
 			}
-			dn.Subnets, dn.Gateways = j.View.Subnets, j.View.Gateways
+			dn.Subnets, dn.Gateways, dn.Spans = j.View.Subnets, j.View.Gateways, true
 		case n.Node == "" || n.Node == s.M.Node():
 			dn.Subnets, dn.Gateways = n.Subnets, n.Gateways
 		default:

@@ -29,6 +29,9 @@ type Net struct {
 	Subnets  []netip.Prefix
 	Gateways []netip.Addr // the listen addresses
 	Internal bool         // no forwarding: an internal network's queries stay in it
+	// Spans is set for a network that spans nodes (overlay, routed-global): in a cluster
+	// (ClusterHosts) its sandboxes on every node resolve.
+	Spans bool
 }
 
 // Snapshot is everything the server answers from at one moment.
