@@ -27,13 +27,14 @@ import (
 // app=web (one with an extra network from netmgr-nri's annotation) run an HTTP server answering with
 // their name; the service controller (netmgr/service/proxy, run by the agent in this process on the
 // test host's Manager and state) programs a service selecting app=web; a third pod reaches its cluster
-// IP and both pods answer. netmgr-nri puts the pods' labels on netmgr-cni's records of them, so each
+// IP and both pods answer; a pod started while netmgr-nri is down joins at its restart (Synchronize),
+// a pod removed leaves. netmgr-nri puts the pods' labels on netmgr-cni's records of them, so each
 // pod is exactly one endpoint, at its primary (CNI) address, never at its extra network's.
 func TestNRIService(t *testing.T) {
 	const network, extra = "nrisvc", "svcextra"
 	c := newCRIHost(t, network, "10.249.0.0/24", withNRI(nil))
 	c.must(t, "network", "create", extra, "--driver", "bridge", "--subnet", "10.248.0.0/24")
-	c.startNRIPlugin()
+	plug := c.startNRIPlugin()
 
 	web := map[string]string{"app": "web"}
 	web1 := runLabelledPod(t, c, "web1", web, map[string]string{nriAnnotation: extra})
@@ -169,6 +170,39 @@ func TestNRIService(t *testing.T) {
 		t.Errorf("40 connections to the cluster IP were answered by %v, want web1 and web2", answered)
 	}
 	t.Logf("40 connections to %s: %v", addr, answered)
+
+	// A pod started while the plugin is down gets its labels at the plugin's Synchronize, and then
+	// answers too; a pod removed leaves the rotation.
+	plug.kill()
+	web3 := runLabelledPod(t, c, "web3", web, nil)
+	if _, err := c.exec(web3, "sh", "-c", "echo web3 > /www/id && httpd -p 8080 -h /www"); err != nil {
+		t.Fatal(err)
+	}
+	if l := primaryRecordLabels(c, web3.id); l == nil || l["app"] != "" {
+		t.Fatalf("pod web3, started while the plugin was down: netmgr-cni's record has labels %v, want none of the pod's: the test proves nothing", l)
+	}
+	plug.start()
+	if l := primaryRecordLabels(c, web3.id); l["app"] != "web" {
+		t.Errorf("pod web3 after the plugin's restart: netmgr-cni's record has labels %v, want app=web", l)
+	}
+	if err := c.removePod(web1); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		answered = map[string]int{}
+		for i := 0; i < 30; i++ {
+			if id, err := get(2 * time.Second); err == nil {
+				answered[id]++
+			}
+		}
+		if maps.Equal(answered, map[string]int{"web2": answered["web2"], "web3": answered["web3"]}) && answered["web2"] > 0 && answered["web3"] > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after web3 started (plugin down, then restarted) and web1 was removed: 30 connections answered by %v, want web2 and web3 only", answered)
+		}
+	}
+	t.Logf("after web3 came and web1 went: %v", answered)
 }
 
 // primaryRecordLabels returns the labels of netmgr-cni's record of the pod (nil: none), which
