@@ -78,8 +78,8 @@ func TestNRIExtraNetworks(t *testing.T) {
 		if !ok {
 			t.Fatalf("pod %s: no netmgr-nri sandbox; have %+v", p.name, recs)
 		}
-		if s.Labels["app"] != p.name || s.Labels["nri.netmgr.io/pod-ips"] != p.ip || s.Labels["nri.netmgr.io/pod"] != "default/"+p.name {
-			t.Errorf("pod %s: labels %v, want app=%s, pod-ips=%s, pod=default/%s", p.name, s.Labels, p.name, p.ip, p.name)
+		if primaryRecordLabels(c, p.id)["app"] != p.name || s.Labels["nri.netmgr.io/pod-ips"] != p.ip || s.Labels["nri.netmgr.io/pod"] != "default/"+p.name {
+			t.Errorf("pod %s: labels %v (netmgr-cni's record: %v), want app=%s there, pod-ips=%s, pod=default/%s", p.name, s.Labels, primaryRecordLabels(c, p.id), p.name, p.ip, p.name)
 		}
 		if len(s.Attachments) != 1 || s.Attachments[0].Network != extra {
 			t.Errorf("pod %s: attachments %+v, want one on %s", p.name, s.Attachments, extra)
@@ -174,8 +174,8 @@ func TestNRIExtraNetworks(t *testing.T) {
 	if got := c.ifAddr(late, "net1"); !strings.HasPrefix(got, "10.254.0.") {
 		t.Errorf("pod late, started while the plugin was down: net1 has %q after the restart, want an address in %s", got, extraSubnet)
 	}
-	if s, ok := c.nriSandboxes()[late.id]; !ok || s.Labels["app"] != "late" {
-		t.Errorf("pod late after the restart: record %+v, want one labelled app=late", s)
+	if s, ok := c.nriSandboxes()[late.id]; !ok || primaryRecordLabels(c, late.id)["app"] != "late" {
+		t.Errorf("pod late after the restart: record %+v, netmgr-cni's labelled %v, want app=late there", s, primaryRecordLabels(c, late.id))
 	}
 	recs = c.nriSandboxes()
 	if _, ok := recs[a.id]; ok {

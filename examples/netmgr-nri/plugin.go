@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -26,13 +27,16 @@ const (
 	LabelPodUID    = "nri.netmgr.io/pod-uid"  // the pod's UID
 	LabelPrimaryIP = "nri.netmgr.io/pod-ips"  // the pod's primary (CNI) addresses, comma separated
 	LabelNetworks  = "nri.netmgr.io/networks" // the extra networks attached, comma separated
-	cniLabelPrefix = "cni.netmgr.io/"         // netmgr-cni's labels, never copied from a pod
-	sandboxPrefix  = "nri-"                   // every netmgr-nri sandbox's name starts so
-	hookSlowWarn   = 500 * time.Millisecond   // a hook slower than this is logged as a warning
-	hookCallBudget = 1500 * time.Millisecond  // what a hook may spend of NRI's 2 s request timeout
-	busyRetryUntil = 1000 * time.Millisecond  // how long a hook waits out ErrBusy
-	syncCallBudget = 30 * time.Second         // Synchronize's budget (NRI's registration timeout governs it)
-	nsNetwork      = "network"                // the runtime-spec namespace type of a pod's netns
+	// LabelPrimary names the netmgr-cni sandboxes (comma separated) that carry the pod's labels for it.
+	LabelPrimary   = "nri.netmgr.io/primary"
+	cniLabelPrefix = "cni.netmgr.io/"             // netmgr-cni's labels, never copied from a pod
+	cniContainerID = "cni.netmgr.io/container-id" // on netmgr-cni's record: the CNI container ID, CRI's pod sandbox ID
+	sandboxPrefix  = "nri-"                       // every netmgr-nri sandbox's name starts so
+	hookSlowWarn   = 500 * time.Millisecond       // a hook slower than this is logged as a warning
+	hookCallBudget = 1500 * time.Millisecond      // what a hook may spend of NRI's 2 s request timeout
+	busyRetryUntil = 1000 * time.Millisecond      // how long a hook waits out ErrBusy
+	syncCallBudget = 30 * time.Second             // Synchronize's budget (NRI's registration timeout governs it)
+	nsNetwork      = "network"                    // the runtime-spec namespace type of a pod's netns
 	hostNetworkMsg = "hostNetwork pods have no network namespace of their own"
 )
 
@@ -114,14 +118,28 @@ func podNetNS(pod *api.PodSandbox) string {
 
 func podRef(pod *api.PodSandbox) string { return pod.GetNamespace() + "/" + pod.GetName() }
 
-// labels are the pod's labels with netmgr-nri's own.
-func labels(pod *api.PodSandbox, nets []extraNetwork) map[string]string {
+// podLabels are the pod's own labels that netmgr-nri copies onto netmgr records.
+func podLabels(pod *api.PodSandbox) map[string]string {
 	l := map[string]string{}
 	for k, v := range pod.GetLabels() {
 		// netmgr-cni's GC deletes sandboxes by its labels: a pod's label must not pass for one.
 		if !strings.HasPrefix(k, cniLabelPrefix) {
 			l[k] = v
 		}
+	}
+	return l
+}
+
+// labels are the labels of the pod's netmgr-nri record: netmgr-nri's own, and the pod's own unless
+// primary names the netmgr-cni records that carry them. A pod's labels are on one record only: the
+// service endpoints take every labelled sandbox with an address for one endpoint, and a Kubernetes
+// service reaches a pod by its primary address, not over its extra networks.
+func labels(pod *api.PodSandbox, nets []extraNetwork, primary []string) map[string]string {
+	l := map[string]string{}
+	if len(primary) == 0 {
+		l = podLabels(pod)
+	} else {
+		l[LabelPrimary] = strings.Join(primary, ",")
 	}
 	var names []string
 	for _, n := range nets {
@@ -133,6 +151,49 @@ func labels(pod *api.PodSandbox, nets []extraNetwork) map[string]string {
 	l[LabelPrimaryIP] = strings.Join(pod.GetIps(), ",")
 	l[LabelNetworks] = strings.Join(names, ",")
 	return l
+}
+
+// isPrimary reports whether s is netmgr-cni's record of the pod's primary network.
+func isPrimary(s *netmgr.Sandbox, podID string) bool {
+	return podID != "" && s.Labels[cniContainerID] == podID && !strings.HasPrefix(s.Name, sandboxPrefix)
+}
+
+// primaryLabels are the labels of netmgr-cni's record s of the pod: netmgr-cni's own (its GC and
+// CHECK read them), the pod's labels and LabelPod.
+func primaryLabels(s *netmgr.Sandbox, pod *api.PodSandbox) map[string]string {
+	l := podLabels(pod)
+	for k, v := range s.Labels {
+		if strings.HasPrefix(k, cniLabelPrefix) {
+			l[k] = v
+		}
+	}
+	l[LabelPod] = podRef(pod)
+	return l
+}
+
+// labelPrimary puts the pod's labels on netmgr-cni's records of it (CRI passes no labels to CNI),
+// so that the service endpoints find the pod at its primary address, and returns their names. A
+// record it cannot label is logged and left out: the pod's own record then keeps the labels.
+func (p *plugin) labelPrimary(ctx context.Context, pod *api.PodSandbox, sbs []*netmgr.Sandbox) []string {
+	var names []string
+	for _, s := range sbs {
+		if !isPrimary(s, pod.GetId()) {
+			continue
+		}
+		want := primaryLabels(s, pod)
+		if !maps.Equal(s.Labels, want) {
+			err := retryBusy(ctx, func() error { return p.m.SetLabels(ctx, s.Name, want) })
+			if err != nil {
+				if !errors.Is(err, netmgr.ErrNotFound) {
+					p.log.Warn("label primary sandbox", "pod", podRef(pod), "sandbox", s.Name, "error", err.Error())
+				}
+				continue
+			}
+		}
+		names = append(names, s.Name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 // timed runs a hook, logs its duration (the "ms" field; the integration test and bench/nri read it)
@@ -172,7 +233,12 @@ func (p *plugin) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
 			}
 			return nil
 		}
-		if err := p.ensure(ctx, pod, nets, netns); err != nil {
+		sbs, err := p.m.Sandboxes(ctx)
+		if err != nil {
+			return fmt.Errorf("netmgr-nri: list netmgr sandboxes: %w", err)
+		}
+		primary := p.labelPrimary(ctx, pod, sbs)
+		if err := p.ensure(ctx, pod, nets, netns, primary); err != nil {
 			return p.podError(pod, p.explain(ctx, nets, err))
 		}
 		return nil
@@ -226,10 +292,11 @@ func (p *plugin) Synchronize(ctx context.Context, pods []*api.PodSandbox, _ []*a
 		}
 		name := sandboxName(pod.GetId())
 		keep[name] = true
-		if s := have[name]; s != nil && s.NetNS == netns && complete(s, nets) {
+		primary := p.labelPrimary(ctx, pod, sbs)
+		if s := have[name]; s != nil && s.NetNS == netns && complete(s, nets) && maps.Equal(s.Labels, labels(pod, nets, primary)) {
 			continue
 		}
-		if err := p.ensure(ctx, pod, nets, netns); err != nil {
+		if err := p.ensure(ctx, pod, nets, netns, primary); err != nil {
 			failed++
 			p.log.Warn("synchronize: attach", "pod", podRef(pod), "error", err.Error())
 			continue
@@ -304,9 +371,9 @@ func nsAlive(path string) bool {
 // ensure makes the pod's sandbox record (its labels, its extra networks) exist: created with every
 // attachment at once, which netmgr undoes entirely on failure, or, for a pod recorded already (a
 // reconnect), completed with what it lacks.
-func (p *plugin) ensure(ctx context.Context, pod *api.PodSandbox, nets []extraNetwork, netns string) error {
+func (p *plugin) ensure(ctx context.Context, pod *api.PodSandbox, nets []extraNetwork, netns string, primary []string) error {
 	name := sandboxName(pod.GetId())
-	spec := netmgr.SandboxSpec{Name: name, NetNS: netns, Labels: labels(pod, nets)}
+	spec := netmgr.SandboxSpec{Name: name, NetNS: netns, Labels: labels(pod, nets, primary)}
 	for _, n := range nets {
 		spec.Networks = append(spec.Networks, netmgr.AttachSpec{Network: n.Network, IfName: n.IfName, IPs: n.IPs, MAC: n.MAC})
 	}
@@ -324,6 +391,12 @@ func (p *plugin) ensure(ctx context.Context, pod *api.PodSandbox, nets []extraNe
 			return err
 		}
 		return retryBusy(ctx, func() error { _, err := p.m.CreateSandbox(ctx, spec); return err })
+	}
+	if !maps.Equal(sb.Labels, spec.Labels) {
+		// Its primary record appeared or went, or an earlier version of netmgr-nri wrote it.
+		if err := retryBusy(ctx, func() error { return p.m.SetLabels(ctx, name, spec.Labels) }); err != nil {
+			return err
+		}
 	}
 	for _, as := range spec.Networks {
 		if slices.ContainsFunc(sb.Attachments, func(a netmgr.Attachment) bool { return a.Network == as.Network }) {
