@@ -8,7 +8,7 @@
 #
 # Environment knobs (defaults in brackets):
 #   BENCH_N [100]  BENCH_N_LARGE [1000]  BENCH_ROUTED_N [100,1000,4000]  BENCH_CNI_LARGE [500, 0 skips]  BENCH_PORT_LIMIT [true]
-#   BENCH_SETTLE [2s]  PODCTL [./bin/podctl]  CNI_PLUGIN_DIR [/usr/lib/cni]
+#   BENCH_SETTLE [2s]  PODCTL [./bin/podctl]  CNI_PLUGIN_DIR [/usr/lib/cni]  NETAVARK [/usr/lib/podman/netavark]
 #   TMPDIR [/dev/shm]: where the scratch dir goes (its filesystem matters: pins, lock files, fsync).
 #     The default is tmpfs because netmgr's run dir, /run/netmgr, is on tmpfs on a standard Debian
 #     host; both sides (netmgr's pins and state, CNI's pins and IPAM files) live there alike.
@@ -27,6 +27,12 @@ bench_init bench
 [[ -x $CNI_PLUGIN_DIR/bridge && -x $CNI_PLUGIN_DIR/host-local ]] ||
 	die "no CNI bridge/host-local plugins in $CNI_PLUGIN_DIR (apt-get install containernetworking-plugins)"
 command -v iptables >/dev/null || die "the CNI bridge plugin's ipMasq needs iptables (apt-get install iptables)"
+NETAVARK=${NETAVARK:-/usr/lib/podman/netavark}
+if [[ ! -x $NETAVARK ]]; then
+	echo "bench: installing netavark (Debian's package) for the netavark column" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q netavark >/dev/null ||
+		echo "bench: could not install netavark: the netavark column is skipped" >&2
+fi
 
 NS=$WORK/benchns
 BIN=$WORK/netmgr-bench
@@ -42,6 +48,7 @@ args=(
 	-work "$WORK"
 	-podctl "$PODCTL"
 	-cni-dir "$CNI_PLUGIN_DIR"
+	-netavark "$NETAVARK"
 	-n "${BENCH_N:-100}"
 	-n-large "${BENCH_N_LARGE:-1000}"
 	-cni-large "${BENCH_CNI_LARGE:-500}"

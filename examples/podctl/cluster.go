@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sort"
 	"time"
 
@@ -217,7 +219,19 @@ func printNodes(g *globals, nodes []cluster.Node) error {
 	for _, n := range nodes {
 		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", n.Name, n.Address, n.Ready, list(n.Subnets()))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Why a node cannot reach some of its peers (its agent's last SyncPeers error, e.g. a
+	// routed-global peer off its underlay segment), one line per node and network.
+	for _, n := range nodes {
+		for _, name := range slices.Sorted(maps.Keys(n.Networks)) {
+			if msg := n.Networks[name].Attrs[agent.AttrPeerError]; msg != "" {
+				fmt.Fprintf(g.stdout, "%s, network %s: %s\n", n.Name, name, msg)
+			}
+		}
+	}
+	return nil
 }
 
 // leanBuild is false in PodBinary, which serves cluster stores itself.

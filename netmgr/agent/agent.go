@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -63,6 +64,10 @@ type Agent struct {
 
 	member *cluster.Member
 	local  bool // one host, no cluster store: controllers only
+
+	// peerErrs is each joined network's last SyncPeers error (published as AttrPeerError); only
+	// the Run loop touches it.
+	peerErrs map[string]string
 
 	mu     sync.Mutex
 	nodes  []cluster.Node // the live nodes, as last seen
@@ -312,13 +317,32 @@ func (a *Agent) join(ctx context.Context, n *netmgr.Network, js []*netmgr.Joined
 	if err != nil {
 		return err
 	}
-	cur := a.member.Node().Networks[n.Name].Attrs
-	if !equalAttrs(cur, j.Attrs) {
-		if err := a.member.SetAttrs(ctx, n.Name, j.Attrs); err != nil {
-			a.log.Warn("publish attributes (retrying)", "network", n.Name, "error", err)
-		}
-	}
+	a.publishAttrs(ctx, n.Name, j.Attrs)
 	return nil
+}
+
+// AttrPeerError is the attribute the agent adds to a network of its node record while SyncPeers
+// fails for it: the error, which names the peers this node could not program and why (a
+// routed-global peer off this node's underlay segment: routed.ErrOffSegment). `podctl node ls`
+// prints it; it goes once SyncPeers succeeds. Peers' drivers never see it.
+const AttrPeerError = "peer-error"
+
+// publishAttrs publishes the network's attributes in the node record if they changed: what the
+// driver's Join published, and the last SyncPeers error.
+func (a *Agent) publishAttrs(ctx context.Context, network string, driverAttrs map[string]string) {
+	want := maps.Clone(driverAttrs)
+	if msg := a.peerErrs[network]; msg != "" {
+		if want == nil {
+			want = map[string]string{}
+		}
+		want[AttrPeerError] = msg
+	}
+	if equalAttrs(a.member.Node().Networks[network].Attrs, want) {
+		return
+	}
+	if err := a.member.SetAttrs(ctx, network, want); err != nil {
+		a.log.Warn("publish attributes (retrying)", "network", network, "error", err)
+	}
 }
 
 // Pools are the node subnet pools of a network that spans nodes: its CIDRs, cut at the node prefix
@@ -368,11 +392,27 @@ func (a *Agent) syncPeers(ctx context.Context) {
 				// update brings it.
 				continue
 			}
-			peers = append(peers, drivers.NodeView{Node: nd.Name, Subnets: nn.Subnets, Underlay: nd.Address, Attrs: nn.Attrs})
+			attrs := nn.Attrs
+			if _, ok := attrs[AttrPeerError]; ok {
+				attrs = maps.Clone(attrs)
+				delete(attrs, AttrPeerError)
+			}
+			peers = append(peers, drivers.NodeView{Node: nd.Name, Subnets: nn.Subnets, Underlay: nd.Address, Attrs: attrs})
 		}
-		if err := a.m.SyncPeers(ctx, j.Network, peers); err != nil {
+		err := a.m.SyncPeers(ctx, j.Network, peers)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
 			a.log.Warn("sync peers (retrying)", "network", j.Network, "error", err)
+			if a.peerErrs == nil {
+				a.peerErrs = map[string]string{}
+			}
+			a.peerErrs[j.Network] = err.Error()
+		} else {
+			delete(a.peerErrs, j.Network)
 		}
+		a.publishAttrs(ctx, j.Network, j.Attrs)
 	}
 }
 

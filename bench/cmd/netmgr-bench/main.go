@@ -42,6 +42,7 @@ type config struct {
 	netns      string
 	podctl     string
 	cniDir     string
+	netavark   string
 	n          int
 	nLarge     int
 	cniLarge   int
@@ -59,6 +60,7 @@ func main() {
 	flag.StringVar(&c.netns, "netns", "", "the pinned bench namespace this process must be running in (required)")
 	flag.StringVar(&c.podctl, "podctl", "", "podctl binary; empty or missing skips the podctl column")
 	flag.StringVar(&c.cniDir, "cni-dir", "/usr/lib/cni", "directory of the CNI reference plugins")
+	flag.StringVar(&c.netavark, "netavark", "/usr/lib/podman/netavark", "Debian's netavark binary; missing skips the netavark column (apt-get install netavark)")
 	flag.IntVar(&c.n, "n", 100, "sandboxes per run for netmgr, CNI and podctl")
 	flag.IntVar(&c.nLarge, "n-large", 1000, "sandboxes of netmgr's large run, also used for the heap figure (at most 1023: bridge port limit)")
 	flag.IntVar(&c.cniLarge, "cni-large", 500, "sandboxes of CNI's large run (0 skips it)")
@@ -66,7 +68,7 @@ func main() {
 	flag.BoolVar(&c.portLimit, "port-limit", true, "after the large netmgr run, check that the 1024th attach to one bridge fails with ErrFull")
 	flag.StringVar(&c.out, "out", "", "also write the report to this file")
 	flag.StringVar(&c.invocation, "invocation", "", "how the run was started, printed in the report")
-	flag.StringVar(&c.sides, "sides", "netmgr,podctl,cni", "the sides to run, comma-separated (a side left out is reported as skipped)")
+	flag.StringVar(&c.sides, "sides", "netmgr,podctl,cni,netavark", "the sides to run, comma-separated (a side left out is reported as skipped)")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of netmgr's N=-n creates and deletes (in process) to this file")
 	flag.Parse()
 
@@ -193,8 +195,8 @@ func run(ctx context.Context, c config) error {
 	libcni.CacheDir = filepath.Join(c.work, "cni-cache")
 
 	r := &results{
-		create:  map[string]map[int]series{"netmgr": {}, "podctl": {}, "cni": {}},
-		del:     map[string]map[int]series{"netmgr": {}, "podctl": {}, "cni": {}},
+		create:  map[string]map[int]series{"netmgr": {}, "podctl": {}, "cni": {}, "netavark": {}},
+		del:     map[string]map[int]series{"netmgr": {}, "podctl": {}, "cni": {}, "netavark": {}},
 		errs:    map[string]error{},
 		skipped: map[string]string{},
 		parts:   map[string][]part{},
@@ -223,6 +225,16 @@ func run(ctx context.Context, c config) error {
 		{fmt.Sprintf("cni N=%d", c.n), func() error {
 			cr, dr, err := benchCNI(ctx, c, r, c.n, "10.204.0.0/16")
 			r.put("cni", c.n, cr, dr)
+			return err
+		}},
+		{fmt.Sprintf("netavark N=%d", c.n), func() error {
+			if why := netavarkMissing(c.netavark); why != "" {
+				r.skipped["netavark"] = why
+				logf("netavark: skipped: %s", why)
+				return nil
+			}
+			cr, dr, err := benchNetavark(ctx, c, r, c.n, "10.206.0.0/16")
+			r.put("netavark", c.n, cr, dr)
 			return err
 		}},
 	}

@@ -84,17 +84,18 @@ func ratio(num, den series) string {
 func (r *results) table(c config) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "op\tN\tnetmgr(ms/op)\tpodctl(ms/op)\tcni(ms/op)\tcni/netmgr\tcni/podctl\t")
+	fmt.Fprintln(w, "op\tN\tnetmgr(ms/op)\tpodctl(ms/op)\tcni(ms/op)\tnetavark(ms/op)\tcni/netmgr\tcni/podctl\tnetavark/netmgr\tnetavark/podctl\t")
 	for _, n := range r.ns() {
 		for _, op := range []struct {
 			name string
 			m    map[string]map[int]series
 		}{{"create+attach", r.create}, {"delete", r.del}} {
-			nm, pc, cn := op.m["netmgr"][n], op.m["podctl"][n], op.m["cni"][n]
-			if nm == nil && pc == nil && cn == nil {
+			nm, pc, cn, nv := op.m["netmgr"][n], op.m["podctl"][n], op.m["cni"][n], op.m["netavark"][n]
+			if nm == nil && pc == nil && cn == nil && nv == nil {
 				continue
 			}
-			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", op.name, n, cell(nm), podCell(r, pc), cell(cn), ratio(cn, nm), ratio(cn, pc))
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", op.name, n, cell(nm), skippedCell(r, "podctl", pc), cell(cn),
+				skippedCell(r, "netavark", nv), ratio(cn, nm), ratio(cn, pc), ratio(nv, nm), ratio(nv, pc))
 		}
 	}
 	w.Flush()
@@ -112,8 +113,8 @@ func (r *results) table(c config) string {
 	return strings.Join(lines, "\n") + "\n"
 }
 
-func podCell(r *results, s series) string {
-	if s == nil && r.skipped["podctl"] != "" {
+func skippedCell(r *results, side string, s series) string {
+	if s == nil && r.skipped[side] != "" {
 		return "skipped"
 	}
 	return cell(s)
@@ -123,7 +124,7 @@ func (r *results) distribution() string {
 	var b strings.Builder
 	b.WriteString("per-op spread (ms): p50 / p90 / p99 / max\n")
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	for _, side := range []string{"netmgr", "podctl", "cni"} {
+	for _, side := range []string{"netmgr", "podctl", "cni", "netavark"} {
 		for _, n := range r.ns() {
 			for _, op := range []struct {
 				name string
@@ -144,7 +145,7 @@ func (r *results) distribution() string {
 func (r *results) breakdown() string {
 	var b strings.Builder
 	b.WriteString("where the time goes (ms/op; netmgr's 'rest' = netns, netlink and Go code)\n")
-	for _, side := range []string{"netmgr", "podctl", "cni"} {
+	for _, side := range []string{"netmgr", "podctl", "cni", "netavark"} {
 		for _, n := range r.ns() {
 			for _, op := range []struct {
 				key, name string
@@ -166,7 +167,7 @@ func (r *results) breakdown() string {
 					}
 					sum += p.msOp
 				}
-				if side != "cni" {
+				if side == "netmgr" || side == "podctl" {
 					fmt.Fprintf(&b, " + rest %.2f", op.s.msPerOp()-sum)
 				}
 				b.WriteString("\n")
@@ -275,10 +276,17 @@ func notes(c config) string {
                           ipMasq via iptables), one plugin process per op, as containerd calls it
   delete        = netmgr: Manager.DeleteSandbox; podctl: one 'podctl sandbox rm' process;
                   cni: go-cni Remove -> bridge plugin DEL (deletes the veth, iptables), then netns unpin
+                  netavark: one 'netavark teardown' process, then netns unpin
+  netavark side:  as rootful Podman 4 runs it: sandbox.Create (pin + lo up), the network read from its JSON
+                  file, the address picked in process (Podman does its own IPAM), then one process
+                  'netavark --config RUNDIR --rootless=false --aardvark-binary=... setup NSPATH' with the
+                  network options JSON on stdin (bridge driver, no DNS, NETAVARK_FW=iptables: its NAT and
+                  forward rules go to the bench namespace)
   CNI plugins: %s in %s; IPAM and result cache under the scratch dir
+  netavark: %s (%s)
   scratch dir (netmgr/podctl state and run dirs, every namespace pin, CNI files): %s
-  ratio = cni ms/op / other ms/op at the same N (higher = faster than CNI); '-' where a side has no run at that N
-`, cniVersion(), c.cniDir, fsLine(c.work))
+  ratio = cni (netavark) ms/op / other ms/op at the same N (higher = faster than CNI or netavark); '-' where a side has no run at that N
+`, cniVersion(), c.cniDir, netavarkVersion(c.netavark), c.netavark, fsLine(c.work))
 }
 
 func fsLine(dir string) string {
