@@ -1,0 +1,92 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/netmgr/netmgr/netmgr/service"
+	"github.com/netmgr/netmgr/netmgr/service/proxy"
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// pod6 makes a sandbox on the dual-stack pods network and returns its namespace and IPv6 address.
+func (h *oneHost) pod6(name string, labels map[string]string) (*sandbox.NetNS, netip.Addr) {
+	h.t.Helper()
+	ns, _ := h.pod(name, labels)
+	s, err := h.m.Sandbox(context.Background(), name)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return ns, s.Attachments[0].IPv6.Addr()
+}
+
+// TestServicesIPv6: with an IPv6 service CIDR, services get IPv6 cluster IPs and the controller
+// programs them (in the ip6 table netmgr_services): an IPv6 cluster IP reaches every endpoint's IPv6
+// address, a service without endpoints is refused at once, an unallocated address of the CIDR is
+// dropped, and an endpoint that goes leaves the rotation.
+func TestServicesIPv6(t *testing.T) {
+	h := newOneHostOn(t, netip.MustParsePrefix("10.89.0.0/24"), netip.MustParsePrefix("fd00:89::/64"))
+	ctx := context.Background()
+	cidr := netip.MustParsePrefix("fd00:96::/108")
+	if err := h.reg.SetCIDRs(ctx, cidr); err != nil {
+		t.Fatal(err)
+	}
+	web := map[string]string{"app": "web6"}
+	for i := 1; i <= 3; i++ {
+		ns, _ := h.pod6(fmt.Sprintf("web%d", i), web)
+		serve(t, ns, 8080, fmt.Sprintf("web%d", i))
+	}
+	client, clientIP := h.pod6("client", nil)
+	svc := h.service(service.Spec{Name: "web", Selector: web, Ports: []service.Port{{Port: 80, TargetPort: 8080}}})
+	empty := h.service(service.Spec{Name: "empty", Selector: map[string]string{"app": "none"}, Ports: []service.Port{{Port: 80}}})
+	if !cidr.Contains(svc.ClusterIP) || !cidr.Contains(empty.ClusterIP) {
+		t.Fatalf("cluster IPs %s %s, want them from %s", svc.ClusterIP, empty.ClusterIP, cidr)
+	}
+	h.start()
+
+	waitHit(t, client, addr(svc, 80))
+	got := spread(t, client, addr(svc, 80), 60)
+	for i := 1; i <= 3; i++ {
+		if got[fmt.Sprintf("web%d", i)] == 0 {
+			t.Errorf("60 connections to the IPv6 cluster IP: web%d never answered (%v)", i, got)
+		}
+	}
+	if _, seen := waitHit(t, client, addr(svc, 80)); seen != clientIP.String() && !strings.HasPrefix(seen, "fd00:89::") {
+		t.Errorf("backend saw %s, want an address of the pods network (the client is %s)", seen, clientIP)
+	}
+
+	t.Run("no endpoints", func(t *testing.T) { refusedAtOnce(t, client, addr(empty, 80)) })
+
+	t.Run("unallocated address dropped", func(t *testing.T) {
+		free := cidr.Addr().Next().Next()
+		for free == svc.ClusterIP || free == empty.ClusterIP {
+			free = free.Next()
+		}
+		_, _, err := hit(client, netip.AddrPortFrom(free, 80).String(), time.Second)
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Errorf("unallocated %s: want a timeout (dropped), got %v", free, err)
+		}
+	})
+
+	t.Run("endpoint removed", func(t *testing.T) {
+		start := time.Now()
+		if err := h.m.DeleteSandbox(ctx, "web3"); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, client, addr(svc, 80), "web3", start)
+	})
+
+	t.Run("ip6 table", func(t *testing.T) {
+		out := nft(t, h.ns, "list", "table", "ip6", proxy.TableName)
+		if !strings.Contains(out, svc.ClusterIP.String()) {
+			t.Errorf("ip6 table lacks the cluster IP %s:\n%s", svc.ClusterIP, out)
+		}
+	})
+}
