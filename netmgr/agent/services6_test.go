@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
+	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr/service"
 	"github.com/netmgr/netmgr/netmgr/service/proxy"
 	"github.com/netmgr/netmgr/sandbox"
@@ -89,4 +92,61 @@ func TestServicesIPv6(t *testing.T) {
 			t.Errorf("ip6 table lacks the cluster IP %s:\n%s", svc.ClusterIP, out)
 		}
 	})
+}
+
+// TestServicesFromHost: a process of the host's namespace (not a pod) reaches a cluster IP, IPv4 and
+// IPv6, and every endpoint answers; the connection is masqueraded to the host's address on the pods
+// network (its source was the uplink's, chosen by the default route: one a backend on another host
+// may not answer directly); a service without endpoints is refused at once from the host too.
+func TestServicesFromHost(t *testing.T) {
+	h := newOneHostOn(t, netip.MustParsePrefix("10.90.0.0/24"), netip.MustParsePrefix("fd00:90::/64"))
+	ctx := context.Background()
+	// The host's uplinks and default routes (a cluster IP is routed like any outside address).
+	up4 := testutil.NewOutside(t, h.ns)
+	up6 := testutil.NewOutsideNet(t, h.ns, "fd00:1::1/64", "fd00:1::2/64", "up6")
+	hh, err := h.ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hh.Close()
+	for _, r := range []struct {
+		dev string
+		gw  netip.Addr
+	}{{up4.HostDev, up4.Addr}, {up6.HostDev, up6.Addr}} {
+		l, err := hh.LinkByName(r.dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hh.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: r.gw.AsSlice()}); err != nil {
+			t.Fatalf("default route via %s: %v", r.gw, err)
+		}
+	}
+	if err := h.reg.SetCIDRs(ctx, service.DefaultCIDR, netip.MustParsePrefix("fd00:97::/108")); err != nil {
+		t.Fatal(err)
+	}
+	web := map[string]string{"app": "web"}
+	for i := 1; i <= 2; i++ {
+		ns, _ := h.pod(fmt.Sprintf("web%d", i), web)
+		serve(t, ns, 8080, fmt.Sprintf("web%d", i))
+	}
+	ports := []service.Port{{Port: 80, TargetPort: 8080}}
+	svc4 := h.service(service.Spec{Name: "web4", Selector: web, Ports: ports})
+	svc6 := h.service(service.Spec{Name: "web6", Selector: web, Ports: ports, ClusterIP: netip.MustParseAddr("fd00:97::10")})
+	empty := h.service(service.Spec{Name: "empty", Selector: map[string]string{"app": "none"}, Ports: ports})
+	h.start()
+	n, err := h.m.Network(ctx, "pods")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range []*service.Service{svc4, svc6} {
+		waitHit(t, h.ns, addr(s, 80))
+		got := spread(t, h.ns, addr(s, 80), 30)
+		if got["web1"] == 0 || got["web2"] == 0 {
+			t.Errorf("30 connections from the host to %s: %v, want both endpoints", addr(s, 80), got)
+		}
+		if _, seen := waitHit(t, h.ns, addr(s, 80)); seen != n.Gateways[i].String() {
+			t.Errorf("from the host to %s the backend saw %s, want the host's address on the pods network %s", addr(s, 80), seen, n.Gateways[i])
+		}
+	}
+	refusedAtOnce(t, h.ns, addr(empty, 80))
 }

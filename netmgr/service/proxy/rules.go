@@ -42,6 +42,7 @@ const TableName = "netmgr_services"
 //	                fib daddr type local ... meta l4proto . th dport @np-reject reject (tcp reset first), @np-drop drop
 //	                ip daddr SERVICE_CIDR ip daddr != @cluster-ips drop
 //	chain nat-prerouting / nat-output (dstnat): jump services;  nat-postrouting (srcnat): jump masquerading
+//	                (nat-output first: ip daddr @cluster-ips jump mark-masq: the host's own connections)
 //	chain services: ip daddr != @cluster-ips fib daddr type != local return
 //	                ip daddr . meta l4proto . th dport vmap @service-ips
 //	                fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports
@@ -466,8 +467,15 @@ func fixedRules(cidr netip.Prefix, v6 bool) map[string][][]expr.Any {
 		"filter-prerouting": {append(ctNew(), verdict(expr.VerdictJump, chainChecks))},
 		"filter-output":     {append(ctNew(), verdict(expr.VerdictJump, chainChecks))},
 		"nat-prerouting":    {{verdict(expr.VerdictJump, chainServices)}},
-		"nat-output":        {{verdict(expr.VerdictJump, chainServices)}},
-		"nat-postrouting":   {{verdict(expr.VerdictJump, chainMasq)}},
+		"nat-output": {
+			// A process of the host reaching a cluster IP: its source is the address the routing
+			// chose for the cluster IP (the default route's), which a backend on another host may
+			// not answer directly (or answers through an egress masquerade of its own host): it is
+			// masqueraded to the address of the interface towards the backend, as kube-proxy does.
+			{daddr(regA, v6), lookup(setClusterIPs), verdict(expr.VerdictJump, chainMarkMasq)},
+			{verdict(expr.VerdictJump, chainServices)},
+		},
+		"nat-postrouting": {{verdict(expr.VerdictJump, chainMasq)}},
 	}
 }
 
