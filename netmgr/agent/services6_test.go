@@ -78,6 +78,41 @@ func TestServicesIPv6(t *testing.T) {
 		}
 	})
 
+	t.Run("affinity", func(t *testing.T) { // a chained service (kube-proxy's layout) in the ip6 table
+		sticky := h.service(service.Spec{Name: "sticky", Selector: web, Ports: []service.Port{{Port: 80, TargetPort: 8080}}, SessionAffinity: "ClientIP", AffinityTimeout: time.Minute})
+		waitHit(t, client, addr(sticky, 80))
+		if got := spread(t, client, addr(sticky, 80), 20); len(got) != 1 {
+			t.Errorf("ClientIP affinity over IPv6: 20 connections reached %v, want one backend", got)
+		}
+	})
+
+	t.Run("udp", func(t *testing.T) {
+		dns := h.service(service.Spec{Name: "dns", Selector: web, Ports: []service.Port{{Port: 53, TargetPort: 8080, Protocol: "udp"}}})
+		u := newUDPClient(t, client)
+		deadline := time.Now().Add(testutil.ProbeDeadline)
+		for !strings.HasPrefix(u.ask(addr(dns, 53), 300*time.Millisecond), "web") {
+			if time.Now().After(deadline) {
+				t.Fatal("UDP port of the IPv6 service never answered")
+			}
+		}
+	})
+
+	t.Run("hairpin", func(t *testing.T) {
+		ns, _ := h.pod6("self1", map[string]string{"app": "self6"})
+		self := h.service(service.Spec{Name: "self", Selector: map[string]string{"app": "self6"}, Ports: []service.Port{{Port: 80, TargetPort: 8080}}})
+		serve(t, ns, 8080, "self1")
+		if id, _ := waitHit(t, ns, addr(self, 80)); id != "self1" {
+			t.Errorf("hairpin over IPv6 answered by %q", id)
+		}
+	})
+
+	t.Run("table flushed", func(t *testing.T) {
+		start := time.Now()
+		nft(t, h.ns, "flush", "table", "ip6", proxy.TableName)
+		waitHit(t, client, addr(svc, 80))
+		t.Logf("flushed ip6 table repaired %v after the flush", time.Since(start).Round(time.Millisecond))
+	})
+
 	t.Run("endpoint removed", func(t *testing.T) {
 		start := time.Now()
 		if err := h.m.DeleteSandbox(ctx, "web3"); err != nil {
