@@ -126,6 +126,7 @@ func TestServicesIPv6(t *testing.T) {
 		if !strings.Contains(out, svc.ClusterIP.String()) {
 			t.Errorf("ip6 table lacks the cluster IP %s:\n%s", svc.ClusterIP, out)
 		}
+		nft(t, h.ns, "-j", "list", "ruleset") // nft can read (and print as JSON) every rule of both tables
 	})
 }
 
