@@ -210,6 +210,12 @@ type oneHost struct {
 
 func newOneHost(t *testing.T) *oneHost {
 	t.Helper()
+	return newOneHostOn(t, netip.MustParsePrefix("10.88.0.0/24"))
+}
+
+// newOneHostOn is newOneHost with the pods network on subnets (one per family).
+func newOneHostOn(t *testing.T, subnets ...netip.Prefix) *oneHost {
+	t.Helper()
 	testutil.RequireNetAdmin(t)
 	h := &oneHost{t: t, ns: testutil.NewNS(t, "svchost")}
 	ctx := context.Background()
@@ -234,7 +240,7 @@ func newOneHost(t *testing.T) *oneHost {
 		_ = m.DeleteNetwork(ctx, "pods")
 		m.Close()
 	})
-	if _, err := m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "pods", Driver: "bridge", Subnets: []netip.Prefix{netip.MustParsePrefix("10.88.0.0/24")}}); err != nil {
+	if _, err := m.CreateNetwork(ctx, netmgr.NetworkSpec{Name: "pods", Driver: "bridge", Subnets: subnets}); err != nil {
 		t.Fatal(err)
 	}
 	h.reg = service.New(m.NetworkStore())

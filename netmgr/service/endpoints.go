@@ -46,6 +46,9 @@ func EndpointKey(node, sandbox string) string { return KeyEndpoints + node + "/"
 
 // DecodeEndpoint decodes an endpoint record.
 func DecodeEndpoint(b []byte) (*Endpoint, error) {
+	if e, ok := decodeEndpointFast(b); ok {
+		return e, nil
+	}
 	var e Endpoint
 	if err := json.Unmarshal(b, &e); err != nil {
 		return nil, fmt.Errorf("endpoint record: %w", err)

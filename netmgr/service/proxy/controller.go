@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
-	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -146,13 +145,7 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 			log.Warn("services: read the service CIDR", "error", err)
 			return
 		}
-		var v4 netip.Prefix
-		for _, c := range cfg.CIDRs {
-			if c.Addr().Is4() {
-				v4 = c
-			}
-		}
-		p.SetCIDR(v4)
+		p.SetCIDR(cfg.CIDRs...)
 	}
 	readCIDR()
 	tick := time.NewTicker(c.opts.Resync)

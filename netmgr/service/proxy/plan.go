@@ -21,6 +21,7 @@ type backend struct {
 
 // elem is one element of a fixed set (key only), data map (data) or verdict map (kind, chain).
 type elem struct {
+	v6    bool // in the ip6 table
 	set   string
 	key   string // the key's bytes
 	kind  expr.VerdictKind
@@ -28,10 +29,16 @@ type elem struct {
 	data  string // a data map's value
 }
 
-func (e elem) id() string { return e.set + "\x00" + e.key }
+func (e elem) id() string {
+	if e.v6 {
+		return "6\x00" + e.set + "\x00" + e.key
+	}
+	return e.set + "\x00" + e.key
+}
 
 // chainPlan is one chain of a service and its rules.
 type chainPlan struct {
+	v6    bool
 	name  string
 	rules []rule
 	sig   string
@@ -45,8 +52,9 @@ type udpFlow struct {
 	endpoint netip.Addr
 }
 
-// svcPlan is everything one service puts in the table.
+// svcPlan is everything one service puts in the table of its cluster IP's family.
 type svcPlan struct {
+	v6     bool
 	elems  map[string]elem
 	chains []chainPlan // endpoint chains first: the ones that jump come after their targets
 	sets   map[string]time.Duration
@@ -54,22 +62,25 @@ type svcPlan struct {
 }
 
 func (p *svcPlan) chain(name string, rules ...rule) {
-	c := chainPlan{name: name, rules: rules}
+	c := chainPlan{v6: p.v6, name: name, rules: rules}
 	for _, r := range rules {
 		c.sig += r.String() + ";"
 	}
 	p.chains = append(p.chains, c)
 }
 
-func (p *svcPlan) add(e elem) { p.elems[e.id()] = e }
+func (p *svcPlan) add(e elem) {
+	e.v6 = p.v6
+	p.elems[e.id()] = e
+}
 
 // plan computes what service s puts in the table on node, given its backends: map elements only,
 // unless it has ClientIP affinity or a port with more than maxMapped backends (then chains, see
 // rules.go).
 func plan(s *service.Service, bs []backend) *svcPlan {
-	p := &svcPlan{elems: map[string]elem{}, sets: map[string]time.Duration{}}
-	if !s.ClusterIP.Is4() {
-		return p // IPv6 services are not programmed yet
+	p := &svcPlan{v6: s.ClusterIP.Is6(), elems: map[string]elem{}, sets: map[string]time.Duration{}}
+	if !s.ClusterIP.IsValid() {
+		return p
 	}
 	slices.SortFunc(bs, func(a, b backend) int {
 		return cmp.Or(a.ip.Compare(b.ip), cmp.Compare(a.name, b.name))

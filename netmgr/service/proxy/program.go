@@ -154,17 +154,26 @@ func setElems(es []elem) []nftables.SetElement {
 // elements queues adds (or deletes) of es, grouped by set, in messages of at most 256 elements
 // (one message's element list must stay well under 64 KiB).
 func (k *kernel) elements(es []elem, del bool, split bool) error {
-	by := map[string][]elem{}
-	for _, e := range es {
-		by[e.set] = append(by[e.set], e)
+	type fset struct {
+		v6   bool
+		name string
 	}
-	names := make([]string, 0, len(by))
+	by := map[fset][]elem{}
+	for _, e := range es {
+		by[fset{e.v6, e.set}] = append(by[fset{e.v6, e.set}], e)
+	}
+	names := make([]fset, 0, len(by))
 	for n := range by {
 		names = append(names, n)
 	}
-	sort.Strings(names)
+	sort.Slice(names, func(i, j int) bool {
+		if names[i].v6 != names[j].v6 {
+			return !names[i].v6
+		}
+		return names[i].name < names[j].name
+	})
 	for _, n := range names {
-		s := mapSet(n)
+		s := mapSet(n.name, n.v6)
 		list := by[n]
 		for len(list) > 0 {
 			c := min(len(list), 256)
@@ -188,9 +197,9 @@ func (k *kernel) elements(es []elem, del bool, split bool) error {
 
 // rules queues c's rules.
 func (k *kernel) rules(c chainPlan) {
-	ch := chain(c.name)
+	ch := chain(c.name, c.v6)
 	for _, r := range c.rules {
-		exprs, anon, elems := r.render()
+		exprs, anon, elems := r.render(c.v6)
 		if anon != nil {
 			if err := k.conn.AddSet(anon, elems); err != nil {
 				panic(err) // only for a non-constant anonymous set
@@ -202,14 +211,14 @@ func (k *kernel) rules(c chainPlan) {
 			}
 			k.ops++
 		}
-		k.conn.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: exprs})
+		k.conn.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: exprs})
 		k.ops++
 	}
 }
 
-// tableExists reports whether the table is there.
-func (k *kernel) tableExists() (bool, error) {
-	_, err := k.conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4)
+// tableExists reports whether the table of a family is there.
+func (k *kernel) tableExists(v6 bool) (bool, error) {
+	_, err := k.conn.ListTableOfFamily(TableName, tableOf(v6).Family)
 	if err == nil {
 		return true, nil
 	}
@@ -219,11 +228,21 @@ func (k *kernel) tableExists() (bool, error) {
 	return false, err
 }
 
-// intact reports whether the table still has its fixed rules (someone may have flushed or deleted
-// it).
+// intact reports whether both tables still have their fixed rules (someone may have flushed or
+// deleted one).
 func (k *kernel) intact() (bool, error) {
+	for _, v6 := range []bool{false, true} {
+		ok, err := k.intactOf(v6)
+		if !ok || err != nil {
+			return ok, err
+		}
+	}
+	return true, nil
+}
+
+func (k *kernel) intactOf(v6 bool) (bool, error) {
 	for _, name := range []string{chainServices, "nat-prerouting", "filter-prerouting"} {
-		rs, err := k.conn.GetRules(table, chain(name))
+		rs, err := k.conn.GetRules(tableOf(v6), chain(name, v6))
 		if err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				return false, nil
@@ -258,5 +277,9 @@ func (k *kernel) conntrackDelete(f udpFlow) (uint, error) {
 	if err := filter.AddIP(netlink.ConntrackReplySrcIP, net.IP(f.endpoint.AsSlice())); err != nil {
 		return 0, err
 	}
-	return k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filter)
+	family := netlink.InetFamily(unix.AF_INET)
+	if f.endpoint.Is6() {
+		family = unix.AF_INET6
+	}
+	return k.ct.ConntrackDeleteFilters(netlink.ConntrackTable, family, filter)
 }

@@ -20,7 +20,7 @@ type Proxier struct {
 	k    kernel
 	node string
 	log  *slog.Logger
-	cidr netip.Prefix
+	cidr [2]netip.Prefix // IPv4, IPv6
 
 	services  map[string]*service.Service
 	endpoints map[string]*service.Endpoint
@@ -48,10 +48,19 @@ func NewProxier(nsFd int, node string, log *slog.Logger) *Proxier {
 // Close releases the proxier's netlink sockets; the table stays.
 func (p *Proxier) Close() { p.k.close() }
 
-// SetCIDR sets the service CIDR whose unallocated addresses are dropped (a change: a full sync).
-func (p *Proxier) SetCIDR(c netip.Prefix) {
-	if c != p.cidr {
-		p.cidr = c
+// SetCIDR sets the service CIDRs (at most one per family; a family not given has none) whose
+// unallocated addresses are dropped (a change: a full sync).
+func (p *Proxier) SetCIDR(cs ...netip.Prefix) {
+	var next [2]netip.Prefix
+	for _, c := range cs {
+		if c.Addr().Is6() {
+			next[1] = c
+		} else if c.IsValid() {
+			next[0] = c
+		}
+	}
+	if next != p.cidr {
+		p.cidr = next
 		p.full = true
 	}
 }
@@ -158,7 +167,7 @@ func (p *Proxier) backends(s *service.Service) []backend {
 		if e == nil || !s.Matches(e.Labels) {
 			continue
 		}
-		ip, ok := e.Addr(p.node, false)
+		ip, ok := e.Addr(p.node, s.ClusterIP.Is6())
 		if !ok {
 			continue
 		}
@@ -243,31 +252,34 @@ func (p *Proxier) Check() error {
 // the services in batches after it.
 func (p *Proxier) fullSync() error {
 	start := time.Now()
-	exists, err := p.k.tableExists()
-	if err != nil {
-		p.k.close()
-		return err
-	}
 	c := p.k.conn
-	if exists {
-		c.DelTable(table)
-	}
-	c.AddTable(table)
-	for _, n := range fixedSets() {
-		if err := c.AddSet(mapSet(n), nil); err != nil {
+	for i, v6 := range []bool{false, true} {
+		exists, err := p.k.tableExists(v6)
+		if err != nil {
+			p.k.close()
 			return err
 		}
-	}
-	for _, ch := range fixedChains() {
-		c.AddChain(ch)
-	}
-	// Rules that jump to a chain come after the chain exists (all are added above).
-	rules := fixedRules(p.cidr)
-	for _, name := range []string{chainMarkMasq, chainMasq, chainChecks, chainServices,
-		"filter-prerouting", "filter-output", "nat-prerouting", "nat-output", "nat-postrouting"} {
-		for _, r := range rules[name] {
-			c.AddRule(&nftables.Rule{Table: table, Chain: chain(name), Exprs: r})
-			p.k.ops++
+		table := tableOf(v6)
+		if exists {
+			c.DelTable(table)
+		}
+		c.AddTable(table)
+		for _, n := range fixedSets() {
+			if err := c.AddSet(mapSet(n, v6), nil); err != nil {
+				return err
+			}
+		}
+		for _, ch := range fixedChains(v6) {
+			c.AddChain(ch)
+		}
+		// Rules that jump to a chain come after the chain exists (all are added above).
+		rules := fixedRules(p.cidr[i], v6)
+		for _, name := range []string{chainMarkMasq, chainMasq, chainChecks, chainServices,
+			"filter-prerouting", "filter-output", "nat-prerouting", "nat-output", "nat-postrouting"} {
+			for _, r := range rules[name] {
+				c.AddRule(&nftables.Rule{Table: table, Chain: chain(name, v6), Exprs: r})
+				p.k.ops++
+			}
 		}
 	}
 	p.k.atomic = true
@@ -286,7 +298,7 @@ func (p *Proxier) fullSync() error {
 	for _, n := range names {
 		pl := p.planOf(n)
 		if len(pl.chains) > 0 || len(pl.sets) > 0 {
-			if err := p.diff(nil, &svcPlan{chains: pl.chains, sets: pl.sets}, true); err != nil {
+			if err := p.diff(nil, &svcPlan{v6: pl.v6, chains: pl.chains, sets: pl.sets}, true); err != nil {
 				p.k.close()
 				return err
 			}
@@ -326,7 +338,14 @@ func (p *Proxier) diff(old, next *svcPlan, split bool) error {
 		old = &svcPlan{}
 	}
 	if next == nil {
-		next = &svcPlan{}
+		next = &svcPlan{v6: old.v6}
+	}
+	if old.v6 != next.v6 && (len(old.elems) > 0 || len(old.chains) > 0 || len(old.sets) > 0) {
+		// A service recreated with a cluster IP of the other family: out of one table, into the other.
+		if err := p.diff(old, nil, split); err != nil {
+			return err
+		}
+		return p.diff(nil, next, split)
 	}
 	c := p.k.conn
 	// 1. Elements that go or change.
@@ -366,7 +385,7 @@ func (p *Proxier) diff(old, next *svcPlan, split bool) error {
 	// 2. New affinity sets, new chains.
 	for name, timeout := range next.sets {
 		if _, ok := old.sets[name]; !ok {
-			if err := c.AddSet(affinitySet(name, timeout), nil); err != nil {
+			if err := c.AddSet(affinitySet(name, timeout, next.v6), nil); err != nil {
 				return err
 			}
 			p.k.ops++
@@ -380,7 +399,7 @@ func (p *Proxier) diff(old, next *svcPlan, split bool) error {
 	for _, ch := range next.chains {
 		newChains[ch.name] = true
 		if _, ok := oldChains[ch.name]; !ok {
-			c.AddChain(chain(ch.name))
+			c.AddChain(chain(ch.name, ch.v6))
 			p.k.ops++
 		}
 	}
@@ -391,7 +410,7 @@ func (p *Proxier) diff(old, next *svcPlan, split bool) error {
 			continue
 		}
 		if ok {
-			c.FlushChain(chain(ch.name))
+			c.FlushChain(chain(ch.name, ch.v6))
 			p.k.ops++
 		}
 		p.k.rules(ch)
@@ -405,17 +424,17 @@ func (p *Proxier) diff(old, next *svcPlan, split bool) error {
 	for _, ch := range old.chains {
 		if !newChains[ch.name] {
 			gone = append(gone, ch.name)
-			c.FlushChain(chain(ch.name))
+			c.FlushChain(chain(ch.name, ch.v6))
 			p.k.ops++
 		}
 	}
 	for _, name := range gone {
-		c.DelChain(chain(name))
+		c.DelChain(chain(name, old.v6))
 		p.k.ops++
 	}
 	for name := range old.sets {
 		if _, ok := next.sets[name]; !ok {
-			c.DelSet(&nftables.Set{Table: table, Name: name})
+			c.DelSet(&nftables.Set{Table: tableOf(old.v6), Name: name})
 			p.k.ops++
 		}
 	}

@@ -13,10 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TableName is the nftables table (family ip) the proxy owns.
+// TableName is the nftables table the proxy owns: one of family ip for IPv4 services and one of
+// family ip6, of the same name and layout, for IPv6 services (a service has one cluster IP, of one
+// family). Two tables rather than one inet table: every set keeps one key type, and a change
+// touches the elements of its own family's table only, so its cost stays O(1) in either.
 const TableName = "netmgr_services"
 
-// The table's fixed parts, after kube-proxy's nftables layout but with most services in maps only
+// The table's fixed parts (the ip table's; the ip6 table has the same with ipv6_addr, ip6 daddr and
+// ::1 for 127.0.0.0/8), after kube-proxy's nftables layout but with most services in maps only
 // (no chain of their own), so that a change is set elements, never rules:
 //
 //	set cluster-ips            ipv4_addr                                  allocated cluster IPs
@@ -38,6 +42,7 @@ const TableName = "netmgr_services"
 //	                fib daddr type local ... meta l4proto . th dport @np-reject reject (tcp reset first), @np-drop drop
 //	                ip daddr SERVICE_CIDR ip daddr != @cluster-ips drop
 //	chain nat-prerouting / nat-output (dstnat): jump services;  nat-postrouting (srcnat): jump masquerading
+//	                (nat-output first: ip daddr @cluster-ips jump mark-masq: the host's own connections)
 //	chain services: ip daddr != @cluster-ips fib daddr type != local return
 //	                ip daddr . meta l4proto . th dport vmap @service-ips
 //	                fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports
@@ -88,7 +93,46 @@ const (
 	reg3203 = 11
 )
 
-var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+var (
+	table4 = &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+	table6 = &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv6}
+)
+
+// tableOf is the table of one family.
+func tableOf(v6 bool) *nftables.Table {
+	if v6 {
+		return table6
+	}
+	return table4
+}
+
+// addrType and addrLen are the address type and length of a family.
+func addrType(v6 bool) nftables.SetDatatype {
+	if v6 {
+		return nftables.TypeIP6Addr
+	}
+	return nftables.TypeIPAddr
+}
+
+func addrLen(v6 bool) int {
+	if v6 {
+		return 16
+	}
+	return 4
+}
+
+// reg32 is NFT_REG32_00 + i.
+func reg32(i int) uint32 { return uint32(8 + i) }
+
+// afterAddr is the first 32-bit register after an address loaded into regA.
+func afterAddr(v6 bool) uint32 { return reg32(addrLen(v6) / 4) }
+
+func nfproto(v6 bool) uint32 {
+	if v6 {
+		return unix.NFPROTO_IPV6
+	}
+	return unix.NFPROTO_IPV4
+}
 
 func concatType(ts ...nftables.SetDatatype) nftables.SetDatatype {
 	t, err := nftables.ConcatSetType(ts...)
@@ -99,37 +143,37 @@ func concatType(ts ...nftables.SetDatatype) nftables.SetDatatype {
 }
 
 var (
-	typeAddrProtoPort = func() nftables.SetDatatype {
-		return concatType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	typeAddrProtoPort = func(v6 bool) nftables.SetDatatype {
+		return concatType(addrType(v6), nftables.TypeInetProto, nftables.TypeInetService)
 	}
 	typeProtoPort = func() nftables.SetDatatype { return concatType(nftables.TypeInetProto, nftables.TypeInetService) }
-	typeAddrPort  = func() nftables.SetDatatype { return concatType(nftables.TypeIPAddr, nftables.TypeInetService) }
+	typeAddrPort  = func(v6 bool) nftables.SetDatatype { return concatType(addrType(v6), nftables.TypeInetService) }
 )
 
-// mapSet is the fixed set or map called name.
-func mapSet(name string) *nftables.Set {
-	s := &nftables.Set{Table: table, Name: name}
+// mapSet is the fixed set or map called name of a family's table.
+func mapSet(name string, v6 bool) *nftables.Set {
+	s := &nftables.Set{Table: tableOf(v6), Name: name}
 	switch {
 	case name == mapServiceIPs:
-		s.IsMap, s.Concatenation, s.KeyType, s.DataType = true, true, typeAddrProtoPort(), nftables.TypeVerdict
+		s.IsMap, s.Concatenation, s.KeyType, s.DataType = true, true, typeAddrProtoPort(v6), nftables.TypeVerdict
 	case name == mapNodePorts:
 		s.IsMap, s.Concatenation, s.KeyType, s.DataType = true, true, typeProtoPort(), nftables.TypeVerdict
 	case name == setNoEndpoints, strings.HasPrefix(name, setSizePrefix):
-		s.Concatenation, s.KeyType = true, typeAddrProtoPort()
+		s.Concatenation, s.KeyType = true, typeAddrProtoPort(v6)
 	case name == setNPReject, name == setNPDrop, name == setNPMasq, strings.HasPrefix(name, setNPSizePrefix):
 		s.Concatenation, s.KeyType = true, typeProtoPort()
 	case name == setClusterIPs:
-		s.KeyType = nftables.TypeIPAddr
+		s.KeyType = addrType(v6)
 	case name == setHairpin:
-		s.Concatenation, s.KeyType = true, concatType(nftables.TypeIPAddr, nftables.TypeIPAddr)
+		s.Concatenation, s.KeyType = true, concatType(addrType(v6), addrType(v6))
 	case name == mapBackends:
 		s.IsMap, s.Concatenation = true, true
-		s.KeyType = concatType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
-		s.DataType = typeAddrPort()
+		s.KeyType = concatType(addrType(v6), nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
+		s.DataType = typeAddrPort(v6)
 	case name == mapNPBackends:
 		s.IsMap, s.Concatenation = true, true
 		s.KeyType = concatType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
-		s.DataType = typeAddrPort()
+		s.DataType = typeAddrPort(v6)
 	default:
 		panic("proxy: unknown set " + name)
 	}
@@ -149,11 +193,13 @@ func fixedSets() []string {
 func isVerdictMap(name string) bool { return name == mapServiceIPs || name == mapNodePorts }
 func isDataMap(name string) bool    { return name == mapBackends || name == mapNPBackends }
 
-func affinitySet(name string, timeout time.Duration) *nftables.Set {
-	return &nftables.Set{Table: table, Name: name, KeyType: nftables.TypeIPAddr, HasTimeout: true, Dynamic: true, Timeout: timeout}
+func affinitySet(name string, timeout time.Duration, v6 bool) *nftables.Set {
+	return &nftables.Set{Table: tableOf(v6), Name: name, KeyType: addrType(v6), HasTimeout: true, Dynamic: true, Timeout: timeout}
 }
 
-func chain(name string) *nftables.Chain { return &nftables.Chain{Name: name, Table: table} }
+func chain(name string, v6 bool) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: tableOf(v6)}
+}
 
 func protoNum(p string) byte {
 	if p == "udp" {
@@ -164,10 +210,11 @@ func protoNum(p string) byte {
 
 // keyAddrProtoPort is the key of service-ips: each field of a concatenation takes whole 4-byte registers.
 func keyAddrProtoPort(a netip.Addr, proto string, port uint16) []byte {
-	b := make([]byte, 12)
+	n := len(a.AsSlice())
+	b := make([]byte, n+8)
 	copy(b, a.AsSlice())
-	b[4] = protoNum(proto)
-	binary.BigEndian.PutUint16(b[8:], port)
+	b[n] = protoNum(proto)
+	binary.BigEndian.PutUint16(b[n+4:], port)
 	return b
 }
 
@@ -183,9 +230,10 @@ func slotKey(slot int) []byte { return binaryutil.NativeEndian.PutUint32(uint32(
 // addrPortData is the data of a backends element: the endpoint's address and port, each field of a
 // concatenation in whole 4-byte registers.
 func addrPortData(a netip.Addr, port uint16) []byte {
-	b := make([]byte, 8)
+	n := len(a.AsSlice())
+	b := make([]byte, n+4)
 	copy(b, a.AsSlice())
-	binary.BigEndian.PutUint16(b[4:], port)
+	binary.BigEndian.PutUint16(b[n:], port)
 	return b
 }
 
@@ -209,39 +257,46 @@ func verdict(kind expr.VerdictKind, chain string) *expr.Verdict {
 	return &expr.Verdict{Kind: kind, Chain: chain}
 }
 
-func saddr(reg uint32) *expr.Payload {
+func saddr(reg uint32, v6 bool) *expr.Payload {
+	if v6 {
+		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16}
+	}
 	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}
 }
 
-func daddr(reg uint32) *expr.Payload {
+func daddr(reg uint32, v6 bool) *expr.Payload {
+	if v6 {
+		return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}
+	}
 	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}
 }
 
-// render turns r into expressions; lb also needs its anonymous map added first (returned).
-func (r rule) render() ([]expr.Any, *nftables.Set, []nftables.SetElement) {
+// render turns r into expressions for the table of a family; lb also needs its anonymous map added
+// first (returned).
+func (r rule) render(v6 bool) ([]expr.Any, *nftables.Set, []nftables.SetElement) {
 	switch r.kind {
 	case "hairpin": // ip saddr IP jump mark-masq
-		return []expr.Any{saddr(regA), &expr.Cmp{Op: expr.CmpOpEq, Register: regA, Data: r.ip.AsSlice()},
+		return []expr.Any{saddr(regA, v6), &expr.Cmp{Op: expr.CmpOpEq, Register: regA, Data: r.ip.AsSlice()},
 			verdict(expr.VerdictJump, chainMarkMasq)}, nil, nil
 	case "dnat": // meta l4proto P dnat to IP:PORT
 		return []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regA},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: regA, Data: []byte{protoNum(r.proto)}},
 			&expr.Immediate{Register: regA, Data: r.ip.AsSlice()},
-			&expr.Immediate{Register: reg3201, Data: binaryutil.BigEndian.PutUint16(r.port)},
-			&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: regA, RegProtoMin: reg3201, Specified: true},
+			&expr.Immediate{Register: afterAddr(v6), Data: binaryutil.BigEndian.PutUint16(r.port)},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto(v6), RegAddrMin: regA, RegProtoMin: afterAddr(v6), Specified: true},
 		}, nil, nil
 	case "markmasq":
 		return []expr.Any{verdict(expr.VerdictJump, chainMarkMasq)}, nil, nil
 	case "goto":
 		return []expr.Any{verdict(expr.VerdictGoto, r.chain)}, nil, nil
 	case "affcheck": // ip saddr @SET goto CHAIN
-		return []expr.Any{saddr(regA), &expr.Lookup{SourceRegister: regA, SetName: r.set},
+		return []expr.Any{saddr(regA, v6), &expr.Lookup{SourceRegister: regA, SetName: r.set},
 			verdict(expr.VerdictGoto, r.chain)}, nil, nil
 	case "affupdate": // update @SET { ip saddr }
-		return []expr.Any{saddr(regA), &expr.Dynset{SrcRegKey: regA, SetName: r.set, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: r.timeout}}, nil, nil
+		return []expr.Any{saddr(regA, v6), &expr.Dynset{SrcRegKey: regA, SetName: r.set, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: r.timeout}}, nil, nil
 	case "lb": // numgen random mod N vmap { 0 : goto C0, ... }
-		m := &nftables.Set{Table: table, Anonymous: true, Constant: true, IsMap: true, KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict}
+		m := &nftables.Set{Table: tableOf(v6), Anonymous: true, Constant: true, IsMap: true, KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict}
 		elems := make([]nftables.SetElement, len(r.chains))
 		for i, c := range r.chains {
 			elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), VerdictData: verdict(expr.VerdictGoto, c)}
@@ -255,7 +310,8 @@ func (r rule) render() ([]expr.Any, *nftables.Set, []nftables.SetElement) {
 }
 
 // fixed returns the table's fixed sets, chains and rules for the service CIDR cidr (invalid: none).
-func fixedChains() []*nftables.Chain {
+func fixedChains(v6 bool) []*nftables.Chain {
+	table := tableOf(v6)
 	pri := func(p int32) *nftables.ChainPriority { return nftables.ChainPriorityRef(nftables.ChainPriority(p)) }
 	accept := nftables.ChainPolicyAccept
 	return []*nftables.Chain{
@@ -280,27 +336,33 @@ func ctNew() []expr.Any {
 	}
 }
 
-// addrProtoPort loads ip daddr . meta l4proto . th dport into regA (12 bytes).
-func addrProtoPort() []expr.Any {
+// addrProtoPort loads ip daddr . meta l4proto . th dport into regA (12 bytes; IPv6: 24).
+func addrProtoPort(v6 bool) []expr.Any {
 	return []expr.Any{
-		daddr(regA),
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg3201},
-		&expr.Payload{DestRegister: reg3202, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		daddr(regA, v6),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: afterAddr(v6)},
+		&expr.Payload{DestRegister: afterAddr(v6) + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 	}
 }
 
-// localProtoPort matches fib daddr type local ip daddr != 127.0.0.0/8 and loads meta l4proto . th
-// dport into regA (8 bytes).
-func localProtoPort() []expr.Any {
-	return []expr.Any{
-		&expr.Fib{Register: regA, FlagDADDR: true, ResultADDRTYPE: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: regA, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
-		daddr(regA),
+// localProtoPort matches fib daddr type local ip daddr != 127.0.0.0/8 (IPv6: != ::1) and loads meta
+// l4proto . th dport into regA (8 bytes).
+func localProtoPort(v6 bool) []expr.Any {
+	notLoopback := []expr.Any{
+		daddr(regA, false),
 		&expr.Bitwise{SourceRegister: regA, DestRegister: regA, Len: 4, Mask: []byte{255, 0, 0, 0}, Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: regA, Data: []byte{127, 0, 0, 0}},
+	}
+	if v6 {
+		notLoopback = []expr.Any{daddr(regA, true), &expr.Cmp{Op: expr.CmpOpNeq, Register: regA, Data: netip.IPv6Loopback().AsSlice()}}
+	}
+	return cat([]expr.Any{
+		&expr.Fib{Register: regA, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: regA, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}, notLoopback, []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: regA},
 		&expr.Payload{DestRegister: reg3201, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
+	})
 }
 
 func lookup(set string) *expr.Lookup { return &expr.Lookup{SourceRegister: regA, SetName: set} }
@@ -324,8 +386,9 @@ func cat(parts ...[]expr.Any) []expr.Any {
 	return out
 }
 
-// fixedRules are the fixed chains' rules for the service CIDR cidr (invalid: no drop rule).
-func fixedRules(cidr netip.Prefix) map[string][][]expr.Any {
+// fixedRules are the fixed chains' rules of a family's table for its service CIDR cidr (invalid: no
+// drop rule).
+func fixedRules(cidr netip.Prefix, v6 bool) map[string][][]expr.Any {
 	mark := func(mask, xor uint32) []expr.Any {
 		return []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: regA},
@@ -336,46 +399,50 @@ func fixedRules(cidr netip.Prefix) map[string][][]expr.Any {
 	}
 	rst := []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}}
 	unreach := []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 3}} // port unreachable
-	checks := [][]expr.Any{
-		cat(isTCP(), addrProtoPort(), []expr.Any{lookup(setNoEndpoints)}, rst),
-		cat(addrProtoPort(), []expr.Any{lookup(setNoEndpoints)}, unreach),
-		cat(isTCP(), localProtoPort(), []expr.Any{lookup(setNPReject)}, rst),
-		cat(localProtoPort(), []expr.Any{lookup(setNPReject)}, unreach),
-		cat(localProtoPort(), []expr.Any{lookup(setNPDrop), verdict(expr.VerdictDrop, "")}),
+	if v6 {
+		unreach = []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMP_UNREACH, Code: 4}} // ICMPv6 port unreachable
 	}
-	if cidr.IsValid() && cidr.Addr().Is4() {
+	checks := [][]expr.Any{
+		cat(isTCP(), addrProtoPort(v6), []expr.Any{lookup(setNoEndpoints)}, rst),
+		cat(addrProtoPort(v6), []expr.Any{lookup(setNoEndpoints)}, unreach),
+		cat(isTCP(), localProtoPort(v6), []expr.Any{lookup(setNPReject)}, rst),
+		cat(localProtoPort(v6), []expr.Any{lookup(setNPReject)}, unreach),
+		cat(localProtoPort(v6), []expr.Any{lookup(setNPDrop), verdict(expr.VerdictDrop, "")}),
+	}
+	if cidr.IsValid() && cidr.Addr().Is6() == v6 {
+		n := uint32(addrLen(v6))
 		checks = append(checks, []expr.Any{
-			daddr(regA),
-			&expr.Bitwise{SourceRegister: regA, DestRegister: regA, Len: 4,
-				Mask: net4Mask(cidr.Bits()), Xor: make([]byte, 4)},
+			daddr(regA, v6),
+			&expr.Bitwise{SourceRegister: regA, DestRegister: regA, Len: n,
+				Mask: netMask(cidr.Bits(), int(n)), Xor: make([]byte, n)},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: regA, Data: cidr.Masked().Addr().AsSlice()},
-			daddr(regA),
+			daddr(regA, v6),
 			&expr.Lookup{SourceRegister: regA, SetName: setClusterIPs, Invert: true},
 			verdict(expr.VerdictDrop, ""),
 		})
 	}
-	dnat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: regA, RegProtoMin: reg3201, Specified: true}
+	dnat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: nfproto(v6), RegAddrMin: regA, RegProtoMin: afterAddr(v6), Specified: true}
 	services := [][]expr.Any{
 		{ // ip daddr != @cluster-ips fib daddr type != local return: most traffic is for no service
-			daddr(regA), &expr.Lookup{SourceRegister: regA, SetName: setClusterIPs, Invert: true},
+			daddr(regA, v6), &expr.Lookup{SourceRegister: regA, SetName: setClusterIPs, Invert: true},
 			&expr.Fib{Register: regA, FlagDADDR: true, ResultADDRTYPE: true},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: regA, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
 			verdict(expr.VerdictReturn, ""),
 		},
-		cat(addrProtoPort(), []expr.Any{vmap(mapServiceIPs)}),
-		cat(localProtoPort(), []expr.Any{vmap(mapNodePorts)}),
-		cat(localProtoPort(), []expr.Any{lookup(setNPMasq), verdict(expr.VerdictJump, chainMarkMasq)}),
+		cat(addrProtoPort(v6), []expr.Any{vmap(mapServiceIPs)}),
+		cat(localProtoPort(v6), []expr.Any{vmap(mapNodePorts)}),
+		cat(localProtoPort(v6), []expr.Any{lookup(setNPMasq), verdict(expr.VerdictJump, chainMarkMasq)}),
 	}
 	for m := 1; m <= maxMapped; m++ {
-		services = append(services, cat(addrProtoPort(), []expr.Any{
+		services = append(services, cat(addrProtoPort(v6), []expr.Any{
 			lookup(fmt.Sprintf("%s%d", setSizePrefix, m)),
-			&expr.Numgen{Register: reg3203, Modulus: uint32(m), Type: unix.NFT_NG_RANDOM},
+			&expr.Numgen{Register: afterAddr(v6) + 2, Modulus: uint32(m), Type: unix.NFT_NG_RANDOM},
 			&expr.Lookup{SourceRegister: regA, DestRegister: regA, IsDestRegSet: true, SetName: mapBackends},
 			dnat,
 		}))
 	}
 	for m := 1; m <= maxMapped; m++ {
-		services = append(services, cat(localProtoPort(), []expr.Any{
+		services = append(services, cat(localProtoPort(v6), []expr.Any{
 			lookup(fmt.Sprintf("%s%d", setNPSizePrefix, m)),
 			&expr.Numgen{Register: reg3202, Modulus: uint32(m), Type: unix.NFT_NG_RANDOM},
 			&expr.Lookup{SourceRegister: regA, DestRegister: regA, IsDestRegSet: true, SetName: mapNPBackends},
@@ -387,7 +454,7 @@ func fixedRules(cidr netip.Prefix) map[string][][]expr.Any {
 		chainServices: services,
 		chainMarkMasq: {mark(^uint32(masqMark), masqMark)},
 		chainMasq: {
-			cat(ctStatusDNAT(), []expr.Any{saddr(regA), daddr(reg3201), lookup(setHairpin), &expr.Masq{}}),
+			cat(ctStatusDNAT(), []expr.Any{saddr(regA, v6), daddr(afterAddr(v6), v6), lookup(setHairpin), &expr.Masq{}}),
 			{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: regA},
 				&expr.Bitwise{SourceRegister: regA, DestRegister: regA, Len: 4,
@@ -400,8 +467,15 @@ func fixedRules(cidr netip.Prefix) map[string][][]expr.Any {
 		"filter-prerouting": {append(ctNew(), verdict(expr.VerdictJump, chainChecks))},
 		"filter-output":     {append(ctNew(), verdict(expr.VerdictJump, chainChecks))},
 		"nat-prerouting":    {{verdict(expr.VerdictJump, chainServices)}},
-		"nat-output":        {{verdict(expr.VerdictJump, chainServices)}},
-		"nat-postrouting":   {{verdict(expr.VerdictJump, chainMasq)}},
+		"nat-output": {
+			// A process of the host reaching a cluster IP: its source is the address the routing
+			// chose for the cluster IP (the default route's), which a backend on another host may
+			// not answer directly (or answers through an egress masquerade of its own host): it is
+			// masqueraded to the address of the interface towards the backend, as kube-proxy does.
+			{daddr(regA, v6), lookup(setClusterIPs), verdict(expr.VerdictJump, chainMarkMasq)},
+			{verdict(expr.VerdictJump, chainServices)},
+		},
+		"nat-postrouting": {{verdict(expr.VerdictJump, chainMasq)}},
 	}
 }
 
@@ -415,8 +489,16 @@ func ctStatusDNAT() []expr.Any {
 	}
 }
 
-func net4Mask(bits int) []byte {
-	m := make([]byte, 4)
-	binary.BigEndian.PutUint32(m, ^uint32(0)<<(32-bits))
+// netMask is the mask of a prefix of bits bits in n bytes.
+func netMask(bits, n int) []byte {
+	m := make([]byte, n)
+	for i := range m {
+		switch {
+		case bits >= 8:
+			m[i], bits = 0xff, bits-8
+		case bits > 0:
+			m[i], bits = byte(0xff<<(8-bits)), 0
+		}
+	}
 	return m
 }
