@@ -136,35 +136,11 @@ func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network)
 	if p, err := strconv.Atoi(n.Options[OptPort]); err != nil || p < 1 || p > 65535 {
 		return fmt.Errorf("%w: option port=%q is not a UDP port (1..65535)", drivers.ErrInvalid, n.Options[OptPort])
 	}
-	for _, f := range []struct {
-		opt  string
-		v4   bool
-		def  int
-		most int // leaves a node subnet room for its network address, gateway, a pod (and broadcast)
-	}{{OptNodePrefix, true, DefaultNodePrefix, 30}, {OptNodePrefix6, false, DefaultNodePrefix6, 126}} {
-		i := slices.IndexFunc(n.Subnets, func(p netip.Prefix) bool { return p.Addr().Is4() == f.v4 })
-		v, given := n.Options[f.opt]
-		if i < 0 {
-			if given {
-				return fmt.Errorf("%w: option %s is for the %s cluster CIDR, and the network has none", drivers.ErrInvalid, f.opt, family(f.v4))
-			}
-			continue
-		}
-		cidr := n.Subnets[i]
-		if !given {
-			v = strconv.Itoa(f.def)
-			n.Options[f.opt] = v
-		}
-		bits, err := strconv.Atoi(v)
-		if err != nil || bits < 1 || bits > f.most {
-			return fmt.Errorf("%w: option %s=%q is not a prefix length (1..%d)", drivers.ErrInvalid, f.opt, v, f.most)
-		}
-		switch {
-		case bits < cidr.Bits():
-			return fmt.Errorf("%w: %s=%d is shorter than the cluster CIDR %s: a node's subnet must fit inside it", drivers.ErrInvalid, f.opt, bits, cidr)
-		case bits == cidr.Bits():
-			return fmt.Errorf("%w: %s=%d leaves only one node subnet in the cluster CIDR %s; a cluster needs at least 2 (give at least /%d)", drivers.ErrInvalid, f.opt, bits, cidr, cidr.Bits()+1)
-		}
+	// A node subnet leaves room for its network address, gateway, a pod (and broadcast).
+	if err := drivers.CheckNodePrefixes(n,
+		drivers.NodePrefix{Opt: OptNodePrefix, V4: true, Default: DefaultNodePrefix, Most: 30},
+		drivers.NodePrefix{Opt: OptNodePrefix6, Default: DefaultNodePrefix6, Most: 126}); err != nil {
+		return err
 	}
 	if n.MTU < 0 || n.MTU > 65535 || (n.MTU > 0 && n.MTU < 68) {
 		return fmt.Errorf("%w: mtu %d is outside 68..65535", drivers.ErrInvalid, n.MTU)

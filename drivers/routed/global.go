@@ -27,34 +27,9 @@ const (
 const AttrSegment = "segment"
 
 func checkNodePrefixes(n *drivers.Network) error {
-	for _, f := range []struct {
-		opt  string
-		v4   bool
-		def  int
-		most int
-	}{{OptNodePrefix, true, DefaultNodePrefix, 31}, {OptNodePrefix6, false, DefaultNodePrefix6, 127}} {
-		i := slices.IndexFunc(n.Subnets, func(p netip.Prefix) bool { return p.Addr().Is4() == f.v4 })
-		v, given := n.Options[f.opt]
-		if i < 0 {
-			if given {
-				return fmt.Errorf("%w: option %s is for the %s cluster CIDR, and the network has none", drivers.ErrInvalid, f.opt, family(f.v4))
-			}
-			continue
-		}
-		cidr := n.Subnets[i]
-		if !given {
-			v = strconv.Itoa(f.def)
-			n.Options[f.opt] = v
-		}
-		bits, err := strconv.Atoi(v)
-		if err != nil || bits < 1 || bits > f.most {
-			return fmt.Errorf("%w: option %s=%q is not a prefix length (1..%d)", drivers.ErrInvalid, f.opt, v, f.most)
-		}
-		if bits <= cidr.Bits() {
-			return fmt.Errorf("%w: %s=%d leaves fewer than 2 node subnets in the cluster CIDR %s (give at least /%d)", drivers.ErrInvalid, f.opt, bits, cidr, cidr.Bits()+1)
-		}
-	}
-	return nil
+	return drivers.CheckNodePrefixes(n,
+		drivers.NodePrefix{Opt: OptNodePrefix, V4: true, Default: DefaultNodePrefix, Most: 31},
+		drivers.NodePrefix{Opt: OptNodePrefix6, Default: DefaultNodePrefix6, Most: 127})
 }
 
 func nodePrefixOf(n *drivers.Network, v4 bool) int {
