@@ -395,6 +395,13 @@ func (l *listener) close() {
 // serveUDP answers the queries on one UDP socket: a local answer in this goroutine (no goroutine
 // per query: that and the library's per-packet work were most of the cost), a forward in a
 // goroutine of its own so that a slow upstream holds up nothing else.
+// writeUDP sends one answer and gives up on it after a moment: a client that does not read (a flood
+// of garbage from one socket whose answers fill its buffer) must not stall the listener for everyone.
+func writeUDP(pc *net.UDPConn, b []byte, to netip.AddrPort) {
+	_ = pc.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	_, _ = pc.WriteToUDPAddrPort(b, to)
+}
+
 func (l *listener) serveUDP(pc *net.UDPConn) {
 	defer l.wg.Done()
 	buf := make([]byte, mdns.MaxMsgSize)
@@ -416,7 +423,7 @@ func (l *listener) serveUDP(pc *net.UDPConn) {
 				m := reply(&h, mdns.RcodeFormatError)
 				m.Question = nil
 				if b, err := m.PackBuffer(out); err == nil {
-					_, _ = pc.WriteToUDPAddrPort(b, from)
+					writeUDP(pc, b, from)
 				}
 			}
 			continue
@@ -429,7 +436,7 @@ func (l *listener) serveUDP(pc *net.UDPConn) {
 				// Too many forwards waiting on the upstreams: fail this one now rather than pile
 				// up goroutines behind a dead resolver.
 				if b, err := reply(r, mdns.RcodeServerFailure).PackBuffer(out); err == nil {
-					_, _ = pc.WriteToUDPAddrPort(b, from)
+					writeUDP(pc, b, from)
 				}
 				continue
 			}
@@ -438,13 +445,13 @@ func (l *listener) serveUDP(pc *net.UDPConn) {
 				resp := l.s.fwd.forward(context.Background(), r, false)
 				resp.Truncate(udpSize(r))
 				if b, err := resp.Pack(); err == nil {
-					_, _ = pc.WriteToUDPAddrPort(b, from)
+					writeUDP(pc, b, from)
 				}
 			}()
 			continue
 		}
 		if b, err := resp.PackBuffer(out); err == nil {
-			_, _ = pc.WriteToUDPAddrPort(b, from)
+			writeUDP(pc, b, from)
 		}
 	}
 }
