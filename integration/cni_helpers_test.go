@@ -60,7 +60,9 @@ type cniHost struct {
 
 func newCNIHost(t *testing.T, binDir string) *cniHost {
 	t.Helper()
-	h := &cniHost{t: t, ns: testutil.NewNS(t, "cnihost"), binDir: binDir, confDir: t.TempDir(), state: t.TempDir(), run: t.TempDir()}
+	h := &cniHost{t: t, ns: testutil.NewNS(t, "cnihost"), confDir: t.TempDir(), state: t.TempDir(), run: t.TempDir()}
+	// Every plugin runs inside the test host namespace, whichever thread forks it (nsPluginDir).
+	h.binDir = nsPluginDir(t, h.ns, binDir, debianCNI)
 	// libcni keeps each attachment's result in its cache dir; go-cni has no option for it, so point
 	// the package default at the test's own directory rather than the machine's /var/lib/cni.
 	old := libcni.CacheDir
@@ -108,7 +110,7 @@ func (h *cniHost) writeConf(file, body string) {
 // configuration in the directory as eth0.
 func (h *cniHost) goCNI() gocni.CNI {
 	h.t.Helper()
-	c, err := gocni.New(gocni.WithPluginDir([]string{h.binDir, debianCNI}), gocni.WithPluginConfDir(h.confDir), gocni.WithMinNetworkCount(2))
+	c, err := gocni.New(gocni.WithPluginDir([]string{h.binDir}), gocni.WithPluginConfDir(h.confDir), gocni.WithMinNetworkCount(2))
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -144,7 +146,7 @@ func (h *cniHost) remove(c gocni.CNI, id, path string) error {
 // check runs CHECK through go-cni. The loopback network containerd adds is CNI 0.3.1, which has no
 // CHECK, so this client loads the configuration directory alone.
 func (h *cniHost) check(id string, pod *sandbox.NetNS) error {
-	c, err := gocni.New(gocni.WithPluginDir([]string{h.binDir, debianCNI}), gocni.WithPluginConfDir(h.confDir))
+	c, err := gocni.New(gocni.WithPluginDir([]string{h.binDir}), gocni.WithPluginConfDir(h.confDir))
 	if err == nil {
 		err = c.Load(gocni.WithDefaultConf)
 	}
@@ -156,7 +158,7 @@ func (h *cniHost) check(id string, pod *sandbox.NetNS) error {
 
 // libCNI returns a libcni client for the plugin dirs, with cache dir cache.
 func (h *cniHost) libCNI(cache string) *libcni.CNIConfig {
-	return libcni.NewCNIConfigWithCacheDir([]string{h.binDir, debianCNI}, cache, nil)
+	return libcni.NewCNIConfigWithCacheDir([]string{h.binDir}, cache, nil)
 }
 
 func (h *cniHost) add(c *libcni.CNIConfig, list *libcni.NetworkConfigList, id string, pod *sandbox.NetNS) (types.Result, error) {

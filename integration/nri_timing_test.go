@@ -42,7 +42,7 @@ func TestNRIHookTiming(t *testing.T) {
 	old := libcni.CacheDir
 	libcni.CacheDir = t.TempDir()
 	t.Cleanup(func() { libcni.CacheDir = old })
-	cni, err := gocni.New(gocni.WithPluginDir([]string{buildCNIPlugin(t), debianCNI}), gocni.WithMinNetworkCount(1), gocni.WithInterfacePrefix("cni"))
+	cni, err := gocni.New(gocni.WithPluginDir([]string{nsPluginDir(t, c.ns, buildCNIPlugin(t), debianCNI)}), gocni.WithMinNetworkCount(1), gocni.WithInterfacePrefix("cni"))
 	if err != nil {
 		t.Fatal(err)
 	}
