@@ -20,9 +20,8 @@ import (
 const keyJoined = "joined/" // joined/NAME -> joinedRecord (runtime store)
 
 type joinedRecord struct {
-	Network networkRecord     `json:"network"` // as recorded in the cluster store: subnets = cluster CIDR
-	View    drivers.NodeView  `json:"view"`
-	Attrs   map[string]string `json:"attrs,omitempty"`
+	Network networkRecord    `json:"network"` // as recorded in the cluster store: subnets = cluster CIDR
+	View    drivers.NodeView `json:"view"`    // with the attributes the driver's Join published
 }
 
 // spansNodes reports whether drv's networks are cluster-wide.

@@ -89,18 +89,15 @@ type Driver struct {
 type GlobalDriver struct{ *Driver }
 
 func newDriver(env drivers.Env, global bool) (*Driver, error) {
-	if env.Host == nil || env.HostHandle == nil {
-		return nil, fmt.Errorf("routed driver: %w: no host namespace", drivers.ErrInvalid)
-	}
-	log := env.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	name := Name
 	if global {
 		name = GlobalName
 	}
-	return &Driver{env: env, log: log.With("driver", name), global: global}, nil
+	log, err := env.DriverLogger(name)
+	if err != nil {
+		return nil, err
+	}
+	return &Driver{env: env, log: log, global: global}, nil
 }
 
 // New returns the local-scope driver.

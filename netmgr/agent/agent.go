@@ -64,6 +64,9 @@ type Agent struct {
 
 	member *cluster.Member
 	local  bool // one host, no cluster store: controllers only
+	// joinedHere holds the networks (by ID) this agent process joined and published; only the Run
+	// loop touches it.
+	joinedHere map[string]bool
 
 	// peerErrs is each joined network's last SyncPeers error (published as AttrPeerError); only
 	// the Run loop touches it.
@@ -100,7 +103,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, m: cfg.Manager, log: cfg.Logger, node: cfg.Manager.Node(), local: local, ready: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, m: cfg.Manager, log: cfg.Logger, node: cfg.Manager.Node(), local: local, ready: make(chan struct{}), joinedHere: map[string]bool{}}, nil
 }
 
 // Node is this agent's node name.
@@ -181,10 +184,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			haveNodes = true
 			a.syncPeers(ctx)
 		case <-nets:
-			a.syncNetworks(ctx)
+			a.syncNetworks(ctx, false)
 			a.syncPeers(ctx)
 		case <-tick.C:
-			a.syncNetworks(ctx)
+			a.syncNetworks(ctx, true)
 			a.syncPeers(ctx)
 		}
 		if haveNodes && !a.readyF && a.converged(ctx) {
@@ -253,7 +256,9 @@ func (a *Agent) converged(ctx context.Context) bool {
 }
 
 // syncNetworks joins every network that spans nodes and leaves every joined one that is gone.
-func (a *Agent) syncNetworks(ctx context.Context) {
+// A change of the networks joins only what this agent has not joined (and published) yet; the periodic
+// resync (repair) joins every network again, which repairs plumbing that vanished.
+func (a *Agent) syncNetworks(ctx context.Context, repair bool) {
 	nets, err := a.m.Networks(ctx)
 	if err != nil {
 		a.log.Warn("list networks (retrying)", "error", err)
@@ -279,6 +284,7 @@ func (a *Agent) syncNetworks(ctx context.Context) {
 			a.log.Warn("leave network", "network", j.Network, "error", err)
 			continue
 		}
+		delete(a.joinedHere, j.ID)
 		if _, ok := want[j.Network]; !ok {
 			if err := a.member.ReleaseSubnets(ctx, j.Network); err != nil {
 				a.log.Warn("release subnets", "network", j.Network, "error", err)
@@ -287,9 +293,14 @@ func (a *Agent) syncNetworks(ctx context.Context) {
 		a.log.Info("network left", "network", j.Network)
 	}
 	for _, n := range want {
+		if !repair && a.joinedHere[n.ID] {
+			continue
+		}
 		if err := a.join(ctx, n, js); err != nil {
 			a.log.Warn("join network (retrying)", "network", n.Name, "error", err)
+			continue
 		}
+		a.joinedHere[n.ID] = true
 	}
 }
 

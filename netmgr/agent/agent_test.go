@@ -3,7 +3,6 @@ package agent_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -339,4 +338,3 @@ func hasNode(nodes []cluster.Node, name string) bool {
 	return false
 }
 
-var _ = fmt.Sprint
