@@ -141,7 +141,9 @@ func waitName(t *testing.T, ns *sandbox.NetNS, server netip.Addr, name string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		m, err := query(ns, server, name, mdns.TypeA, "udp")
+		// A UDP query can be lost (a flooded socket's full queue drops it, as the kernel may): try
+		// again after a second, as a resolver does, instead of waiting out the whole deadline on one.
+		m, err := queryWithin(ns, server, name, mdns.TypeA, "udp", time.Second)
 		if err == nil && len(m.Answer) > 0 {
 			return
 		}
@@ -152,8 +154,13 @@ func waitName(t *testing.T, ns *sandbox.NetNS, server netip.Addr, name string) {
 	}
 }
 
-// query asks server (port 53) from inside ns over proto.
+// query asks server (port 53) from inside ns over proto, waiting up to 5 s for the answer.
 func query(ns *sandbox.NetNS, server netip.Addr, name string, qtype uint16, proto string) (*mdns.Msg, error) {
+	return queryWithin(ns, server, name, qtype, proto, 5*time.Second)
+}
+
+// queryWithin is query with its own wait for the answer.
+func queryWithin(ns *sandbox.NetNS, server netip.Addr, name string, qtype uint16, proto string, wait time.Duration) (*mdns.Msg, error) {
 	var c net.Conn
 	if err := ns.Do(func() error {
 		var err error
@@ -164,7 +171,7 @@ func query(ns *sandbox.NetNS, server netip.Addr, name string, qtype uint16, prot
 	}
 	co := &mdns.Conn{Conn: c, UDPSize: mdns.MaxMsgSize}
 	defer co.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(wait))
 	m := new(mdns.Msg)
 	m.SetQuestion(mdns.Fqdn(name), qtype)
 	if err := co.WriteMsg(m); err != nil {

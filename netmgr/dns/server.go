@@ -395,11 +395,24 @@ func (l *listener) close() {
 // serveUDP answers the queries on one UDP socket: a local answer in this goroutine (no goroutine
 // per query: that and the library's per-packet work were most of the cost), a forward in a
 // goroutine of its own so that a slow upstream holds up nothing else.
-// writeUDP sends one answer and gives up on it after a moment: a client that does not read (a flood
-// of garbage from one socket whose answers fill its buffer) must not stall the listener for everyone.
+// writeUDP sends one answer, or drops it when the socket cannot take it now (MSG_DONTWAIT): a client
+// that does not read (a flood of garbage from one socket whose answers fill its buffer) must never
+// make the listener wait, or it stalls for every client.
 func writeUDP(pc *net.UDPConn, b []byte, to netip.AddrPort) {
-	_ = pc.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
-	_, _ = pc.WriteToUDPAddrPort(b, to)
+	rc, err := pc.SyscallConn()
+	if err != nil {
+		return
+	}
+	var sa unix.Sockaddr
+	if a := to.Addr(); a.Is4() {
+		sa = &unix.SockaddrInet4{Port: int(to.Port()), Addr: a.As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Port: int(to.Port()), Addr: a.As16()}
+	}
+	_ = rc.Write(func(fd uintptr) bool {
+		_ = unix.Sendto(int(fd), b, unix.MSG_DONTWAIT, sa)
+		return true // sent or dropped: never wait for the socket
+	})
 }
 
 func (l *listener) serveUDP(pc *net.UDPConn) {
