@@ -140,7 +140,8 @@ func (g *GlobalDriver) Leave(ctx context.Context, n *drivers.Network, node drive
 // that no peer explains are removed (also those from before a restart). Bad views fail with
 // ErrInvalid before anything changes. A peer whose underlay address this node reaches only through
 // a router, or not at all, gets no route (its old one is removed): SyncPeers programs the others and
-// then fails with ErrOffSegment naming it.
+// then fails with ErrOffSegment naming it, unless the network routes by BGP (OptRouting), where
+// such a peer is the routers' to reach.
 func (g *GlobalDriver) SyncPeers(ctx context.Context, n *drivers.Network, self drivers.NodeView, peers []drivers.NodeView) error {
 	if _, err := g.ifPrefix(n); err != nil {
 		return err
@@ -190,6 +191,11 @@ func (g *GlobalDriver) SyncPeers(ctx context.Context, n *drivers.Network, self d
 			return fmt.Errorf("sync peers of %s: %w", n.Name, err)
 		}
 		if !direct {
+			if n.Options[OptRouting] == RoutingBGP {
+				// The routers carry it (they learn the peer's subnet by BGP); the host's normal route
+				// (or the route the speaker learned) reaches it.
+				continue
+			}
 			if !offSeen[e.node] {
 				offSeen[e.node] = true
 				off = append(off, fmt.Sprintf("%s (underlay %s: %s)", e.node, e.via, why))

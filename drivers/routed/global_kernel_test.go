@@ -105,6 +105,31 @@ func TestSyncPeers(t *testing.T) {
 	if route("10.250.2.0/24") == nil {
 		t.Error("a refused SyncPeers changed the routes")
 	}
+	// routing=bgp: the peer behind the router is the routers' to reach (BGP), no error; the
+	// on-segment peer keeps its host-gw route; a route another protocol made (the BGP speaker's)
+	// inside the cluster CIDR is left alone.
+	n.Options[OptRouting] = RoutingBGP
+	_, learned, _ := net.ParseCIDR("10.250.7.0/24")
+	if err := hh.RouteAdd(&netlink.Route{Dst: learned, Gw: net.ParseIP("198.18.0.254"), LinkIndex: eth.Attrs().Index, Protocol: 186}); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SyncPeers(t.Context(), n, self, []drivers.NodeView{on, off}); err != nil {
+		t.Errorf("SyncPeers with routing=bgp and a peer behind a router: %v, want nil", err)
+	}
+	if r := route("10.250.2.0/24"); r == nil || !r.Gw.Equal(net.ParseIP("198.18.0.2")) {
+		t.Errorf("routing=bgp: route to on-segment n2 %+v, want via 198.18.0.2", r)
+	}
+	if r := route("10.250.3.0/24"); r != nil {
+		t.Errorf("routing=bgp: host-gw route to off-segment n3 %+v, want none", r)
+	}
+	if r := route("10.250.7.0/24"); r == nil {
+		t.Error("SyncPeers removed a route of another protocol (the BGP speaker's)")
+	}
+	delete(n.Options, OptRouting)
+	bogus := &drivers.Network{ID: "id-x", Name: "x", Driver: GlobalName, Subnets: []netip.Prefix{netip.MustParsePrefix("10.251.0.0/16")}, Options: map[string]string{OptRouting: "ospf"}}
+	if err := g.PrepareNetwork(bogus, nil); !errors.Is(err, drivers.ErrInvalid) || !strings.Contains(err.Error(), "host-gw or bgp") {
+		t.Errorf("option routing=ospf: %v, want ErrInvalid naming host-gw and bgp", err)
+	}
 	if err := g.SyncPeers(t.Context(), n, self, nil); err != nil {
 		t.Fatal(err)
 	}

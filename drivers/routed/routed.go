@@ -36,6 +36,18 @@ const (
 	// and 64, as the agent's).
 	OptNodePrefix  = "node-prefix"
 	OptNodePrefix6 = "node-prefix6"
+	// OptRouting is how a global network reaches peers' pods: "host-gw" (the default: a route per
+	// peer via its underlay address, which must be on this node's segment) or "bgp" (host-gw routes
+	// for the peers on this node's segment; the others are reached by the host's normal routes, its
+	// routers, which learn every node's subnets from the agents' BGP speakers: a peer off the segment
+	// is no error then).
+	OptRouting = "routing"
+)
+
+// Routing modes (OptRouting).
+const (
+	RoutingHostGW = "host-gw"
+	RoutingBGP    = "bgp"
 )
 
 // Interface name prefixes: every network's ifprefix is one of these and four hex digits; Collect
@@ -121,7 +133,7 @@ func (d *Driver) basePrefix() string {
 
 func (d *Driver) knownOpts() []string {
 	if d.global {
-		return []string{OptIfPrefix, OptMasquerade, OptNodePrefix, OptNodePrefix6}
+		return []string{OptIfPrefix, OptMasquerade, OptNodePrefix, OptNodePrefix6, OptRouting}
 	}
 	return []string{OptIfPrefix, OptMasquerade}
 }
@@ -144,6 +156,9 @@ func (d *Driver) PrepareNetwork(n *drivers.Network, existing []*drivers.Network)
 	for k, v := range n.Options {
 		if !slices.Contains(known, k) {
 			return fmt.Errorf("%w: unknown %s option %q (known: %s)", drivers.ErrInvalid, d.name(), k, strings.Join(known, ", "))
+		}
+		if k == OptRouting && v != RoutingHostGW && v != RoutingBGP {
+			return fmt.Errorf("%w: option %s=%q: want %s or %s", drivers.ErrInvalid, k, v, RoutingHostGW, RoutingBGP)
 		}
 		if k == OptMasquerade {
 			on, err := strconv.ParseBool(v)

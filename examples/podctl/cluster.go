@@ -17,6 +17,7 @@ import (
 
 	"github.com/netmgr/netmgr/netmgr"
 	"github.com/netmgr/netmgr/netmgr/agent"
+	"github.com/netmgr/netmgr/netmgr/bgp"
 	"github.com/netmgr/netmgr/netmgr/cluster"
 	"github.com/netmgr/netmgr/netmgr/dns"
 	"github.com/netmgr/netmgr/netmgr/service/proxy"
@@ -72,6 +73,10 @@ func newAgentCmd(g *globals) *cobra.Command {
 	var noDNS bool
 	var ups []netip.AddrPort
 	var podControllers func(context.Context, *globals) ([]agent.Controller, func(), error)
+	var bgpASN, bgpRouterID string
+	var bgpPeers, bgpAdvertise []string
+	var bgpCfg bgp.Config
+	var speaker *bgp.Controller
 	c := &cobra.Command{
 		Use:   "agent",
 		Short: "Run this node's agent until stopped: on a cluster store (--store etcd://...) join the cluster and program its peers; on any store run the controllers",
@@ -91,7 +96,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if _, err := dns.New(dns.Config{Hosts: noHosts{}, HostNetNS: "-", Domain: dnsDomain}); err != nil {
 				return fmt.Errorf("agent: --dns-domain: %w", err)
 			}
-			return nil
+			return parseBGPFlags(&bgpCfg, &speaker, bgpASN, bgpRouterID, bgpPeers, bgpAdvertise)
 		},
 		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
 			if g.offlineErr != nil {
@@ -117,6 +122,9 @@ func newAgentCmd(g *globals) *cobra.Command {
 			}
 			defer closeCtrls()
 			controllers = append(controllers, pcs...)
+			if speaker != nil {
+				controllers = append(controllers, speaker)
+			}
 			a, err := agent.New(agent.Config{Manager: m, Cluster: cs, Underlay: addr, TTL: ttl, Grace: grace, Logger: g.agentLogger(), Controllers: controllers})
 			if err != nil {
 				return err
@@ -137,8 +145,53 @@ func newAgentCmd(g *globals) *cobra.Command {
 	c.Flags().StringArrayVar(&dnsUpstreams, "dns-upstream", nil, "resolver IP[:PORT] the DNS server forwards other names to (repeatable; default the host's /etc/resolv.conf)")
 	c.Flags().StringVar(&dnsDomain, "dns-domain", dns.DefaultDomain, "cluster domain of service names (NAME.svc.DOMAIN)")
 	c.Flags().BoolVar(&noDNS, "no-dns", false, "do not run the DNS server on the networks' gateways")
+	c.Flags().StringVar(&bgpASN, "bgp-as", "", "run a BGP speaker with this AS number: advertise this node's subnets of every routed-global network to the --bgp-peer routers")
+	c.Flags().StringArrayVar(&bgpPeers, "bgp-peer", nil, "BGP router to peer with, IP[:ASN] or [IPv6]:ASN (repeatable; without ASN: iBGP, the node's own)")
+	c.Flags().StringVar(&bgpRouterID, "bgp-router-id", "", "BGP identifier (default the IPv4 underlay address)")
+	c.Flags().StringArrayVar(&bgpAdvertise, "bgp-advertise", nil, "also advertise: cluster-ips (every service's cluster IP, so that clients beyond the routers reach services)")
+	c.Flags().DurationVar(&bgpCfg.HoldTime, "bgp-hold-time", bgp.DefaultHoldTime, "BGP hold time (at least 3s)")
+	c.Flags().DurationVar(&bgpCfg.RestartTime, "bgp-restart-time", bgp.DefaultRestartTime, "graceful-restart time announced to the routers: how long they keep this node's routes while the agent restarts")
+	c.Flags().DurationVar(&bgpCfg.ConnectRetry, "bgp-connect-retry", bgp.DefaultConnectRetry, "how often an unanswered BGP peer is tried again")
+	c.Flags().IntVar(&bgpCfg.ListenPort, "bgp-listen-port", bgp.DefaultPort, "TCP port the routers may connect to (-1: connect out only)")
+	c.Flags().BoolVar(&bgpCfg.WithdrawOnStop, "bgp-withdraw-on-stop", false, "withdraw this node's routes when the agent stops (default: the routers keep them for --bgp-restart-time, graceful restart)")
 	podControllers = addKeeperFlags(c)
 	return c
+}
+
+// parseBGPFlags checks the BGP flags before anything opens: a bad AS number or peer is one line at
+// start and changes nothing.
+func parseBGPFlags(cfg *bgp.Config, out **bgp.Controller, asn, routerID string, peers, advertise []string) error {
+	if asn == "" {
+		if len(peers) > 0 || len(advertise) > 0 || routerID != "" {
+			return fmt.Errorf("agent: --bgp-peer, --bgp-advertise and --bgp-router-id need --bgp-as")
+		}
+		return nil
+	}
+	var err error
+	if cfg.ASN, err = bgp.ParseASN(asn); err != nil {
+		return fmt.Errorf("agent: --bgp-as: %w", err)
+	}
+	for _, p := range peers {
+		pp, err := bgp.ParsePeer(p)
+		if err != nil {
+			return fmt.Errorf("agent: --bgp-peer: %w", err)
+		}
+		cfg.Peers = append(cfg.Peers, pp)
+	}
+	if routerID != "" {
+		if cfg.RouterID, err = netip.ParseAddr(routerID); err != nil {
+			return fmt.Errorf("agent: --bgp-router-id %q is not an IPv4 address", routerID)
+		}
+	}
+	if err := bgp.ParseAdvertise(cfg, advertise); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	c, err := bgp.New(*cfg)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	*out = c
+	return nil
 }
 
 // noHosts lets the agent's flags be checked by dns.New before any Manager exists.
@@ -161,7 +214,11 @@ func newNodeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printNodes(g, nodes)
+			speakers, err := bgp.ListStatus(ctx, cs)
+			if err != nil {
+				return err
+			}
+			return printNodes(g, nodes, speakers)
 		}),
 	}, &cobra.Command{
 		Use: "inspect NAME", Short: "Show one node", Args: nameArgs("NAME"),
@@ -206,12 +263,28 @@ func (g *globals) withCluster(fn func(ctx context.Context, cs store.Store, args 
 	}
 }
 
-func printNodes(g *globals, nodes []cluster.Node) error {
+func printNodes(g *globals, nodes []cluster.Node, speakers []bgp.Status) error {
 	if g.output == "json" {
 		if nodes == nil {
 			nodes = []cluster.Node{}
 		}
-		return writeJSON(g.stdout, nodes)
+		if len(speakers) == 0 {
+			return writeJSON(g.stdout, nodes)
+		}
+		type withBGP struct {
+			cluster.Node
+			BGP *bgp.Status `json:"bgp,omitempty"`
+		}
+		out := make([]withBGP, len(nodes))
+		for i, n := range nodes {
+			out[i].Node = n
+			for _, s := range speakers {
+				if s.Node == n.Name {
+					out[i].BGP = &s
+				}
+			}
+		}
+		return writeJSON(g.stdout, out)
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Name < nodes[j].Name })
 	tw := newTable(g.stdout)
@@ -229,6 +302,13 @@ func printNodes(g *globals, nodes []cluster.Node) error {
 			if msg := n.Networks[name].Attrs[agent.AttrPeerError]; msg != "" {
 				fmt.Fprintf(g.stdout, "%s, network %s: %s\n", n.Name, name, msg)
 			}
+		}
+	}
+	// Each node's BGP sessions (peer, state, routes advertised), as its speaker published them.
+	sort.Slice(speakers, func(i, j int) bool { return speakers[i].Node < speakers[j].Node })
+	for _, s := range speakers {
+		for _, l := range s.Lines() {
+			fmt.Fprintln(g.stdout, l)
 		}
 	}
 	return nil

@@ -24,7 +24,7 @@ func TestPrintNodesPeerError(t *testing.T) {
 		{Name: "host1", Address: netip.MustParseAddr("198.18.0.1"), Networks: map[string]cluster.NodeNetwork{
 			"rg": {Subnets: []netip.Prefix{netip.MustParsePrefix("10.247.1.0/24")}, Attrs: map[string]string{"segment": "198.18.0.0/24"}}}},
 	}
-	if err := printNodes(g, nodes); err != nil {
+	if err := printNodes(g, nodes, nil); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")

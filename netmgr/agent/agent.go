@@ -74,6 +74,7 @@ type Agent struct {
 
 	mu     sync.Mutex
 	nodes  []cluster.Node // the live nodes, as last seen
+	subs   map[chan struct{}]bool
 	ready  chan struct{}
 	readyF bool
 }
@@ -124,6 +125,39 @@ func (a *Agent) Lease() store.LeaseID {
 		return store.NoLease
 	}
 	return a.member.Lease()
+}
+
+// Underlay is the node's underlay address (Config.Underlay; invalid on one host without one).
+func (a *Agent) Underlay() netip.Addr { return a.cfg.Underlay }
+
+// Subscribe returns a channel that gets a signal (coalesced) after each round of the agent's loop
+// that may have joined, left or re-plumbed networks or changed peers, so that a controller that
+// follows the node's joined networks (the BGP speaker) acts at once rather than polling; the
+// function ends the subscription.
+func (a *Agent) Subscribe() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	a.mu.Lock()
+	if a.subs == nil {
+		a.subs = map[chan struct{}]bool{}
+	}
+	a.subs[ch] = true
+	a.mu.Unlock()
+	return ch, func() {
+		a.mu.Lock()
+		delete(a.subs, ch)
+		a.mu.Unlock()
+	}
+}
+
+func (a *Agent) notify() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for ch := range a.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Logger is the agent's logger.
@@ -190,6 +224,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.syncNetworks(ctx, true)
 			a.syncPeers(ctx)
 		}
+		a.notify()
 		if haveNodes && !a.readyF && a.converged(ctx) {
 			a.readyF = true
 			if err := a.member.SetReady(ctx, true); err != nil {
