@@ -337,4 +337,3 @@ func hasNode(nodes []cluster.Node, name string) bool {
 	}
 	return false
 }
-

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	_ "github.com/netmgr/netmgr/drivers/bridge"
 	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr"
@@ -581,6 +583,37 @@ func TestServicesCluster(t *testing.T) {
 		_, _, err := hit(tb.outside, netip.AddrPortFrom(tb.hosts[2].addr, loc.Ports[0].NodePort).String(), time.Second)
 		if err == nil {
 			t.Errorf("policy Local on host3, which has no endpoint: answered")
+		}
+	})
+
+	// A client beyond the cluster that routes the cluster IP via host1 (as a router that learned it
+	// from host1's BGP speaker does): every backend answers, also those on other hosts, whose replies
+	// come back through host1 because host1 masquerades a connection to a cluster IP from outside the
+	// pod networks (kube-proxy's --cluster-cidr). Before, web2 and web3 answered the client directly
+	// from their own hosts and the connections never opened.
+	t.Run("cluster IP from outside", func(t *testing.T) {
+		oh, err := tb.outside.NewHandle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer oh.Close()
+		r := &netlink.Route{Dst: &net.IPNet{IP: web.ClusterIP.AsSlice(), Mask: net.CIDRMask(32, 32)}, Gw: tb.hosts[0].addr.AsSlice()}
+		if err := oh.RouteAdd(r); err != nil {
+			t.Fatal(err)
+		}
+		defer oh.RouteDel(r)
+		got := map[string]int{}
+		failed := 0
+		for range 60 {
+			id, _, err := hit(tb.outside, addr(web, 80), 2*time.Second)
+			if err != nil {
+				failed++
+				continue
+			}
+			got[id]++
+		}
+		if failed > 0 || len(got) != 3 {
+			t.Errorf("60 connections from outside to the cluster IP via host1: %d failed, answered by %v; want all, by web1, web2 and web3", failed, got)
 		}
 	})
 

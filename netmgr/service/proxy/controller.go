@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -146,6 +147,13 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 			return
 		}
 		p.SetCIDR(cfg.CIDRs...)
+		if nets, err := m.Networks(ctx); err == nil {
+			var pods []netip.Prefix
+			for _, n := range nets {
+				pods = append(pods, n.Subnets...)
+			}
+			p.SetPodCIDRs(pods...)
+		}
 	}
 	readCIDR()
 	tick := time.NewTicker(c.opts.Resync)

@@ -21,6 +21,7 @@ type Proxier struct {
 	node string
 	log  *slog.Logger
 	cidr [2]netip.Prefix // IPv4, IPv6
+	pods [2][]netip.Prefix
 
 	services  map[string]*service.Service
 	endpoints map[string]*service.Endpoint
@@ -47,6 +48,29 @@ func NewProxier(nsFd int, node string, log *slog.Logger) *Proxier {
 
 // Close releases the proxier's netlink sockets; the table stays.
 func (p *Proxier) Close() { p.k.close() }
+
+// SetPodCIDRs sets the pod networks' subnets (every network's, the cluster CIDRs of those that span
+// nodes): a connection to a cluster IP from any other source (a client beyond the routers) is
+// masqueraded, as kube-proxy does with --cluster-cidr. A change is a full sync.
+func (p *Proxier) SetPodCIDRs(cs ...netip.Prefix) {
+	var next [2][]netip.Prefix
+	for _, c := range cs {
+		i := 0
+		if c.Addr().Is6() {
+			i = 1
+		}
+		if c.IsValid() && !slices.Contains(next[i], c.Masked()) {
+			next[i] = append(next[i], c.Masked())
+		}
+	}
+	for i := range next {
+		slices.SortFunc(next[i], func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	}
+	if !slices.Equal(next[0], p.pods[0]) || !slices.Equal(next[1], p.pods[1]) {
+		p.pods = next
+		p.full = true
+	}
+}
 
 // SetCIDR sets the service CIDRs (at most one per family; a family not given has none) whose
 // unallocated addresses are dropped (a change: a full sync).
@@ -273,8 +297,8 @@ func (p *Proxier) fullSync() error {
 			c.AddChain(ch)
 		}
 		// Rules that jump to a chain come after the chain exists (all are added above).
-		rules := fixedRules(p.cidr[i], v6)
-		for _, name := range []string{chainMarkMasq, chainMasq, chainChecks, chainServices,
+		rules := fixedRules(p.cidr[i], p.pods[i], v6)
+		for _, name := range []string{chainMarkMasq, chainMasq, chainFromOutside, chainChecks, chainServices,
 			"filter-prerouting", "filter-output", "nat-prerouting", "nat-output", "nat-postrouting"} {
 			for _, r := range rules[name] {
 				c.AddRule(&nftables.Rule{Table: table, Chain: chain(name, v6), Exprs: r})

@@ -81,6 +81,10 @@ const (
 	chainServices = "services"
 	chainMarkMasq = "mark-masq"
 	chainMasq     = "masquerading"
+	// chainFromOutside marks for masquerade a connection to a cluster IP from outside every pod
+	// network (a client beyond the routers, which reach cluster IPs advertised by BGP): the
+	// backend may be on another node, whose answer must come back through this one.
+	chainFromOutside = "from-outside"
 
 	masqMark = 0x4000
 
@@ -319,6 +323,7 @@ func fixedChains(v6 bool) []*nftables.Chain {
 		{Name: chainServices, Table: table},
 		{Name: chainMarkMasq, Table: table},
 		{Name: chainMasq, Table: table},
+		{Name: chainFromOutside, Table: table},
 		{Name: "filter-prerouting", Table: table, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: pri(-110), Policy: &accept},
 		{Name: "filter-output", Table: table, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookOutput, Priority: pri(-110), Policy: &accept},
 		{Name: "nat-prerouting", Table: table, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting, Priority: pri(-100), Policy: &accept},
@@ -388,7 +393,7 @@ func cat(parts ...[]expr.Any) []expr.Any {
 
 // fixedRules are the fixed chains' rules of a family's table for its service CIDR cidr (invalid: no
 // drop rule).
-func fixedRules(cidr netip.Prefix, v6 bool) map[string][][]expr.Any {
+func fixedRules(cidr netip.Prefix, pods []netip.Prefix, v6 bool) map[string][][]expr.Any {
 	mark := func(mask, xor uint32) []expr.Any {
 		return []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: regA},
@@ -429,10 +434,29 @@ func fixedRules(cidr netip.Prefix, v6 bool) map[string][][]expr.Any {
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: regA, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
 			verdict(expr.VerdictReturn, ""),
 		},
+	}
+	// ip daddr @cluster-ips jump from-outside (kube-proxy's masquerade of off-cluster traffic to
+	// cluster IPs, its --cluster-cidr): only with the pod networks known, or every pod would be
+	// masqueraded too.
+	var fromOutside [][]expr.Any
+	if len(pods) > 0 {
+		services = append(services, []expr.Any{daddr(regA, v6), lookup(setClusterIPs), verdict(expr.VerdictJump, chainFromOutside)})
+		n := uint32(addrLen(v6))
+		for _, c := range pods {
+			fromOutside = append(fromOutside, []expr.Any{ // ip saddr POD-CIDR return
+				saddr(regA, v6),
+				&expr.Bitwise{SourceRegister: regA, DestRegister: regA, Len: n, Mask: netMask(c.Bits(), int(n)), Xor: make([]byte, n)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: regA, Data: c.Masked().Addr().AsSlice()},
+				verdict(expr.VerdictReturn, ""),
+			})
+		}
+		fromOutside = append(fromOutside, []expr.Any{verdict(expr.VerdictJump, chainMarkMasq)})
+	}
+	services = append(services,
 		cat(addrProtoPort(v6), []expr.Any{vmap(mapServiceIPs)}),
 		cat(localProtoPort(v6), []expr.Any{vmap(mapNodePorts)}),
 		cat(localProtoPort(v6), []expr.Any{lookup(setNPMasq), verdict(expr.VerdictJump, chainMarkMasq)}),
-	}
+	)
 	for m := 1; m <= maxMapped; m++ {
 		services = append(services, cat(addrProtoPort(v6), []expr.Any{
 			lookup(fmt.Sprintf("%s%d", setSizePrefix, m)),
@@ -450,9 +474,10 @@ func fixedRules(cidr netip.Prefix, v6 bool) map[string][][]expr.Any {
 		}))
 	}
 	return map[string][][]expr.Any{
-		chainChecks:   checks,
-		chainServices: services,
-		chainMarkMasq: {mark(^uint32(masqMark), masqMark)},
+		chainChecks:      checks,
+		chainServices:    services,
+		chainMarkMasq:    {mark(^uint32(masqMark), masqMark)},
+		chainFromOutside: fromOutside,
 		chainMasq: {
 			cat(ctStatusDNAT(), []expr.Any{saddr(regA, v6), daddr(afterAddr(v6), v6), lookup(setHairpin), &expr.Masq{}}),
 			{
