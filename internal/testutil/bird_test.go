@@ -403,8 +403,8 @@ func TestBirdBadConfig(t *testing.T) {
 	}
 }
 
-// Output of BIRD 2.0.12's birdc, captured from the daemons of TestBirdPeering (while b was restarting,
-// for the protocols), so that the parsers are checked without a daemon too.
+// Output of BIRD 2.0.12's birdc, captured from the daemons of TestBirdPeering and TestBirdTwoPeers
+// (the protocols while b was restarting), so that the parsers are checked without a daemon too.
 const (
 	realRoutes = `Table master4:
 10.99.0.0/24         unicast [n1 2026-12-01 20:25:05] * (100) [AS65001i]
@@ -432,6 +432,22 @@ Table master6:
 fd99::/64            unreachable [s6 2026-12-01 20:25:00] * (200)
 	Type: static univ
 `
+	realTwoRoutes = `Table master4:
+10.99.0.0/24         unicast [n1 2026-12-01 20:31:30] * (100) [AS65001i]
+	via 172.31.1.2 on rack1
+	Type: BGP univ
+	BGP.origin: IGP
+	BGP.as_path: 65001
+	BGP.next_hop: 172.31.1.2
+	BGP.local_pref: 100
+                     unicast [n2 2026-12-01 20:31:31] (100) [AS65002i]
+	via 172.31.2.2 on rack2
+	Type: BGP univ
+	BGP.origin: IGP
+	BGP.as_path: 65002
+	BGP.next_hop: 172.31.2.2
+	BGP.local_pref: 100
+`
 	realProtocols = `Name       Proto      Table      State  Since         Info
 device1    Device     ---        up     20:25:00.243  
 k4         Kernel     master4    up     20:25:00.243  
@@ -458,11 +474,85 @@ func TestParseBirdOutput(t *testing.T) {
 		len(routes[0].NextHops) != 0 || routes[1].Prefix != pfx6 || routes[1].ASPath != "" {
 		t.Errorf("static routes: %+v %v", routes, err)
 	}
+	routes, err = parseBirdRoutes(realTwoRoutes)
+	if err != nil || len(routes) != 2 || routes[1].Prefix != pfx4 || routes[1].Protocol != "n2" || routes[1].Primary ||
+		!routes[0].Primary || routes[1].NextHops[0] != netip.MustParseAddr("172.31.2.2") || routes[1].ASPath != "65002" || routes[1].Dev != "rack2" {
+		t.Errorf("two routes of a prefix: %+v %v", routes, err)
+	}
 	ps, err := parseBirdProtocols(realProtocols)
 	if err != nil || fmt.Sprint(ps) != "map[device1:up k4:up k6:up n1:Active]" {
 		t.Errorf("protocols: %v %v", ps, err)
 	}
 	if _, err := parseBirdProtocols("syntax error, unexpected STALE\n"); err == nil {
 		t.Error("an error reply parsed as protocols")
+	}
+}
+
+// TestBirdTwoPeers: c on rack2 announces b's prefix too, through a session Configure adds to the
+// running A; A then lists two routes for it, one of them the best, and keeps both families apart.
+func TestBirdTwoPeers(t *testing.T) {
+	r, c, a, _ := peered(t, 3)
+	if err := a.Configure(birdA + `
+protocol bgp n2 {
+	local 172.31.2.1 as 65000;
+	neighbor 172.31.2.2 as 65002;
+	hold time 3;
+	ipv4 { import all; export all; };
+}
+`); err != nil {
+		t.Fatal(err)
+	}
+	StartBird(t, c, `
+router id 172.31.2.2;
+protocol device {}
+protocol static s4 { ipv4; route 10.99.0.0/24 unreachable; route 10.98.0.0/24 unreachable; }
+protocol bgp up {
+	local 172.31.2.2 as 65002;
+	neighbor 172.31.2.1 as 65000;
+	hold time 3;
+	connect delay time 1;
+	ipv4 { import all; export all; };
+}
+`)
+	var out string
+	waitFor(t, 20*time.Second, "routes from both peers", func() (bool, string) {
+		var err error
+		out, err = a.Cmd("show", "route", "all")
+		if err != nil {
+			return false, err.Error()
+		}
+		routes, err := parseBirdRoutes(out)
+		if err != nil {
+			t.Fatalf("%v in\n%s", err, out)
+		}
+		_, ok1 := findRoute(routes, pfx4, "n1")
+		_, ok2 := findRoute(routes, pfx4, "n2")
+		_, ok3 := findRoute(routes, netip.MustParsePrefix("10.98.0.0/24"), "n2")
+		return ok1 && ok2 && ok3, out
+	})
+	t.Logf("A's show route all:\n%s", out)
+	routes, _ := parseBirdRoutes(out)
+	primaries := 0
+	for _, rt := range routes {
+		if rt.Prefix != pfx4 {
+			continue
+		}
+		if rt.Primary {
+			primaries++
+		}
+		want := map[string]string{"n1": "172.31.1.2 65001", "n2": "172.31.2.2 65002"}[rt.Protocol]
+		if got := fmt.Sprintf("%v %s", rt.NextHops, rt.ASPath); got != "["+strings.Replace(want, " ", "] ", 1) {
+			t.Errorf("route %+v: want next hop and AS path %s", rt, want)
+		}
+	}
+	if primaries != 1 {
+		t.Errorf("%d best routes for %v: %+v", primaries, pfx4, routes)
+	}
+	ps, err := a.Protocols()
+	if err != nil || ps["n1"] != "Established" || ps["n2"] != "Established" {
+		t.Errorf("A's protocols: %v %v", ps, err)
+	}
+	if k := kernelRoute(t, r.NS, netip.MustParsePrefix("10.98.0.0/24")); k == nil || !k.Gw.Equal(net.ParseIP("172.31.2.2")) {
+		t.Errorf("router's kernel route to c's own prefix: %+v", k)
 	}
 }
