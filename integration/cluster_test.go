@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,7 +23,7 @@ type clusterHost struct {
 	addr  netip.Addr
 	store string
 	agent *exec.Cmd
-	log   *bytes.Buffer
+	log   *testutil.SyncBuffer
 }
 
 func (h *clusterHost) run(args ...string) (string, error) {
@@ -40,11 +39,11 @@ func (h *clusterHost) mustRun(t *testing.T, args ...string) string {
 	return out
 }
 
-// startAgent runs `podctl agent` on the host, as a process of its own.
-func (h *clusterHost) startAgent(t *testing.T) {
+// startAgent runs `podctl agent` on the host, as a process of its own, with extra flags.
+func (h *clusterHost) startAgent(t *testing.T, extra ...string) {
 	t.Helper()
-	h.log = &bytes.Buffer{}
-	h.agent = h.cmd(context.Background(), "--store", h.store, "--node", h.name, "agent", "--underlay", h.addr.String(), "--ttl", "3s")
+	h.log = &testutil.SyncBuffer{}
+	h.agent = h.cmd(context.Background(), append([]string{"--store", h.store, "--node", h.name, "agent", "--underlay", h.addr.String(), "--ttl", "3s"}, extra...)...)
 	h.agent.Stderr = h.log
 	if err := h.agent.Start(); err != nil {
 		t.Fatal(err)

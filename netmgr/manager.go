@@ -246,6 +246,9 @@ func (m *Manager) NetworkStore() store.Store { return m.st }
 // RunDir returns the run directory.
 func (m *Manager) RunDir() string { return m.runDir }
 
+// StateDir is the directory of the Manager's persistent state.
+func (m *Manager) StateDir() string { return m.stateDir }
+
 // driver returns the Manager's instance of the named driver, building it on first use.
 func (m *Manager) driver(name string) (drivers.Driver, error) {
 	m.drvMu.Lock()

@@ -12,15 +12,23 @@ package agent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
 	"github.com/netmgr/netmgr/netmgr"
@@ -49,6 +57,11 @@ type Config struct {
 	// TTL of the node's record (default cluster.DefaultTTL); Grace before a dead node's subnets may be
 	// taken over (default cluster.DefaultGrace).
 	TTL, Grace time.Duration
+	// Identity is the token that lets a restarted agent of this host take over its node record while
+	// the old one still lives (cluster.WithIdentity). Default: a random token kept in the Manager's
+	// state directory (agent-identity), made on the first start, so that a restart (SIGTERM, or a
+	// crash) is back at once, and another host that takes the name is refused.
+	Identity string
 	// Resync re-reads everything this often even when no change was seen (default 30 s).
 	Resync      time.Duration
 	Logger      *slog.Logger
@@ -181,9 +194,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.local {
 		return a.runLocal(ctx)
 	}
-	var err error
+	// One agent per host (state and run directory): a second would take over the first one's
+	// record (same identity) while it still runs.
+	lock, err := lockRunDir(a.m.RunDir())
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	id := a.cfg.Identity
+	if id == "" {
+		var err error
+		if id, err = hostIdentity(a.m.StateDir()); err != nil {
+			return err
+		}
+	}
 	a.member, err = cluster.Register(ctx, a.cfg.Cluster, cluster.Node{Name: a.node, Address: a.cfg.Underlay},
-		cluster.WithTTL(a.cfg.TTL), cluster.WithGrace(a.cfg.Grace), cluster.WithLogger(a.log))
+		cluster.WithTTL(a.cfg.TTL), cluster.WithGrace(a.cfg.Grace), cluster.WithLogger(a.log), cluster.WithIdentity(id))
 	if err != nil {
 		return err
 	}
@@ -233,6 +259,55 @@ func (a *Agent) Run(ctx context.Context) error {
 			close(a.ready)
 		}
 	}
+}
+
+// lockRunDir takes the agent's lock in the run directory, or fails with cluster.ErrExists naming
+// the holder when another agent of this host runs.
+func lockRunDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "agent.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("agent lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: another agent of this host is running (pid %s, lock %s)", cluster.ErrExists, strings.TrimSpace(string(b)), path)
+		}
+		return nil, fmt.Errorf("agent lock %s: %w", path, err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return f, nil
+}
+
+// identityFile holds the agent's identity token in the Manager's state directory.
+const identityFile = "agent-identity"
+
+// hostIdentity reads the token of this state directory's agent, making it on the first call.
+func hostIdentity(dir string) (string, error) {
+	path := filepath.Join(dir, identityFile)
+	if b, err := os.ReadFile(path); err == nil {
+		if id := strings.TrimSpace(string(b)); id != "" {
+			return id, nil
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("agent identity: %w", err)
+	}
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	id := hex.EncodeToString(b[:])
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("agent identity: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("agent identity: %w", err)
+	}
+	return id, nil
 }
 
 // Local reports whether the agent runs on one host (a store without leases): no node record, no

@@ -220,13 +220,17 @@ func (c *Controller) peerConf(p Peer, restarting bool) *api.Peer {
 	}
 	hold := uint64(c.cfg.HoldTime / time.Second)
 	rt := uint32(c.cfg.RestartTime / time.Second)
-	var afs []*api.AfiSafi
-	for _, f := range []*api.Family{family(netip.MustParsePrefix("0.0.0.0/0")), family(netip.MustParsePrefix("::/0"))} {
-		afs = append(afs, &api.AfiSafi{
-			Config:            &api.AfiSafiConfig{Family: f, Enabled: true},
-			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}},
-		})
+	// One family per session, the peer address's (IPv4 routes over IPv4 sessions, IPv6 over IPv6,
+	// as Calico peers): a family the router has not configured is never sent to it (gobgp sends
+	// End-of-RIB for every configured family after a restart, and BIRD refuses an unexpected one).
+	f := family(netip.MustParsePrefix("0.0.0.0/0"))
+	if p.Addr.Is6() {
+		f = family(netip.MustParsePrefix("::/0"))
 	}
+	afs := []*api.AfiSafi{{
+		Config:            &api.AfiSafiConfig{Family: f, Enabled: true},
+		MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}},
+	}}
 	return &api.Peer{
 		Conf:      &api.PeerConf{NeighborAddress: p.Addr.String(), PeerAsn: asn},
 		Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: hold, KeepaliveInterval: max(1, hold/3), ConnectRetry: uint64(c.cfg.ConnectRetry / time.Second), IdleHoldTimeAfterReset: 1}},

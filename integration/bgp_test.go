@@ -1,0 +1,386 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/netmgr/netmgr/internal/testutil"
+	"github.com/netmgr/netmgr/sandbox"
+)
+
+// bgpNode is one node of TestBGPRacks: a clusterHost on a rack segment, peering with the router.
+type bgpNode struct {
+	*clusterHost
+	asn     int
+	gateway netip.Addr // the rack's router address, its BGP peer
+	extra   []string
+}
+
+func (n *bgpNode) agentArgs() []string {
+	return append([]string{"--bgp-as", fmt.Sprint(n.asn), "--bgp-peer", n.gateway.String() + ":65000",
+		"--bgp-hold-time", "6s", "--bgp-restart-time", "5s", "--bgp-connect-retry", "2s",
+		"--bgp-advertise", "cluster-ips"}, n.extra...)
+}
+
+// birdConfig peers the router (AS 65000) with every node; the routes it learns go into its kernel.
+func birdConfig(nodes []*bgpNode) string {
+	var b strings.Builder
+	b.WriteString("router id 172.31.1.1;\nprotocol device {}\nprotocol kernel { ipv4 { export all; }; }\n")
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "protocol bgp %s { local %s as 65000; neighbor %s as %d; hold time 6; keepalive time 2; connect retry time 2; graceful restart on; ipv4 { import all; export all; }; }\n",
+			n.name, n.gateway, n.addr, n.asn)
+	}
+	return b.String()
+}
+
+// TestBGPRacks is issue 13's test: two racks (two underlay segments) joined by a router namespace
+// running BIRD, which peers with every node's agent. The pods of a routed-global network in BGP mode
+// reach each other across the racks by pod IP with no tunnel: BIRD's table lists each node's subnet
+// with that node as next hop and puts it in the router's kernel. An agent restarted with SIGTERM
+// inside the graceful-restart time costs the router no route; a SIGKILLed one loses its subnet
+// within the hold time and gets it back when it is started again; with --bgp-advertise cluster-ips
+// a client beyond the router reaches a service; a peer that never answers leaves the agent running
+// and `node ls` says why; bad flags are one line at start.
+func TestBGPRacks(t *testing.T) {
+	testutil.RequireNetAdmin(t)
+	testutil.RequireBird(t)
+	r := testutil.NewRouter(t, "rtr")
+	rackA := r.AddSegment("rackA", netip.MustParsePrefix("172.31.1.0/24"))
+	rackB := r.AddSegment("rackB", netip.MustParsePrefix("172.31.2.0/24"))
+	ext := r.AddSegment("ext", netip.MustParsePrefix("172.31.9.0/24"))
+	client := ext.Plug("client", netip.MustParseAddr("172.31.9.10"), nil)
+
+	var nodes []*bgpNode
+	for i, spec := range []struct {
+		seg  *testutil.Segment
+		addr string
+		asn  int
+	}{{rackA, "172.31.1.11", 65001}, {rackA, "172.31.1.12", 65001}, {rackB, "172.31.2.13", 65002}} {
+		h := &clusterHost{host: *newHost(t), name: fmt.Sprintf("node%d", i+1), addr: netip.MustParseAddr(spec.addr)}
+		spec.seg.Plug(h.name, h.addr, h.ns)
+		nodes = append(nodes, &bgpNode{clusterHost: h, asn: spec.asn, gateway: spec.seg.Gateway})
+	}
+	bird := testutil.StartBird(t, r.NS, birdConfig(nodes))
+	e := testutil.StartEtcd(t, testutil.EtcdOptions{NS: nodes[0].ns, Addr: nodes[0].addr.String()})
+	for _, n := range nodes {
+		n.store = "etcd://" + e.Endpoint + "?prefix=/bgp/&dial-timeout=2s&timeout=2s"
+		n.startAgent(t, n.agentArgs()...)
+	}
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	n1.mustRun(t, "network", "create", "pods", "--driver", "routed-global", "--subnet", "10.244.0.0/16", "--opt", "routing=bgp")
+	t.Cleanup(func() {
+		for _, n := range nodes {
+			_, _ = n.run("sandbox", "rm", "web")
+		}
+	})
+
+	// Every node ready with its subnet, and every subnet on the router with its node as next hop.
+	subnets := map[string]netip.Prefix{}
+	deadline := time.Now().Add(40 * time.Second)
+	for len(subnets) < 3 {
+		var ns []nodeJSON
+		out, err := n1.run("-o", "json", "node", "ls")
+		if err == nil && json.Unmarshal([]byte(out), &ns) == nil {
+			for _, nd := range ns {
+				if s := nd.Networks["pods"].Subnets; nd.Ready && len(s) == 1 {
+					subnets[nd.Name] = s[0]
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nodes not ready with subnets: %s %v\n%s", out, err, agentLogs(nodes))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	onRouter := func(pfx netip.Prefix) (netip.Addr, bool) {
+		rs, err := bird.Routes()
+		if err != nil {
+			t.Errorf("bird routes: %v\n%s", err, bird.Log())
+			return netip.Addr{}, false
+		}
+		for _, rt := range rs {
+			if rt.Prefix == pfx && rt.Primary && len(rt.NextHops) > 0 {
+				return rt.NextHops[0], true
+			}
+		}
+		return netip.Addr{}, false
+	}
+	waitRoute := func(what string, pfx netip.Prefix, via netip.Addr, within time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for {
+			if nh, ok := onRouter(pfx); ok && (!via.IsValid() || nh == via) {
+				return time.Since(start)
+			}
+			if time.Since(start) > within {
+				out, _ := bird.Cmd("show", "route", "all")
+				t.Fatalf("%s: %s via %v not on the router after %v:\n%s\n%s", what, pfx, via, within, out, agentLogs(nodes))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for _, n := range nodes {
+		waitRoute("advertised", subnets[n.name], n.addr, 30*time.Second)
+	}
+	out, _ := bird.Cmd("show", "route")
+	t.Logf("router's table:\n%s", out)
+	if rh, err := r.NS.NewHandle(); err == nil {
+		for _, n := range nodes {
+			if !kernelRoute(t, rh, subnets[n.name], n.addr) {
+				t.Errorf("router's kernel has no route to %s's subnet %s via %s", n.name, subnets[n.name], n.addr)
+			}
+		}
+		rh.Close()
+	}
+	ls := n1.mustRun(t, "node", "ls")
+	t.Logf("node ls:\n%s", ls)
+	for _, n := range nodes {
+		want := fmt.Sprintf("%s, bgp AS%d: peer %s:65000 established, 1 routes advertised", n.name, n.asn, n.gateway)
+		if !strings.Contains(ls, want) {
+			t.Errorf("node ls does not show %q", want)
+		}
+	}
+	// node3 (rack B) learned rack A's subnets from the router and installed them, via the router.
+	if h3, err := n3.ns.NewHandle(); err == nil {
+		if !kernelRoute(t, h3, subnets["node1"], rackB.Gateway) {
+			t.Errorf("node3's kernel has no learned route to node1's subnet %s via %s", subnets["node1"], rackB.Gateway)
+		}
+		h3.Close()
+	}
+
+	// Pods in rack A and rack B, by pod IP, no NAT, no tunnel.
+	var pods []*sandbox.NetNS
+	var podIPs []string
+	for _, n := range []*bgpNode{n1, n3} {
+		var sb sandboxJSON
+		if err := json.Unmarshal([]byte(n.mustRun(t, "-o", "json", "sandbox", "create", "web", "--network", "pods", "--label", "app=web")), &sb); err != nil {
+			t.Fatal(err)
+		}
+		ns := testutil.Open(t, sb.NetNS)
+		testutil.Listen(t, ns, ":8080")
+		pods = append(pods, ns)
+		podIPs = append(podIPs, strings.Split(sb.Attachments[0].IPv4, "/")[0])
+	}
+	reach := func(what string) {
+		t.Helper()
+		for i := range pods {
+			j := 1 - i
+			seen, err := testutil.Dial(pods[i], podIPs[j]+":8080")
+			if err != nil || seen != podIPs[i] {
+				t.Fatalf("%s: pod %s -> %s across the racks: saw %q, %v", what, podIPs[i], podIPs[j], seen, err)
+			}
+		}
+	}
+	reach("agents running")
+	for _, n := range nodes {
+		if links := tunnels(t, n.ns); len(links) > 0 {
+			t.Errorf("%s has tunnel links %v: the path should have no encapsulation", n.name, links)
+		}
+	}
+
+	t.Run("SIGTERM restart within the graceful-restart time: no flap", func(t *testing.T) {
+		pfx := subnets["node3"]
+		var mu sync.Mutex
+		var missing []time.Duration
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		defer func() {
+			select {
+			case <-stop:
+			default:
+				close(stop)
+			}
+			<-done
+		}()
+		start := time.Now()
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				if _, ok := onRouter(pfx); !ok {
+					mu.Lock()
+					missing = append(missing, time.Since(start))
+					mu.Unlock()
+				}
+			}
+		}()
+		if err := n3.agent.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if err := n3.agent.Wait(); err != nil {
+			t.Errorf("agent after SIGTERM: %v\n%s", err, n3.log)
+		}
+		t.Logf("node3's agent exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+		restarting, _ := bird.NeighborRestarting("node3")
+		n3.startAgent(t, n3.agentArgs()...)
+		// Back: the session established again and the graceful restart over, then a little more.
+		for {
+			ps, _ := bird.Protocols()
+			gr, _ := bird.NeighborRestarting("node3")
+			if ps["node3"] == "Established" && !gr {
+				break
+			}
+			if time.Since(start) > 20*time.Second {
+				t.Fatalf("node3's session not back 20 s after SIGTERM: %v\n%s", ps, n3.log)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("node3's session back %v after SIGTERM (router kept its routes meanwhile: %v)", time.Since(start).Round(time.Millisecond), restarting)
+		time.Sleep(2 * time.Second)
+		close(stop)
+		<-done
+		if !restarting {
+			t.Error("the router did not keep node3's routes through a graceful restart after SIGTERM")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(missing) > 0 {
+			t.Errorf("node3's subnet %s missing on the router %d times during the restart (first at %v)", pfx, len(missing), missing[0])
+		}
+		reach("after node3's agent restarted")
+	})
+
+	t.Run("SIGKILL: the router drops the subnet within the hold time", func(t *testing.T) {
+		pfx := subnets["node2"]
+		start := time.Now()
+		if err := n2.agent.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = n2.agent.Wait()
+		for {
+			if _, ok := onRouter(pfx); !ok {
+				break
+			}
+			if time.Since(start) > 6*time.Second+time.Second {
+				t.Fatalf("node2's subnet %s still on the router %v after its agent was killed (hold time 6 s)", pfx, time.Since(start))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("node2's subnet gone from the router %v after SIGKILL (hold time 6 s, restart time 5 s)", time.Since(start).Round(time.Millisecond))
+		// Started again, with a second peer that never answers: its route comes back, and node ls
+		// says why the other session is down.
+		n2.extra = []string{"--bgp-peer", "172.31.1.250:65000"}
+		start = time.Now()
+		n2.startAgent(t, n2.agentArgs()...)
+		took := waitRoute("node2 restarted", pfx, n2.addr, 30*time.Second)
+		t.Logf("node2's subnet back on the router %v after its agent started again", took.Round(time.Millisecond))
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ls := n1.mustRun(t, "node", "ls")
+			if strings.Contains(ls, "node2, bgp AS65001: peer 172.31.1.250:65000 active") && strings.Contains(ls, "(retrying)") &&
+				strings.Contains(ls, "node2, bgp AS65001: peer 172.31.1.1:65000 established") {
+				t.Logf("node ls with a peer that never answers:\n%s", ls)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node ls does not say why node2's second peer is down:\n%s\n%s", ls, n2.log)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if n2.agent.ProcessState != nil {
+			t.Fatalf("node2's agent exited with an unanswered peer: %s", n2.log)
+		}
+	})
+
+	t.Run("cluster IP reachable from beyond the router", func(t *testing.T) {
+		var svc struct {
+			ClusterIP netip.Addr `json:"cluster_ip"`
+		}
+		if err := json.Unmarshal([]byte(n1.mustRun(t, "-o", "json", "service", "create", "web", "--selector", "app=web", "--port", "80:8080")), &svc); err != nil || !svc.ClusterIP.IsValid() {
+			t.Fatalf("service create: %v %+v", err, svc)
+		}
+		took := waitRoute("cluster IP", netip.PrefixFrom(svc.ClusterIP, 32), netip.Addr{}, 30*time.Second)
+		t.Logf("cluster IP %s on the router %v after the service was created", svc.ClusterIP, took.Round(time.Millisecond))
+		seen := map[string]int{}
+		deadline := time.Now().Add(30 * time.Second)
+		for ok := 0; ok < 20; {
+			s, err := testutil.Dial(client, svc.ClusterIP.String()+":80")
+			if err == nil {
+				ok++
+				seen[s]++
+			} else if time.Now().After(deadline) {
+				t.Fatalf("client beyond the router -> %s:80: %v (%d answered)\n%s", svc.ClusterIP, err, ok, agentLogs(nodes))
+			}
+		}
+		t.Logf("20 connections from beyond the router to the cluster IP answered; the pods saw %v", seen)
+	})
+
+	t.Run("bad flags", func(t *testing.T) {
+		for _, args := range [][]string{
+			{"--bgp-as", "0", "--bgp-peer", "172.31.1.1"},
+			{"--bgp-as", "65001", "--bgp-peer", "300.1.1.1:65000"},
+			{"--bgp-as", "65001"},
+			{"--bgp-peer", "172.31.1.1:65000"},
+		} {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			out, err := n1.podctl(ctx, append([]string{"--store", n1.store, "--node", "nodeX", "agent", "--underlay", "172.31.1.99"}, args...)...)
+			cancel()
+			if err == nil || !strings.Contains(err.Error(), "bgp") || strings.Count(strings.TrimSpace(err.Error()), "\n") > 0 {
+				t.Errorf("agent %v: %v %q, want one line about BGP", args, err, out)
+			} else {
+				t.Logf("agent %v: %v", args, err)
+			}
+		}
+		if out := n1.mustRun(t, "node", "ls"); strings.Contains(out, "nodeX") {
+			t.Errorf("a refused agent registered its node:\n%s", out)
+		}
+	})
+}
+
+func agentLogs(nodes []*bgpNode) string {
+	var b strings.Builder
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "--- %s agent:\n%s\n", n.name, n.log)
+	}
+	return b.String()
+}
+
+// kernelRoute reports whether h's main table routes pfx via gw.
+func kernelRoute(t *testing.T, h *netlink.Handle, pfx netip.Prefix, gw netip.Addr) bool {
+	t.Helper()
+	rs, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.Dst != nil && r.Dst.String() == pfx.String() && r.Gw.String() == gw.String() {
+			return true
+		}
+	}
+	return false
+}
+
+// tunnels are the encapsulating links in ns (vxlan, geneve, ipip, gre...).
+func tunnels(t *testing.T, ns *sandbox.NetNS) []string {
+	t.Helper()
+	h, err := ns.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ls, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range ls {
+		switch l.Type() {
+		case "vxlan", "geneve", "ipip", "gre", "gretap", "sit", "ip6tnl", "wireguard":
+			out = append(out, l.Attrs().Name+" ("+l.Type()+")")
+		}
+	}
+	return out
+}
