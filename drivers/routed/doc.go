@@ -16,7 +16,9 @@
 //     peer's node subnet via the peer's underlay address (host-gw, no encapsulation). A peer that is
 //     not on this node's underlay segment (no directly connected route reaches it) cannot be routed
 //     that way: SyncPeers programs every other peer and fails with ErrOffSegment naming it, which the
-//     agent logs.
+//     agent logs. With the option routing=bgp such a peer is no error: the routers between the
+//     segments learn every node's subnet from the agents' BGP speakers (netmgr/bgp) and carry the
+//     traffic; peers on the segment still get host-gw routes.
 //
 // Two names rather than one name and a scope option because the Manager decides per driver, not
 // per network, whether networks span nodes (a drivers.Joiner).
