@@ -26,7 +26,7 @@ type bgpNode struct {
 }
 
 func (n *bgpNode) agentArgs() []string {
-	return append([]string{"--bgp-as", fmt.Sprint(n.asn), "--bgp-peer", n.gateway.String() + ":65000",
+	return append([]string{"--bgp-as", fmt.Sprint(n.asn), "--bgp-peer", netip.AddrPortFrom(n.gateway, 65000).String(),
 		"--bgp-hold-time", "6s", "--bgp-restart-time", "5s", "--bgp-connect-retry", "2s",
 		"--bgp-advertise", "cluster-ips"}, n.extra...)
 }
@@ -338,6 +338,103 @@ func TestBGPRacks(t *testing.T) {
 			t.Errorf("a refused agent registered its node:\n%s", out)
 		}
 	})
+}
+
+// TestBGPIPv6: the same across racks on an IPv6 underlay (IPv6 sessions, an IPv6 cluster CIDR):
+// BIRD learns each node's /64 with the node's IPv6 address as next hop, and pods in the two racks
+// reach each other by their IPv6 addresses through the router.
+func TestBGPIPv6(t *testing.T) {
+	testutil.RequireNetAdmin(t)
+	testutil.RequireBird(t)
+	r := testutil.NewRouter(t, "rtr6")
+	rackA := r.AddSegment("rack6A", netip.MustParsePrefix("172.31.11.0/24"), netip.MustParsePrefix("fd31:11::/64"))
+	rackB := r.AddSegment("rack6B", netip.MustParsePrefix("172.31.12.0/24"), netip.MustParsePrefix("fd31:12::/64"))
+	var nodes []*bgpNode
+	for i, spec := range []struct {
+		seg    *testutil.Segment
+		v4, v6 string
+		asn    int
+	}{{rackA, "172.31.11.11", "fd31:11::11", 65001}, {rackB, "172.31.12.12", "fd31:12::12", 65002}} {
+		h := &clusterHost{host: *newHost(t), name: fmt.Sprintf("node%d", i+1), addr: netip.MustParseAddr(spec.v6)}
+		spec.seg.PlugAddrs(h.name, h.ns, netip.MustParseAddr(spec.v4), h.addr)
+		nodes = append(nodes, &bgpNode{clusterHost: h, asn: spec.asn, gateway: spec.seg.Gateways[1],
+			extra: []string{"--bgp-router-id", spec.v4}})
+	}
+	var conf strings.Builder
+	conf.WriteString("router id 172.31.11.1;\nprotocol device {}\nprotocol kernel { ipv6 { export all; }; }\n")
+	for _, n := range nodes {
+		fmt.Fprintf(&conf, "protocol bgp %s { local %s as 65000; neighbor %s as %d; hold time 6; connect retry time 2; ipv6 { import all; export all; }; }\n", n.name, n.gateway, n.addr, n.asn)
+	}
+	bird := testutil.StartBird(t, r.NS, conf.String())
+	e := testutil.StartEtcd(t, testutil.EtcdOptions{NS: nodes[0].ns, Addr: "172.31.11.11"})
+	for _, n := range nodes {
+		n.store = "etcd://" + e.Endpoint + "?prefix=/bgp6/&dial-timeout=2s&timeout=2s"
+		n.startAgent(t, n.agentArgs()...)
+	}
+	nodes[0].mustRun(t, "network", "create", "pods6", "--driver", "routed-global", "--subnet", "fd44::/48", "--opt", "routing=bgp")
+	t.Cleanup(func() {
+		for _, n := range nodes {
+			_, _ = n.run("sandbox", "rm", "web")
+		}
+	})
+	var pods []*sandbox.NetNS
+	var ips []string
+	for _, n := range nodes {
+		var sb sandboxJSON
+		deadline := time.Now().Add(40 * time.Second)
+		for {
+			out, err := n.run("-o", "json", "sandbox", "create", "web", "--network", "pods6")
+			if err == nil && json.Unmarshal([]byte(out), &sb) == nil {
+				break
+			}
+			if time.Now().After(deadline) { // the node joins the network a moment after it is made
+				t.Fatalf("sandbox on %s: %v\n%s", n.name, err, agentLogs(nodes))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		ns := testutil.Open(t, sb.NetNS)
+		testutil.Listen(t, ns, "[::]:8080")
+		pods = append(pods, ns)
+		ips = append(ips, strings.Split(sb.Attachments[0].IPv6, "/")[0])
+	}
+	// Each node's /64 on the router via the node's IPv6 address.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rs, err := bird.Routes()
+		found := 0
+		for i, n := range nodes {
+			for _, rt := range rs {
+				if rt.Primary && rt.Prefix.Bits() == 64 && rt.Prefix.Contains(netip.MustParseAddr(ips[i])) && len(rt.NextHops) > 0 && rt.NextHops[0] == n.addr {
+					found++
+				}
+			}
+		}
+		if err == nil && found == len(nodes) {
+			break
+		}
+		if time.Now().After(deadline) {
+			out, _ := bird.Cmd("show", "route", "all")
+			t.Fatalf("the nodes' IPv6 subnets not on the router via the nodes: %v\n%s\n%s", err, out, agentLogs(nodes))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, _ := bird.Cmd("show", "route")
+	t.Logf("router's IPv6 table:\n%s", out)
+	for i := range pods {
+		j := 1 - i
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			seen, err := testutil.Dial(pods[i], "["+ips[j]+"]:8080")
+			if err == nil && seen == ips[i] {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pod %s -> [%s]:8080 across the racks: saw %q, %v", ips[i], ips[j], seen, err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	t.Log(nodes[0].mustRun(t, "node", "ls"))
 }
 
 func agentLogs(nodes []*bgpNode) string {
