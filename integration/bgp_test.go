@@ -76,6 +76,7 @@ func TestBGPRacks(t *testing.T) {
 		n.startAgent(t, n.agentArgs()...)
 	}
 	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	outer := t // agents restarted in a subtest live on after it
 	n1.mustRun(t, "network", "create", "pods", "--driver", "routed-global", "--subnet", "10.244.0.0/16", "--opt", "routing=bgp")
 	t.Cleanup(func() {
 		for _, n := range nodes {
@@ -225,7 +226,7 @@ func TestBGPRacks(t *testing.T) {
 		}
 		t.Logf("node3's agent exited %v after SIGTERM", time.Since(start).Round(time.Millisecond))
 		restarting, _ := bird.NeighborRestarting("node3")
-		n3.startAgent(t, n3.agentArgs()...)
+		n3.startAgentFor(t, outer, n3.agentArgs()...)
 		// Back: the session established again and the graceful restart over, then a little more.
 		for {
 			ps, _ := bird.Protocols()
@@ -274,7 +275,7 @@ func TestBGPRacks(t *testing.T) {
 		// says why the other session is down.
 		n2.extra = []string{"--bgp-peer", "172.31.1.250:65000"}
 		start = time.Now()
-		n2.startAgent(t, n2.agentArgs()...)
+		n2.startAgentFor(t, outer, n2.agentArgs()...)
 		took := waitRoute("node2 restarted", pfx, n2.addr, 30*time.Second)
 		t.Logf("node2's subnet back on the router %v after its agent started again", took.Round(time.Millisecond))
 		deadline := time.Now().Add(20 * time.Second)
@@ -316,6 +317,35 @@ func TestBGPRacks(t *testing.T) {
 			}
 		}
 		t.Logf("20 connections from beyond the router to the cluster IP answered; the pods saw %v", seen)
+	})
+
+	// The network goes: every node leaves it and withdraws its subnet; the cluster IP stays
+	// advertised while its service lives, and goes with it.
+	t.Run("withdrawn when the node leaves the network", func(t *testing.T) {
+		for _, n := range []*bgpNode{n1, n3} {
+			n.mustRun(t, "sandbox", "rm", "web")
+		}
+		n1.mustRun(t, "service", "rm", "web")
+		n1.mustRun(t, "network", "rm", "pods")
+		start := time.Now()
+		for {
+			rs, err := bird.Routes()
+			left := 0
+			for _, rt := range rs {
+				if netip.MustParsePrefix("10.244.0.0/16").Overlaps(rt.Prefix) || netip.MustParsePrefix("10.96.0.0/12").Overlaps(rt.Prefix) {
+					left++
+				}
+			}
+			if err == nil && left == 0 {
+				break
+			}
+			if time.Since(start) > 30*time.Second {
+				out, _ := bird.Cmd("show", "route")
+				t.Fatalf("routes left on the router 30 s after the network and service went:\n%s\n%s", out, agentLogs(nodes))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("every node subnet and the cluster IP withdrawn from the router %v after the network went", time.Since(start).Round(time.Millisecond))
 	})
 
 	t.Run("bad flags", func(t *testing.T) {

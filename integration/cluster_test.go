@@ -39,8 +39,15 @@ func (h *clusterHost) mustRun(t *testing.T, args ...string) string {
 	return out
 }
 
-// startAgent runs `podctl agent` on the host, as a process of its own, with extra flags.
+// startAgent runs `podctl agent` on the host, as a process of its own, with extra flags; it is
+// killed when t ends.
 func (h *clusterHost) startAgent(t *testing.T, extra ...string) {
+	t.Helper()
+	h.startAgentFor(t, t, extra...)
+}
+
+// startAgentFor is startAgent from a subtest t whose agent must outlive it: killed when owner ends.
+func (h *clusterHost) startAgentFor(t, owner *testing.T, extra ...string) {
 	t.Helper()
 	h.log = &testutil.SyncBuffer{}
 	h.agent = h.cmd(context.Background(), append([]string{"--store", h.store, "--node", h.name, "agent", "--underlay", h.addr.String(), "--ttl", "3s"}, extra...)...)
@@ -49,7 +56,7 @@ func (h *clusterHost) startAgent(t *testing.T, extra ...string) {
 		t.Fatal(err)
 	}
 	cmd := h.agent
-	t.Cleanup(func() {
+	owner.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 	})
