@@ -23,6 +23,9 @@ type bgpNode struct {
 	asn     int
 	gateway netip.Addr // the rack's router address, its BGP peer
 	extra   []string
+	// routerASN is the AS the router expects of the node, when it is not asn (a misconfigured
+	// session: the router refuses the node's OPEN with Bad Peer AS).
+	routerASN int
 }
 
 func (n *bgpNode) agentArgs() []string {
@@ -36,8 +39,12 @@ func birdConfig(nodes []*bgpNode) string {
 	var b strings.Builder
 	b.WriteString("router id 172.31.1.1;\nprotocol device {}\nprotocol kernel { ipv4 { export all; }; }\n")
 	for _, n := range nodes {
+		asn := n.asn
+		if n.routerASN != 0 {
+			asn = n.routerASN
+		}
 		fmt.Fprintf(&b, "protocol bgp %s { local %s as 65000; neighbor %s as %d; hold time 6; keepalive time 2; connect retry time 2; graceful restart on; ipv4 { import all; export all; }; }\n",
-			n.name, n.gateway, n.addr, n.asn)
+			n.name, n.gateway, n.addr, asn)
 	}
 	return b.String()
 }
@@ -64,18 +71,19 @@ func TestBGPRacks(t *testing.T) {
 		seg  *testutil.Segment
 		addr string
 		asn  int
-	}{{rackA, "172.31.1.11", 65001}, {rackA, "172.31.1.12", 65001}, {rackB, "172.31.2.13", 65002}} {
+	}{{rackA, "172.31.1.11", 65001}, {rackA, "172.31.1.12", 65001}, {rackB, "172.31.2.13", 65002}, {rackB, "172.31.2.14", 65002}} {
 		h := &clusterHost{host: *newHost(t), name: fmt.Sprintf("node%d", i+1), addr: netip.MustParseAddr(spec.addr)}
 		spec.seg.Plug(h.name, h.addr, h.ns)
 		nodes = append(nodes, &bgpNode{clusterHost: h, asn: spec.asn, gateway: spec.seg.Gateway})
 	}
+	nodes[3].routerASN = 65099 // node4's session is misconfigured on the router
 	bird := testutil.StartBird(t, r.NS, birdConfig(nodes))
 	e := testutil.StartEtcd(t, testutil.EtcdOptions{NS: nodes[0].ns, Addr: nodes[0].addr.String()})
 	for _, n := range nodes {
 		n.store = "etcd://" + e.Endpoint + "?prefix=/bgp/&dial-timeout=2s&timeout=2s"
 		n.startAgent(t, n.agentArgs()...)
 	}
-	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	n1, n2, n3, n4 := nodes[0], nodes[1], nodes[2], nodes[3]
 	outer := t // agents restarted in a subtest live on after it
 	n1.mustRun(t, "network", "create", "pods", "--driver", "routed-global", "--subnet", "10.244.0.0/16", "--opt", "routing=bgp")
 	t.Cleanup(func() {
@@ -87,7 +95,7 @@ func TestBGPRacks(t *testing.T) {
 	// Every node ready with its subnet, and every subnet on the router with its node as next hop.
 	subnets := map[string]netip.Prefix{}
 	deadline := time.Now().Add(40 * time.Second)
-	for len(subnets) < 3 {
+	for len(subnets) < len(nodes) {
 		var ns []nodeJSON
 		out, err := n1.run("-o", "json", "node", "ls")
 		if err == nil && json.Unmarshal([]byte(out), &ns) == nil {
@@ -129,26 +137,41 @@ func TestBGPRacks(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	for _, n := range nodes {
+	for _, n := range nodes[:3] {
 		waitRoute("advertised", subnets[n.name], n.addr, 30*time.Second)
 	}
 	out, _ := bird.Cmd("show", "route")
 	t.Logf("router's table:\n%s", out)
 	if rh, err := r.NS.NewHandle(); err == nil {
-		for _, n := range nodes {
+		for _, n := range nodes[:3] {
 			if !kernelRoute(t, rh, subnets[n.name], n.addr) {
 				t.Errorf("router's kernel has no route to %s's subnet %s via %s", n.name, subnets[n.name], n.addr)
 			}
 		}
 		rh.Close()
 	}
-	ls := n1.mustRun(t, "node", "ls")
+	// node ls: every session, and why node4's is down (the router refused its AS), while node4's
+	// agent runs on and node4 is ready.
+	var ls string
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		ls = n1.mustRun(t, "node", "ls")
+		if strings.Contains(ls, "node4, bgp AS65002: peer 172.31.2.1:65000") && strings.Contains(ls, "expect AS 65002") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	t.Logf("node ls:\n%s", ls)
-	for _, n := range nodes {
+	for _, n := range nodes[:3] {
 		want := fmt.Sprintf("%s, bgp AS%d: peer %s:65000 established, 1 routes advertised", n.name, n.asn, n.gateway)
 		if !strings.Contains(ls, want) {
 			t.Errorf("node ls does not show %q", want)
 		}
+	}
+	if !strings.Contains(ls, "node4, bgp AS65002: peer 172.31.2.1:65000") || !strings.Contains(ls, "expect AS 65002") || !strings.Contains(ls, "(retrying)") {
+		t.Errorf("node ls does not say why node4's session is down (the router expects AS 65099):\n%s\n%s", ls, n4.log)
+	}
+	if n4.agent.ProcessState != nil {
+		t.Errorf("node4's agent exited over a refused session:\n%s", n4.log)
 	}
 	// node3 (rack B) learned rack A's subnets from the router and installed them, via the router.
 	if h3, err := n3.ns.NewHandle(); err == nil {

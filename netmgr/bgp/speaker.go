@@ -79,6 +79,7 @@ type speaker struct {
 	start     time.Time
 	adverts   map[advert][]byte // -> the UUID gobgp gave the path
 	since     map[string]time.Time
+	evState   map[string]bgppkt.FSMState // the watcher's view of each session (its goroutine only)
 	state     map[string]string
 	lastPub   []byte
 	lastLease store.LeaseID
@@ -122,7 +123,7 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 	}
 
 	sp := &speaker{c: c, a: a, log: log, ns: ns, kern: &kernel{h: h, log: log}, routerID: routerID, start: time.Now(),
-		adverts: map[advert][]byte{}, since: map[string]time.Time{}, state: map[string]string{}, poke: make(chan struct{}, 1)}
+		adverts: map[advert][]byte{}, since: map[string]time.Time{}, state: map[string]string{}, evState: map[string]bgppkt.FSMState{}, poke: make(chan struct{}, 1)}
 	sp.nh6 = c.nextHop6(h, a.Underlay())
 
 	lvl := &slog.LevelVar{}
@@ -148,8 +149,13 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 		return fmt.Errorf("bgp: export policy: %w", err)
 	}
 	if err := sp.s.WatchEvent(ctx, server.WatchEventMessageCallbacks{
-		OnPeerUpdate: func(*apiutil.WatchEventMessage_PeerEvent, time.Time) { sp.kick() },
-		OnBestPath:   func([]*apiutil.Path, time.Time) { sp.kick() },
+		OnPeerUpdate: func(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
+			if ev.Type == apiutil.PEER_EVENT_STATE {
+				sp.peerEvent(ev.Peer.State)
+			}
+			sp.kick()
+		},
+		OnBestPath: func([]*apiutil.Path, time.Time) { sp.kick() },
 	}, server.WatchPeer(), server.WatchBestPath(false)); err != nil {
 		return fmt.Errorf("bgp: watch: %w", err)
 	}
@@ -180,6 +186,27 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 		case <-tick.C:
 		}
 		sp.reconcile(ctx)
+	}
+}
+
+// peerEvent logs a session's changes and keeps why it went down, for the status: the reason of a
+// fall back to idle (hold timer expired, a bad message). gobgp keeps no detail of a NOTIFICATION
+// the peer sends while the session opens (a wrong AS number: BIRD's "Bad peer AS"), only
+// "invalid-msg", so that one is said in words a user can act on.
+func (sp *speaker) peerEvent(st apiutil.PeerState) {
+	addr := st.NeighborAddress.String()
+	prev := sp.evState[addr]
+	sp.evState[addr] = st.SessionState
+	switch {
+	case st.SessionState == bgppkt.BGP_FSM_ESTABLISHED:
+		sp.log.Info("bgp session established", "peer", addr, "asn", st.PeerASN)
+	case st.SessionState == bgppkt.BGP_FSM_IDLE && st.DisconnectMessage != "" && st.DisconnectMessage != "idle-hold-timer-expired":
+		msg := "session closed: " + st.DisconnectMessage
+		if st.DisconnectMessage == "invalid-msg" && (prev == bgppkt.BGP_FSM_OPENSENT || prev == bgppkt.BGP_FSM_OPENCONFIRM) {
+			msg = fmt.Sprintf("the peer closed the session while it opened: does the router's configuration for this node expect AS %d from %s?", sp.c.cfg.ASN, sp.a.Underlay())
+		}
+		sp.c.setReason(addr, msg, false)
+		sp.log.Warn("bgp session down (retrying)", "peer", addr, "reason", msg)
 	}
 }
 
@@ -523,9 +550,14 @@ func stateName(s api.PeerState_SessionState) string {
 	return n
 }
 
-func (c *Controller) setDialErr(peer, msg string) {
+func (c *Controller) setDialErr(peer, msg string) { c.setReason(peer, msg, false) }
+
+// setReason keeps why peer's session is not established; a weak reason does not replace one.
+func (c *Controller) setReason(peer, msg string, weak bool) {
 	c.mu.Lock()
-	c.dialErrs[peer] = msg
+	if !weak || c.dialErrs[peer] == "" {
+		c.dialErrs[peer] = msg
+	}
 	c.mu.Unlock()
 }
 
@@ -579,6 +611,21 @@ type gobgpLog struct {
 func (g *gobgpLog) Enabled(context.Context, slog.Level) bool { return true }
 
 func (g *gobgpLog) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == "received notification" && g.key != "" {
+		// The peer closed the session with a NOTIFICATION: its code says why (bad peer AS, hold
+		// timer expired, administrative shutdown).
+		var code, sub int64
+		r.Attrs(func(a slog.Attr) bool {
+			switch a.Key {
+			case "Code":
+				code = a.Value.Int64()
+			case "Subcode":
+				sub = a.Value.Int64()
+			}
+			return true
+		})
+		g.onDialErr(g.key, "the peer closed the session: "+bgppkt.NewNotificationErrorCode(uint8(code), uint8(sub)).String())
+	}
 	if r.Message == "failed to connect" && g.key != "" {
 		r.Attrs(func(a slog.Attr) bool {
 			if a.Key == "Error" {
