@@ -263,9 +263,11 @@ func (c *Controller) peerConf(p Peer, restarting bool) *api.Peer {
 		Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: hold, KeepaliveInterval: max(1, hold/3), ConnectRetry: uint64(c.cfg.ConnectRetry / time.Second), IdleHoldTimeAfterReset: 1}},
 		Transport: &api.Transport{RemotePort: uint32(c.cfg.PeerPort)},
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: rt, LocalRestarting: restarting,
-			// A restarting speaker holds its updates until every peer's End-of-RIB or this: half the
-			// restart time, so that a peer that does not answer never costs the others their routes.
-			DeferralTime: max(1, rt/2)},
+			// A restarting speaker holds its updates until every peer's End-of-RIB or this. The node
+			// originates its routes (none depends on what it learns), so it need not wait long: a
+			// peer that does not answer holds the others' updates at most 5 s (or half the restart
+			// time, when shorter), well inside the time the routers keep the old ones.
+			DeferralTime: min(max(1, rt/2), 5)},
 		AfiSafis: afs,
 	}
 }
