@@ -297,7 +297,6 @@ func TestBGPRacks(t *testing.T) {
 		// Started again, with a second peer that never answers: its route comes back, and node ls
 		// says why the other session is down.
 		n2.extra = []string{"--bgp-peer", "172.31.1.250:65000"}
-		start = time.Now()
 		n2.startAgentFor(t, outer, n2.agentArgs()...)
 		took := waitRoute("node2 restarted", pfx, n2.addr, 30*time.Second)
 		t.Logf("node2's subnet back on the router %v after its agent started again", took.Round(time.Millisecond))
