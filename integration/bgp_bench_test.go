@@ -165,13 +165,6 @@ func (s *stamps) add(p netip.Prefix, at time.Time, who string) {
 	s.ch = make(chan struct{})
 }
 
-func (s *stamps) get(p netip.Prefix) (time.Time, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, ok := s.seen[p]
-	return t, ok
-}
-
 // wait returns the first prefix (and its time) for which match holds, waiting up to within.
 func (s *stamps) wait(match func(netip.Prefix, string) bool, within time.Duration) (netip.Prefix, time.Time, bool) {
 	deadline := time.After(within)
@@ -623,6 +616,11 @@ func BenchmarkBGPThroughput(b *testing.B) {
 	}
 	var pods []string // namespace pins
 	var ips []string
+	b.Cleanup(func() { // before the agents and etcd stop (cleanups run last first)
+		for _, n := range l.nodes {
+			_, _ = n.run("sandbox", "rm", "web")
+		}
+	})
 	for _, n := range l.nodes {
 		var sb sandboxJSON
 		if err := json.Unmarshal([]byte(benchRun(b, n.clusterHost, "-o", "json", "sandbox", "create", "web", "--network", "pods")), &sb); err != nil {
