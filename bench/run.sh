@@ -85,5 +85,6 @@ bench_run "$WORK/routedbench" -n "${BENCH_ROUTED_N:-100,1000,4000}" -out "$ROOT/
 "$GO" build -o "$WORK/overlaybench" ./bench/overlay # built, not go run: the signal must reach the program
 bench_run "$WORK/overlaybench" -out "$ROOT/bench/out/overlay.txt" # iperf3 across two hosts: underlay, hand-built VXLAN, netmgr overlay (bench/out/overlay.txt)
 bench_run bash "$ROOT/bench/cluster/run.sh" # cluster: sandbox create on overlay+etcd vs bridge+bolt, join convergence p50/p99 (bench/out/cluster.txt)
+bench_run bash "$ROOT/bench/bgp/run.sh" # BGP (issue 13): lease -> router route p50/p99 over 20 nodes vs host-gw, iperf3 pod vs host across the router (bench/out/bgp.txt)
 "$GO" build -o "$WORK/servicesbench" ./bench/services
 bench_run "$WORK/servicesbench" -out "$ROOT/bench/out/services.txt" # services: full sync, change latency at 100 and 10,000, linear-chain reference, RSS (bench/out/services.txt)
