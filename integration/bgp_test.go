@@ -43,7 +43,7 @@ func birdConfig(nodes []*bgpNode) string {
 		if n.routerASN != 0 {
 			asn = n.routerASN
 		}
-		fmt.Fprintf(&b, "protocol bgp %s { local %s as 65000; neighbor %s as %d; hold time 6; keepalive time 2; connect retry time 2; graceful restart on; ipv4 { import all; export all; }; }\n",
+		fmt.Fprintf(&b, "protocol bgp %s { local %s as 65000; neighbor %s as %d; hold time 6; keepalive time 2; connect retry time 2; error wait time 1,5; graceful restart on; ipv4 { import all; export all; }; }\n",
 			n.name, n.gateway, n.addr, asn)
 	}
 	return b.String()
@@ -318,6 +318,32 @@ func TestBGPRacks(t *testing.T) {
 		}
 	})
 
+	// A node that goes silent without closing its sessions (hung, or its link gone): no FIN, no
+	// keepalives; the router's hold timer ends the session and the subnet goes.
+	t.Run("SIGSTOP: a silent node's subnet goes at the hold time", func(t *testing.T) {
+		pfx := subnets["node2"]
+		start := time.Now()
+		if err := n2.agent.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			if _, ok := onRouter(pfx); !ok {
+				break
+			}
+			if time.Since(start) > 6*time.Second+1500*time.Millisecond {
+				t.Fatalf("node2's subnet %s still on the router %v after its agent stopped answering (hold time 6 s)", pfx, time.Since(start))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("node2's subnet gone from the router %v after its agent went silent (hold time 6 s)", time.Since(start).Round(time.Millisecond))
+		_ = n2.agent.Process.Kill()
+		_ = n2.agent.Wait()
+		n2.extra = nil
+		n2.startAgentFor(t, outer, n2.agentArgs()...)
+		took := waitRoute("node2 started again", pfx, n2.addr, 30*time.Second)
+		t.Logf("node2's subnet back %v after its agent started again", took.Round(time.Millisecond))
+	})
+
 	t.Run("cluster IP reachable from beyond the router", func(t *testing.T) {
 		var svc struct {
 			ClusterIP netip.Addr `json:"cluster_ip"`
@@ -376,6 +402,8 @@ func TestBGPRacks(t *testing.T) {
 			{"--bgp-as", "65001", "--bgp-peer", "300.1.1.1:65000"},
 			{"--bgp-as", "65001"},
 			{"--bgp-peer", "172.31.1.1:65000"},
+			{"--bgp-hold-time", "6s"},
+			{"--underlay", "fd00::99", "--bgp-as", "65001", "--bgp-peer", "172.31.1.1:65000"}, // no IPv4 router ID
 		} {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			out, err := n1.podctl(ctx, append([]string{"--store", n1.store, "--node", "nodeX", "agent", "--underlay", "172.31.1.99"}, args...)...)

@@ -85,7 +85,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 			"and leaves the data path in place; the node's record expires after --ttl.",
 		Args: nameArgs(),
 		// Checked before the Manager opens: a bad flag changes nothing.
-		PreRunE: func(*cobra.Command, []string) error {
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
 			for _, u := range dnsUpstreams {
 				ap, err := dns.ParseUpstream(u)
 				if err != nil {
@@ -96,7 +96,22 @@ func newAgentCmd(g *globals) *cobra.Command {
 			if _, err := dns.New(dns.Config{Hosts: noHosts{}, HostNetNS: "-", Domain: dnsDomain}); err != nil {
 				return fmt.Errorf("agent: --dns-domain: %w", err)
 			}
-			return parseBGPFlags(&bgpCfg, &speaker, bgpASN, bgpRouterID, bgpPeers, bgpAdvertise)
+			if bgpASN == "" {
+				for _, f := range []string{"bgp-hold-time", "bgp-restart-time", "bgp-connect-retry", "bgp-listen-port", "bgp-withdraw-on-stop"} {
+					if cmd.Flags().Changed(f) {
+						return fmt.Errorf("agent: --%s needs --bgp-as", f)
+					}
+				}
+			}
+			if err := parseBGPFlags(&bgpCfg, &speaker, bgpASN, bgpRouterID, bgpPeers, bgpAdvertise); err != nil {
+				return err
+			}
+			if speaker != nil && bgpRouterID == "" {
+				if u, err := netip.ParseAddr(underlay); err == nil && !u.Is4() {
+					return fmt.Errorf("agent: BGP needs a router ID, an IPv4 address: the underlay address %s is not one; give --bgp-router-id", u)
+				}
+			}
+			return nil
 		},
 		RunE: g.withManager(func(ctx context.Context, m *netmgr.Manager, args []string) error {
 			if g.offlineErr != nil {
@@ -150,7 +165,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&bgpRouterID, "bgp-router-id", "", "BGP identifier (default the IPv4 underlay address)")
 	c.Flags().StringArrayVar(&bgpAdvertise, "bgp-advertise", nil, "also advertise: cluster-ips (every service's cluster IP, so that clients beyond the routers reach services)")
 	c.Flags().DurationVar(&bgpCfg.HoldTime, "bgp-hold-time", bgp.DefaultHoldTime, "BGP hold time (at least 3s)")
-	c.Flags().DurationVar(&bgpCfg.RestartTime, "bgp-restart-time", bgp.DefaultRestartTime, "graceful-restart time announced to the routers: how long they keep this node's routes while the agent restarts")
+	c.Flags().DurationVar(&bgpCfg.RestartTime, "bgp-restart-time", 0, "graceful-restart time announced to the routers: how long they keep this node's routes while the agent restarts, or after it died (default: the hold time)")
 	c.Flags().DurationVar(&bgpCfg.ConnectRetry, "bgp-connect-retry", bgp.DefaultConnectRetry, "how often an unanswered BGP peer is tried again")
 	c.Flags().IntVar(&bgpCfg.ListenPort, "bgp-listen-port", bgp.DefaultPort, "TCP port the routers may connect to (-1: connect out only)")
 	c.Flags().BoolVar(&bgpCfg.WithdrawOnStop, "bgp-withdraw-on-stop", false, "withdraw this node's routes when the agent stops (default: the routers keep them for --bgp-restart-time, graceful restart)")
@@ -304,9 +319,12 @@ func printNodes(g *globals, nodes []cluster.Node, speakers []bgp.Status) error {
 			}
 		}
 	}
-	// Each node's BGP sessions (peer, state, routes advertised), as its speaker published them.
+	// Each listed node's BGP sessions (peer, state, routes advertised), as its speaker published them.
 	sort.Slice(speakers, func(i, j int) bool { return speakers[i].Node < speakers[j].Node })
 	for _, s := range speakers {
+		if !slices.ContainsFunc(nodes, func(n cluster.Node) bool { return n.Name == s.Node }) {
+			continue
+		}
 		for _, l := range s.Lines() {
 			fmt.Fprintln(g.stdout, l)
 		}

@@ -285,27 +285,37 @@ func lockRunDir(dir string) (*os.File, error) {
 // identityFile holds the agent's identity token in the Manager's state directory.
 const identityFile = "agent-identity"
 
-// hostIdentity reads the token of this state directory's agent, making it on the first call.
+// hostIdentity is the identity of this state directory's agent in this boot: the token kept in the
+// directory (made on the first call, and the directory with it) and the kernel's boot id, so that a
+// restart in the same boot takes the live record over, while a copy of the state directory on
+// another machine (a cloned image) or a reboot does not (the old record must expire first).
 func hostIdentity(dir string) (string, error) {
 	path := filepath.Join(dir, identityFile)
+	id := ""
 	if b, err := os.ReadFile(path); err == nil {
-		if id := strings.TrimSpace(string(b)); id != "" {
-			return id, nil
-		}
+		id = strings.TrimSpace(string(b))
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("agent identity: %w", err)
 	}
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
+	if id == "" {
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "", err
+		}
+		id = hex.EncodeToString(b[:])
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", fmt.Errorf("agent identity: %w", err)
+		}
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
+			return "", fmt.Errorf("agent identity: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return "", fmt.Errorf("agent identity: %w", err)
+		}
 	}
-	id := hex.EncodeToString(b[:])
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("agent identity: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("agent identity: %w", err)
+	if boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		id += "/" + strings.TrimSpace(string(boot))
 	}
 	return id, nil
 }

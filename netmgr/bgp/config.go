@@ -31,12 +31,16 @@ var ErrInvalid = netmgr.ErrInvalid
 
 // Defaults.
 const (
-	DefaultHoldTime     = 90 * time.Second
-	DefaultRestartTime  = 120 * time.Second
+	DefaultHoldTime = 90 * time.Second
+	// DefaultRestartTime is the hold time's default: a router keeps the routes of a node that
+	// died (its sessions closed, or silent) no longer than it would have without graceful restart.
+	DefaultRestartTime  = DefaultHoldTime
 	DefaultConnectRetry = 5 * time.Second
 	DefaultPort         = 179
-	// RouteProtocol marks the kernel routes the speaker installs from what it learned (RTPROT_BGP).
-	RouteProtocol = 186
+	// RouteProtocol marks the kernel routes the speaker installs from what it learned: a number of
+	// netmgr's own (0xb2; the routed driver's is 0xb1), not RTPROT_BGP (186), which FRR's zebra and
+	// others use for theirs: the speaker removes only routes so marked.
+	RouteProtocol = 0xb2
 )
 
 // Peer is one BGP neighbour: its address and AS number (0: the speaker's own, iBGP).
@@ -137,7 +141,9 @@ type Config struct {
 	// HoldTime of the sessions (default 90 s; 0 or at least 3 s; keepalives every third of it).
 	HoldTime time.Duration
 	// RestartTime is the graceful-restart time this node announces: how long a router keeps its
-	// routes while the agent restarts (default 120 s, at most 4095 s).
+	// routes while the agent restarts (default the hold time, at most 4095 s). It is also how long a
+	// router keeps the routes of an agent that died with its sessions closed (SIGKILL): the kernel
+	// closes them, and the router cannot tell that from a restart.
 	RestartTime time.Duration
 	// ConnectRetry is how often an unanswered peer is tried again (default 5 s, at least 2 s).
 	ConnectRetry time.Duration
@@ -183,7 +189,7 @@ func (c *Config) Validate() error {
 	}
 	switch {
 	case c.RestartTime == 0:
-		c.RestartTime = DefaultRestartTime
+		c.RestartTime = min(c.HoldTime, 4095*time.Second)
 	case c.RestartTime < time.Second || c.RestartTime > 4095*time.Second:
 		return fmt.Errorf("%w: BGP graceful-restart time %v: must be 1 s to 4095 s", ErrInvalid, c.RestartTime)
 	}

@@ -54,7 +54,7 @@ func TestValidate(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.HoldTime != DefaultHoldTime || c.RestartTime != DefaultRestartTime || c.ListenPort != DefaultPort || c.PeerPort != DefaultPort || c.ConnectRetry != DefaultConnectRetry {
+	if c.HoldTime != DefaultHoldTime || c.RestartTime != DefaultHoldTime || c.ListenPort != DefaultPort || c.PeerPort != DefaultPort || c.ConnectRetry != DefaultConnectRetry {
 		t.Errorf("defaults not filled: %+v", c)
 	}
 	for name, bad := range map[string]Config{

@@ -23,50 +23,56 @@ type kernel struct {
 // gateway is resolved to that gateway (one step, as BIRD's recursive next hops). Routes from before a
 // restart stay until settled (the sessions are back), so that a restart changes no forwarding.
 // It returns how many learned routes are installed.
-func (k *kernel) sync(learned map[netip.Prefix]netip.Addr, settled bool) (int, error) {
+func (k *kernel) sync(learned map[netip.Prefix]learnedRoute, settled bool) (int, error) {
 	type hop struct {
 		gw  netip.Addr
 		dev int
 	}
-	want := map[netip.Prefix]hop{}
 	var errs []error
-	for pfx, nh := range learned {
-		if better, err := k.otherRoute(pfx); err != nil {
-			errs = append(errs, err)
-			continue
-		} else if better {
-			continue
-		}
-		gw, dev, ok := k.resolve(nh)
-		if !ok {
-			continue
-		}
-		want[pfx] = hop{gw, dev}
-	}
-	n := 0
+	// One dump of the main table per family: the prefixes others route, and our own routes.
+	others := map[netip.Prefix]bool{}
+	var ours []netlink.Route
 	for _, f := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rs, err := k.h.RouteListFiltered(f, &netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+		rs, err := k.h.RouteListFiltered(f, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return 0, fmt.Errorf("list routes: %w", err)
 		}
 		for _, r := range rs {
-			pfx := prefixOf(r.Dst)
-			w, ok := want[pfx]
-			gw, _ := netip.AddrFromSlice(r.Gw)
-			if ok && w.gw == gw.Unmap() && w.dev == r.LinkIndex {
-				delete(want, pfx)
-				n++
+			switch {
+			case r.Protocol == RouteProtocol:
+				ours = append(ours, r)
+			case r.Dst != nil: // a default route is no better route to a node subnet
+				others[prefixOf(r.Dst)] = true
+			}
+		}
+	}
+	want := map[netip.Prefix]hop{}
+	for pfx, l := range learned {
+		if others[pfx] {
+			continue
+		}
+		if gw, dev, ok := k.resolve(l); ok {
+			want[pfx] = hop{gw, dev}
+		}
+	}
+	n := 0
+	for _, r := range ours {
+		pfx := prefixOf(r.Dst)
+		w, ok := want[pfx]
+		gw, _ := netip.AddrFromSlice(r.Gw)
+		if ok && w.gw == gw.Unmap() && w.dev == r.LinkIndex {
+			delete(want, pfx)
+			n++
+			continue
+		}
+		if ok || settled {
+			if err := k.h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("delete route %s: %w", pfx, err))
 				continue
 			}
-			if ok || settled {
-				if err := k.h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
-					errs = append(errs, fmt.Errorf("delete route %s: %w", pfx, err))
-					continue
-				}
-				k.log.Info("bgp route removed", "prefix", pfx, "via", gw)
-			} else {
-				n++
-			}
+			k.log.Info("bgp route removed", "prefix", pfx, "via", gw)
+		} else {
+			n++
 		}
 	}
 	for pfx, w := range want {
@@ -82,35 +88,30 @@ func (k *kernel) sync(learned map[netip.Prefix]netip.Addr, settled bool) (int, e
 	return n, errors.Join(errs...)
 }
 
-// otherRoute reports whether the main table has a route to exactly pfx made by someone else.
-func (k *kernel) otherRoute(pfx netip.Prefix) (bool, error) {
-	f := netlink.FAMILY_V4
-	if pfx.Addr().Is6() {
-		f = netlink.FAMILY_V6
-	}
-	dst := &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), pfx.Addr().BitLen())}
-	rs, err := k.h.RouteListFiltered(f, &netlink.Route{Dst: dst, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return false, fmt.Errorf("list routes to %s: %w", pfx, err)
-	}
-	for _, r := range rs {
-		if r.Protocol != RouteProtocol && prefixOf(r.Dst) == pfx {
-			return true, nil
-		}
-	}
-	return false, nil
+// learnedRoute is a learned prefix's next hop and the peer it came from (whose interface a
+// link-local next hop is on).
+type learnedRoute struct {
+	nh, peer netip.Addr
 }
 
-// resolve is the gateway and interface by which the host forwards to nh: nh itself on a connected
-// segment, else the gateway of its route. False when nh is this host's or unreachable.
-func (k *kernel) resolve(nh netip.Addr) (netip.Addr, int, bool) {
-	rs, err := k.h.RouteGet(nh.AsSlice())
-	if err != nil || len(rs) == 0 {
+// resolve is the gateway and interface by which the host forwards to l's next hop: the next hop
+// itself on a connected segment, else the gateway of its route; a link-local next hop (IPv6 from
+// BIRD) on the interface towards the peer. False when it is this host's or unreachable.
+func (k *kernel) resolve(l learnedRoute) (netip.Addr, int, bool) {
+	nh, target := l.nh, l.nh
+	if nh.IsLinkLocalUnicast() {
+		if !l.peer.IsValid() {
+			return netip.Addr{}, 0, false
+		}
+		target = l.peer
+	}
+	rs, err := k.h.RouteGet(target.AsSlice())
+	if err != nil || len(rs) == 0 || rs[0].Type != unix.RTN_UNICAST {
 		return netip.Addr{}, 0, false
 	}
 	r := rs[0]
-	if r.Type != unix.RTN_UNICAST {
-		return netip.Addr{}, 0, false
+	if nh.IsLinkLocalUnicast() {
+		return nh, r.LinkIndex, true
 	}
 	if gw, ok := netip.AddrFromSlice(r.Gw); ok && !gw.IsUnspecified() {
 		return gw.Unmap(), r.LinkIndex, true

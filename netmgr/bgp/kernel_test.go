@@ -60,12 +60,17 @@ func TestKernelSync(t *testing.T) {
 		return nil
 	}
 	k := &kernel{h: h, log: slog.New(slog.DiscardHandler)}
-	learned := map[netip.Prefix]netip.Addr{
-		netip.MustParsePrefix("10.244.1.0/24"): netip.MustParseAddr("172.31.1.12"), // on the segment
-		netip.MustParsePrefix("10.244.2.0/24"): netip.MustParseAddr("172.31.9.5"),  // behind the router
-		netip.MustParsePrefix("10.244.3.0/24"): netip.MustParseAddr("172.31.1.1"),  // host-gw has it
-		netip.MustParsePrefix("10.244.4.0/24"): netip.MustParseAddr("192.0.2.7"),   // no route to it
+	via := func(nh string) learnedRoute {
+		return learnedRoute{nh: netip.MustParseAddr(nh), peer: netip.MustParseAddr("172.31.1.1")}
 	}
+	learned := map[netip.Prefix]learnedRoute{
+		netip.MustParsePrefix("10.244.1.0/24"): via("172.31.1.12"), // on the segment
+		netip.MustParsePrefix("10.244.2.0/24"): via("172.31.9.5"),  // behind the router
+		netip.MustParsePrefix("10.244.3.0/24"): via("172.31.1.1"),  // host-gw has it
+		netip.MustParsePrefix("10.244.4.0/24"): via("192.0.2.7"),   // no route to it
+	}
+	// FRR's zebra (and others) mark their BGP routes RTPROT_BGP: never ours to remove.
+	add("10.77.0.0/16", "172.31.1.1", unix.RTPROT_BGP)
 	n, err := k.sync(learned, false)
 	if err != nil || n != 2 {
 		t.Fatalf("sync = %d, %v; want 2 installed", n, err)
@@ -95,7 +100,7 @@ func TestKernelSync(t *testing.T) {
 	if _, err := k.sync(nil, true); err != nil {
 		t.Fatal(err)
 	}
-	if route("10.244.2.0/24") != nil || route("10.244.3.0/24") == nil || route("172.31.9.0/24") == nil {
-		t.Errorf("sync of nothing: ours should go, the others stay: %+v %+v %+v", route("10.244.2.0/24"), route("10.244.3.0/24"), route("172.31.9.0/24"))
+	if route("10.244.2.0/24") != nil || route("10.244.3.0/24") == nil || route("172.31.9.0/24") == nil || route("10.77.0.0/16") == nil {
+		t.Errorf("sync of nothing: ours should go, the others stay: %+v %+v %+v %+v", route("10.244.2.0/24"), route("10.244.3.0/24"), route("172.31.9.0/24"), route("10.77.0.0/16"))
 	}
 }

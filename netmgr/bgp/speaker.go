@@ -85,11 +85,15 @@ type speaker struct {
 	lastLease store.LeaseID
 	warning   string
 	poke      chan struct{}
+	stopped   bool
 }
 
 // Run implements agent.Controller: it starts the speaker, peers, advertises and installs learned
 // routes until ctx ends.
 func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
+	// Everything Run starts (gobgp's watcher, the services follower) ends with it, also on an error.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	log := a.Logger().With("controller", "bgp")
 	m := a.Manager()
 	if err := sameNetNS(m.HostNetNS()); err != nil {
@@ -100,7 +104,7 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 		if u := a.Underlay(); u.Is4() {
 			routerID = u
 		} else {
-			return fmt.Errorf("%w: BGP needs a router ID (an IPv4 address): the underlay address %v is not one", ErrInvalid, a.Underlay())
+			return fmt.Errorf("%w: BGP needs a router ID, an IPv4 address (--bgp-router-id, Config.RouterID): the underlay address %v is not one", ErrInvalid, a.Underlay())
 		}
 	}
 	ns, err := sandbox.Open(m.HostNetNS())
@@ -116,8 +120,10 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 
 	marker := filepath.Join(m.RunDir(), markerName)
 	_, statErr := os.Stat(marker)
-	js, _ := m.JoinedNetworks(ctx)
-	restarting := statErr == nil && len(js) > 0
+	// Restarting: the last run's forwarding state may still be in place (a marker, and networks
+	// joined; a store error counts as joined, so that a hiccup never makes the routers flush).
+	js, jerr := m.JoinedNetworks(ctx)
+	restarting := statErr == nil && (jerr != nil || len(js) > 0)
 	if err := os.WriteFile(marker, []byte(routerID.String()+"\n"), 0o644); err != nil {
 		return fmt.Errorf("bgp: %w", err)
 	}
@@ -128,18 +134,31 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 
 	lvl := &slog.LevelVar{}
 	lvl.Set(slog.LevelDebug) // the dial errors are debug lines: the handler keeps them and forwards by log's level
-	sp.s = server.NewBgpServer(server.LoggerOption(slog.New(&gobgpLog{next: log.Handler(), onDialErr: c.setDialErr}), lvl))
-	go sp.s.Serve()
-	defer sp.s.Stop()
+	newServer := func() *server.BgpServer {
+		s := server.NewBgpServer(server.LoggerOption(slog.New(&gobgpLog{next: log.Handler(), onDialErr: c.setDialErr}), lvl))
+		go s.Serve()
+		return s
+	}
+	sp.s = newServer()
+	defer func() {
+		if !sp.stopped {
+			sp.s.Stop()
+		}
+	}()
 
-	global := &api.Global{Asn: c.cfg.ASN, RouterId: routerID.String(), ListenPort: int32(c.cfg.ListenPort)}
+	// Listen on the families of the peers only (gobgp's default, 0.0.0.0 and ::, fails as a whole
+	// where IPv6 is off, after the IPv4 listener is open).
+	global := &api.Global{Asn: c.cfg.ASN, RouterId: routerID.String(), ListenPort: int32(c.cfg.ListenPort), ListenAddresses: c.listenAddresses()}
 	if err := sp.s.StartBgp(ctx, &api.StartBgpRequest{Global: global}); err != nil {
 		if c.cfg.ListenPort < 0 {
 			return fmt.Errorf("bgp: start: %w", err)
 		}
-		// No port to listen on (another speaker has 179): connect out only, and say so.
+		// No port to listen on (another speaker has 179): connect out only, and say so. A fresh
+		// server: the failed start may have kept a listener of one family.
 		sp.warning = fmt.Sprintf("cannot listen on port %d (%v): connecting out only", c.cfg.ListenPort, err)
 		log.Warn("bgp listen", "error", err)
+		sp.s.Stop()
+		sp.s = newServer()
 		global.ListenPort = -1
 		if err := sp.s.StartBgp(ctx, &api.StartBgpRequest{Global: global}); err != nil {
 			return fmt.Errorf("bgp: start: %w", err)
@@ -230,6 +249,7 @@ func (sp *speaker) stop() {
 	if err := sp.s.StopBgp(ctx, &api.StopBgpRequest{AllowGracefulRestart: !c.cfg.WithdrawOnStop}); err != nil {
 		sp.log.Warn("bgp stop", "error", err)
 	}
+	sp.stopped = true
 	sp.log.Info("bgp speaker stopped", "withdrawn", c.cfg.WithdrawOnStop)
 }
 
@@ -290,9 +310,9 @@ func (sp *speaker) exportOnlyLocal(ctx context.Context) error {
 
 // reconcile advertises what the node should, installs what it learned, and publishes the status.
 func (sp *speaker) reconcile(ctx context.Context) {
-	want, cidrs, own := sp.wanted(ctx)
+	want, cidrs, own, ok := sp.wanted(ctx)
 	sp.advertise(want)
-	if sp.kern != nil {
+	if sp.kern != nil && ok { // unknown networks: the learned routes stay as they are
 		learned := sp.learned(cidrs, own)
 		n, err := sp.kern.sync(learned, sp.settled())
 		if err != nil {
@@ -308,7 +328,7 @@ func (sp *speaker) reconcile(ctx context.Context) {
 // wanted are the prefixes this node originates (its subnets of every routed-global network, and
 // the cluster IPs when asked), the cluster CIDRs whose learned routes may go into the kernel, and
 // the node's own subnets.
-func (sp *speaker) wanted(ctx context.Context) (map[advert]bool, []netip.Prefix, map[netip.Prefix]bool) {
+func (sp *speaker) wanted(ctx context.Context) (map[advert]bool, []netip.Prefix, map[netip.Prefix]bool, bool) {
 	want := map[advert]bool{}
 	own := map[netip.Prefix]bool{}
 	var cidrs []netip.Prefix
@@ -319,10 +339,23 @@ func (sp *speaker) wanted(ctx context.Context) (map[advert]bool, []netip.Prefix,
 		for ad := range sp.adverts {
 			want[ad] = true
 		}
-		return want, nil, own
+		return want, nil, own, false
 	}
 	var warn []string
+	v4, v6 := false, false
+	for _, p := range sp.c.cfg.Peers {
+		v4, v6 = v4 || p.Addr.Is4(), v6 || p.Addr.Is6()
+	}
+	noPeer := map[bool]bool{}
 	add := func(p netip.Prefix) {
+		if (p.Addr().Is4() && !v4) || (p.Addr().Is6() && !v6) {
+			// Each session carries its peer address's family only.
+			if !noPeer[p.Addr().Is4()] {
+				noPeer[p.Addr().Is4()] = true
+				warn = append(warn, fmt.Sprintf("%s subnets not advertised: no %s peer", fam(p), fam(p)))
+			}
+			return
+		}
 		nh := sp.nextHop(p)
 		if !nh.IsValid() {
 			warn = append(warn, fmt.Sprintf("%s not advertised: no %s address to give as its next hop", p, fam(p)))
@@ -354,7 +387,7 @@ func (sp *speaker) wanted(ctx context.Context) (map[advert]bool, []netip.Prefix,
 	sp.c.mu.Lock()
 	sp.c.status.Warning = w
 	sp.c.mu.Unlock()
-	return want, cidrs, own
+	return want, cidrs, own, true
 }
 
 func fam(p netip.Prefix) string {
@@ -421,8 +454,8 @@ func pathOf(ad advert) *apiutil.Path {
 
 // learned are the best paths from peers for prefixes inside the routed networks' cluster CIDRs
 // that are not this node's own: prefix -> next hop.
-func (sp *speaker) learned(cidrs []netip.Prefix, own map[netip.Prefix]bool) map[netip.Prefix]netip.Addr {
-	out := map[netip.Prefix]netip.Addr{}
+func (sp *speaker) learned(cidrs []netip.Prefix, own map[netip.Prefix]bool) map[netip.Prefix]learnedRoute {
+	out := map[netip.Prefix]learnedRoute{}
 	if len(cidrs) == 0 {
 		return out
 	}
@@ -436,8 +469,8 @@ func (sp *speaker) learned(cidrs []netip.Prefix, own map[netip.Prefix]bool) map[
 				if !p.Best || p.Withdrawal || !p.PeerAddress.IsValid() || p.PeerAddress.IsUnspecified() {
 					continue
 				}
-				if nh := nextHopOf(p); nh.IsValid() {
-					out[pfx] = nh
+				if nh := nextHopOf(p); nh.IsValid() && !nh.IsUnspecified() {
+					out[pfx] = learnedRoute{nh: nh, peer: p.PeerAddress}
 				}
 			}
 		})
@@ -463,6 +496,9 @@ func nextHopOf(p *apiutil.Path) netip.Addr {
 		case *bgppkt.PathAttributeNextHop:
 			return v.Value
 		case *bgppkt.PathAttributeMpReachNLRI:
+			if (!v.Nexthop.IsValid() || v.Nexthop.IsUnspecified()) && v.LinkLocalNexthop.IsValid() {
+				return v.LinkLocalNexthop
+			}
 			return v.Nexthop
 		}
 	}
@@ -530,6 +566,9 @@ func (sp *speaker) publish(ctx context.Context, want map[advert]bool) {
 	sp.c.mu.Unlock()
 	b, _ := json.Marshal(st)
 	lease := sp.a.Lease()
+	if lease == store.NoLease && !sp.a.Local() {
+		return // the node's lease is being granted again: a key without it would outlive the node
+	}
 	if string(b) == string(sp.lastPub) && lease == sp.lastLease {
 		return
 	}
@@ -542,6 +581,21 @@ func (sp *speaker) publish(ctx context.Context, want map[advert]bool) {
 		return
 	}
 	sp.lastPub, sp.lastLease = b, lease
+}
+
+// listenAddresses are the wildcard addresses of the peers' families.
+func (c *Controller) listenAddresses() []string {
+	var out []string
+	for _, p := range c.cfg.Peers {
+		a := "0.0.0.0"
+		if p.Addr.Is6() {
+			a = "::"
+		}
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func stateName(s api.PeerState_SessionState) string {

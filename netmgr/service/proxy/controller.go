@@ -150,6 +150,12 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 		if nets, err := m.Networks(ctx); err == nil {
 			var pods []netip.Prefix
 			for _, n := range nets {
+				// Networks whose pods sit behind this host (bridge, routed, overlay, cni). A macvlan
+				// or ipvlan network's subnet is the LAN's: its clients are outside, and its pods never
+				// pass this host's netfilter.
+				if n.Driver == "macvlan" || n.Driver == "ipvlan" {
+					continue
+				}
 				pods = append(pods, n.Subnets...)
 			}
 			p.SetPodCIDRs(pods...)
