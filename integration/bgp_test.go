@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -440,6 +441,7 @@ func TestBGPIPv6(t *testing.T) {
 		nodes = append(nodes, &bgpNode{clusterHost: h, asn: spec.asn, gateway: spec.seg.Gateways[1],
 			extra: []string{"--bgp-router-id", spec.v4}})
 	}
+	nodes[1].extra = append(nodes[1].extra, "--bgp-withdraw-on-stop")
 	var conf strings.Builder
 	conf.WriteString("router id 172.31.11.1;\nprotocol device {}\nprotocol kernel { ipv6 { export all; }; }\n")
 	for _, n := range nodes {
@@ -515,6 +517,33 @@ func TestBGPIPv6(t *testing.T) {
 		}
 	}
 	t.Log(nodes[0].mustRun(t, "node", "ls"))
+
+	// node2 runs with --bgp-withdraw-on-stop: a SIGTERM withdraws its subnet at once (no graceful
+	// restart), instead of leaving it to the router for the restart time.
+	var pfx netip.Prefix
+	if rs, err := bird.Routes(); err == nil {
+		for _, rt := range rs {
+			if rt.Prefix.Contains(netip.MustParseAddr(ips[1])) {
+				pfx = rt.Prefix
+			}
+		}
+	}
+	start := time.Now()
+	if err := nodes[1].agent.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = nodes[1].agent.Wait()
+	for {
+		rs, err := bird.Routes()
+		if err == nil && !slices.ContainsFunc(rs, func(r testutil.BirdRoute) bool { return r.Prefix == pfx }) {
+			break
+		}
+		if time.Since(start) > 3*time.Second { // the restart time is 5 s: a graceful stop would keep it
+			t.Fatalf("node2's subnet %s still on the router %v after SIGTERM with --bgp-withdraw-on-stop", pfx, time.Since(start))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("node2's subnet %s withdrawn from the router %v after SIGTERM (--bgp-withdraw-on-stop)", pfx, time.Since(start).Round(time.Millisecond))
 }
 
 func agentLogs(nodes []*bgpNode) string {
