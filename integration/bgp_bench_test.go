@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -529,53 +528,6 @@ func leaseRoute(b *testing.B, burst bool) {
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 
-// iperf3 runs one TCP stream for secs seconds from the namespace at client to an iperf3 server in
-// the namespace at server, bound to ip, and returns the Gbit/s received (bench/overlay's measure).
-func iperf3(server, ip, client string, secs int) (float64, error) {
-	srv := exec.Command("nsenter", "--net="+server, "iperf3", "-s", "-1", "-B", ip, "-p", "5201")
-	srv.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := srv.Start(); err != nil {
-		return 0, err
-	}
-	defer func() {
-		_ = srv.Process.Kill()
-		_ = srv.Wait()
-	}()
-	var out []byte
-	var err error
-	for try := 0; try < 50; try++ {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+30)*time.Second)
-		out, err = exec.CommandContext(ctx, "nsenter", "--net="+client, "iperf3", "-c", ip, "-p", "5201",
-			"--connect-timeout", "3000", "-t", strconv.Itoa(secs), "-O", "1", "-J").Output()
-		cancel()
-		// iperf3 -J reports "unable to connect" in its JSON, with exit status 0 in some versions.
-		if err == nil && strings.Contains(string(out), `"error"`) {
-			err = errors.New("iperf3 reported an error")
-		}
-		if err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // the server is not listening yet
-	}
-	if err != nil {
-		return 0, fmt.Errorf("iperf3 %s -> %s: %w: %s", client, ip, err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		return 0, fmt.Errorf("iperf3 output: %w", err)
-	}
-	if res.End.SumReceived.BitsPerSecond <= 0 {
-		return 0, fmt.Errorf("iperf3 %s -> %s: no throughput in its report: %s", client, ip, out)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9, nil
-}
-
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
@@ -652,10 +604,10 @@ func BenchmarkBGPThroughput(b *testing.B) {
 			var g float64
 			var err error
 			if side == "pod" {
-				g, err = iperf3(pods[1], ips[1], pods[0], secs)
+				g, err = testutil.Iperf3(context.Background(), pods[1], ips[1], pods[0], secs)
 				pod = append(pod, g)
 			} else {
-				g, err = iperf3(l.nodes[1].ns.Path(), l.nodes[1].addr.String(), l.nodes[0].ns.Path(), secs)
+				g, err = testutil.Iperf3(context.Background(), l.nodes[1].ns.Path(), l.nodes[1].addr.String(), l.nodes[0].ns.Path(), secs)
 				hostTput = append(hostTput, g)
 			}
 			if err != nil {

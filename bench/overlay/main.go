@@ -28,7 +28,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,6 +48,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
+	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/drivers/overlay"
 	"github.com/netmgr/netmgr/drivers/routed"
 	"github.com/netmgr/netmgr/integration"
@@ -339,47 +339,7 @@ func (l *lab) routedPair(ctx context.Context, names [2]string, hosts [2]*sandbox
 // measure runs one iperf3 test from client to server (namespace names) at ip and returns Gbit/s
 // received.
 func (l *lab) measure(ctx context.Context, server, ip, client string, secs int) (float64, error) {
-	srv := exec.CommandContext(ctx, "nsenter", "--net="+l.path(server), "iperf3", "-s", "-1", "-B", ip, "-p", "5201")
-	if err := srv.Start(); err != nil {
-		return 0, err
-	}
-	defer func() {
-		_ = srv.Process.Kill()
-		_ = srv.Wait()
-	}()
-	var out []byte
-	var err error
-	for try := 0; try < 50; try++ {
-		cctx, cancel := context.WithTimeout(ctx, time.Duration(secs+30)*time.Second)
-		out, err = exec.CommandContext(cctx, "nsenter", "--net="+l.path(client), "iperf3", "-c", ip, "-p", "5201",
-			"--connect-timeout", "3000", "-t", fmt.Sprint(secs), "-O", "1", "-J").Output()
-		cancel()
-		// iperf3 -J reports "unable to connect" in its JSON, with exit status 0 in some versions.
-		if err == nil && strings.Contains(string(out), `"error"`) {
-			err = errors.New("iperf3 reported an error")
-		}
-		if err == nil || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // the server is not listening yet
-	}
-	if err != nil {
-		return 0, fmt.Errorf("iperf3 %s -> %s: %w: %s", client, ip, err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		return 0, fmt.Errorf("iperf3 output: %w", err)
-	}
-	if res.End.SumReceived.BitsPerSecond <= 0 {
-		return 0, fmt.Errorf("iperf3 %s -> %s: no throughput in its report: %s", client, ip, out)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9, nil
+	return testutil.Iperf3(ctx, l.path(server), ip, l.path(client), secs)
 }
 
 type path struct{ name, server, ip, client, what string }
