@@ -48,10 +48,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netmgr/netmgr/drivers"
-	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/drivers/overlay"
 	"github.com/netmgr/netmgr/drivers/routed"
 	"github.com/netmgr/netmgr/integration"
+	"github.com/netmgr/netmgr/internal/testutil"
 	"github.com/netmgr/netmgr/netmgr/firewall"
 	"github.com/netmgr/netmgr/sandbox"
 )
