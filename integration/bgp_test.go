@@ -423,8 +423,18 @@ func TestBGPRacks(t *testing.T) {
 
 // TestBGPIPv6: the same across racks on an IPv6 underlay (IPv6 sessions, an IPv6 cluster CIDR):
 // BIRD learns each node's /64 with the node's IPv6 address as next hop, and pods in the two racks
-// reach each other by their IPv6 addresses through the router.
-func TestBGPIPv6(t *testing.T) {
+// reach each other by their IPv6 addresses through the router. A node with --bgp-withdraw-on-stop
+// withdraws at SIGTERM.
+func TestBGPIPv6(t *testing.T) { bgpTwoRacks(t, false) }
+
+// TestBGPDualStack: a dual-stack routed-global network in BGP mode on an IPv4 underlay: each node
+// has an IPv4 and an IPv6 session to its rack's router, the IPv4 subnet goes over the one and the
+// IPv6 subnet (next hop: the node's IPv6 address on the underlay interface) over the other, and
+// pods reach each other across the racks by both families. (host-gw alone refuses an IPv6 CIDR on
+// an IPv4 underlay.)
+func TestBGPDualStack(t *testing.T) { bgpTwoRacks(t, true) }
+
+func bgpTwoRacks(t *testing.T, dual bool) {
 	testutil.RequireNetAdmin(t)
 	testutil.RequireBird(t)
 	r := testutil.NewRouter(t, "rtr6")
@@ -436,16 +446,26 @@ func TestBGPIPv6(t *testing.T) {
 		v4, v6 string
 		asn    int
 	}{{rackA, "172.31.11.11", "fd31:11::11", 65001}, {rackB, "172.31.12.12", "fd31:12::12", 65002}} {
-		h := &clusterHost{host: *newHost(t), name: fmt.Sprintf("node%d", i+1), addr: netip.MustParseAddr(spec.v6)}
-		spec.seg.PlugAddrs(h.name, h.ns, netip.MustParseAddr(spec.v4), h.addr)
-		nodes = append(nodes, &bgpNode{clusterHost: h, asn: spec.asn, gateway: spec.seg.Gateways[1],
-			extra: []string{"--bgp-router-id", spec.v4}})
+		v4, v6 := netip.MustParseAddr(spec.v4), netip.MustParseAddr(spec.v6)
+		h := &clusterHost{host: *newHost(t), name: fmt.Sprintf("node%d", i+1), addr: v6}
+		n := &bgpNode{clusterHost: h, asn: spec.asn, gateway: spec.seg.Gateways[1], extra: []string{"--bgp-router-id", spec.v4}}
+		if dual { // the IPv4 address is the underlay; a second session over IPv6
+			h.addr, n.gateway = v4, spec.seg.Gateways[0]
+			n.extra = []string{"--bgp-peer", netip.AddrPortFrom(spec.seg.Gateways[1], 65000).String()}
+		}
+		spec.seg.PlugAddrs(h.name, h.ns, v4, v6)
+		nodes = append(nodes, n)
 	}
 	nodes[1].extra = append(nodes[1].extra, "--bgp-withdraw-on-stop")
 	var conf strings.Builder
-	conf.WriteString("router id 172.31.11.1;\nprotocol device {}\nprotocol kernel { ipv6 { export all; }; }\n")
-	for _, n := range nodes {
-		fmt.Fprintf(&conf, "protocol bgp %s { local %s as 65000; neighbor %s as %d; hold time 6; connect retry time 2; ipv6 { import all; export all; }; }\n", n.name, n.gateway, n.addr, n.asn)
+	conf.WriteString("router id 172.31.11.1;\nprotocol device {}\nprotocol kernel { ipv4 { export all; }; }\nprotocol kernel { ipv6 { export all; }; }\n")
+	for i, n := range nodes {
+		seg := []*testutil.Segment{rackA, rackB}[i]
+		v6 := []string{"fd31:11::11", "fd31:12::12"}[i]
+		fmt.Fprintf(&conf, "protocol bgp %s6 { local %s as 65000; neighbor %s as %d; hold time 6; connect retry time 2; error wait time 1,5; ipv6 { import all; export all; }; }\n", n.name, seg.Gateways[1], v6, n.asn)
+		if dual {
+			fmt.Fprintf(&conf, "protocol bgp %s4 { local %s as 65000; neighbor %s as %d; hold time 6; connect retry time 2; error wait time 1,5; ipv4 { import all; export all; }; }\n", n.name, seg.Gateways[0], n.addr, n.asn)
+		}
 	}
 	bird := testutil.StartBird(t, r.NS, conf.String())
 	e := testutil.StartEtcd(t, testutil.EtcdOptions{NS: nodes[0].ns, Addr: "172.31.11.11"})
@@ -453,14 +473,18 @@ func TestBGPIPv6(t *testing.T) {
 		n.store = "etcd://" + e.Endpoint + "?prefix=/bgp6/&dial-timeout=2s&timeout=2s"
 		n.startAgent(t, n.agentArgs()...)
 	}
-	nodes[0].mustRun(t, "network", "create", "pods6", "--driver", "routed-global", "--subnet", "fd44::/48", "--opt", "routing=bgp")
+	create := []string{"network", "create", "pods6", "--driver", "routed-global", "--subnet", "fd44::/48", "--opt", "routing=bgp"}
+	if dual {
+		create = append(create, "--subnet", "10.245.0.0/16")
+	}
+	nodes[0].mustRun(t, create...)
 	t.Cleanup(func() {
 		for _, n := range nodes {
 			_, _ = n.run("sandbox", "rm", "web")
 		}
 	})
 	var pods []*sandbox.NetNS
-	var ips []string
+	var ips, ips4 []string
 	for _, n := range nodes {
 		var sb sandboxJSON
 		deadline := time.Now().Add(40 * time.Second)
@@ -478,43 +502,61 @@ func TestBGPIPv6(t *testing.T) {
 		testutil.Listen(t, ns, "[::]:8080")
 		pods = append(pods, ns)
 		ips = append(ips, strings.Split(sb.Attachments[0].IPv6, "/")[0])
+		ips4 = append(ips4, strings.Split(sb.Attachments[0].IPv4, "/")[0])
 	}
-	// Each node's /64 on the router via the node's IPv6 address.
+	// Each node's subnets on the router via the node's address of that family.
+	v6of := map[string]netip.Addr{"node1": netip.MustParseAddr("fd31:11::11"), "node2": netip.MustParseAddr("fd31:12::12")}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		rs, err := bird.Routes()
-		found := 0
+		found, want := 0, len(nodes)
+		if dual {
+			want *= 2
+		}
 		for i, n := range nodes {
 			for _, rt := range rs {
-				if rt.Primary && rt.Prefix.Bits() == 64 && rt.Prefix.Contains(netip.MustParseAddr(ips[i])) && len(rt.NextHops) > 0 && rt.NextHops[0] == n.addr {
+				if !rt.Primary || len(rt.NextHops) == 0 {
+					continue
+				}
+				if rt.Prefix.Bits() == 64 && rt.Prefix.Contains(netip.MustParseAddr(ips[i])) && rt.NextHops[0] == v6of[n.name] {
+					found++
+				}
+				if dual && ips4[i] != "" && rt.Prefix.Bits() == 24 && rt.Prefix.Contains(netip.MustParseAddr(ips4[i])) && rt.NextHops[0] == n.addr {
 					found++
 				}
 			}
 		}
-		if err == nil && found == len(nodes) {
+		if err == nil && found == want {
 			break
 		}
 		if time.Now().After(deadline) {
 			out, _ := bird.Cmd("show", "route", "all")
-			t.Fatalf("the nodes' IPv6 subnets not on the router via the nodes: %v\n%s\n%s", err, out, agentLogs(nodes))
+			t.Fatalf("the nodes' subnets not on the router via the nodes: %v\n%s\n%s", err, out, agentLogs(nodes))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	out, _ := bird.Cmd("show", "route")
-	t.Logf("router's IPv6 table:\n%s", out)
-	for i := range pods {
-		j := 1 - i
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			seen, err := testutil.Dial(pods[i], "["+ips[j]+"]:8080")
-			if err == nil && seen == ips[i] {
-				break
+	t.Logf("router's tables:\n%s", out)
+	reach := func(dst []string, fmtAddr func(string) string) {
+		t.Helper()
+		for i := range pods {
+			j := 1 - i
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				seen, err := testutil.Dial(pods[i], fmtAddr(dst[j])+":8080")
+				if err == nil && seen == dst[i] {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("pod %s -> %s across the racks: saw %q, %v", dst[i], dst[j], seen, err)
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("pod %s -> [%s]:8080 across the racks: saw %q, %v", ips[i], ips[j], seen, err)
-			}
-			time.Sleep(200 * time.Millisecond)
 		}
+	}
+	reach(ips, func(a string) string { return "[" + a + "]" })
+	if dual {
+		reach(ips4, func(a string) string { return a })
 	}
 	t.Log(nodes[0].mustRun(t, "node", "ls"))
 

@@ -83,8 +83,8 @@ func (g *GlobalDriver) Join(ctx context.Context, n *drivers.Network, node *drive
 	if err := checkView(n, *node); err != nil {
 		return err
 	}
-	if node.Underlay.Is4() && slices.ContainsFunc(node.Subnets, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
-		return fmt.Errorf("%w: %s network %q has an IPv6 cluster CIDR and node %q's underlay address %s is IPv4: host-gw routes a peer's subnet via its underlay address, and Linux routes IPv6 only via IPv6 next hops; give this network IPv4 only, or the nodes IPv6 underlay addresses",
+	if node.Underlay.Is4() && slices.ContainsFunc(node.Subnets, func(p netip.Prefix) bool { return p.Addr().Is6() }) && n.Options[OptRouting] != RoutingBGP {
+		return fmt.Errorf("%w: %s network %q has an IPv6 cluster CIDR and node %q's underlay address %s is IPv4: host-gw routes a peer's subnet via its underlay address, and Linux routes IPv6 only via IPv6 next hops; give this network IPv4 only, the nodes IPv6 underlay addresses, or routing=bgp (IPv6 subnets carried by the routers, learned over IPv6 sessions)",
 			drivers.ErrInvalid, GlobalName, n.Name, node.Node, node.Underlay)
 	}
 	seg, err := g.underlaySegment(node.Underlay)
@@ -186,6 +186,11 @@ func (g *GlobalDriver) SyncPeers(ctx context.Context, n *drivers.Network, self d
 	var off []string
 	offSeen := map[string]bool{}
 	for _, e := range entries {
+		if e.via.Is4() && e.subnet.Addr().Is6() {
+			// routing=bgp on an IPv4 underlay (Join refuses it otherwise): no IPv6 route can go via
+			// an IPv4 address; the routers carry the peer's IPv6 subnet (BGP over IPv6 sessions).
+			continue
+		}
 		dev, direct, why, err := g.directRoute(e.via)
 		if err != nil {
 			return fmt.Errorf("sync peers of %s: %w", n.Name, err)
