@@ -5,7 +5,7 @@ BIN     := $(CURDIR)/bin
 PKGS    := ./...
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all deps build containerd etcd test unit fuzz bench bench-startup lint demo demo-sandbox demo-cluster faults clean
+.PHONY: all deps build containerd etcd test unit fuzz bench bench-startup lint demo demo-sandbox demo-cluster demo-bgp faults clean
 
 all: build
 
@@ -94,6 +94,10 @@ demo-sandbox:
 # host, an overlay network and a pod per host fetching from the others by pod IP; removes it all.
 demo-cluster:
 	bash examples/demo-cluster.sh $(DEMO_FLAGS)
+
+# Pods on two racks joined by a BIRD router, routed by the agents' BGP speakers (no tunnel).
+demo-bgp:
+	bash examples/demo-bgp.sh
 
 # The SIGKILL fault injection test alone (make test runs it too, for about a minute). For a soak run:
 # make faults FAULT_DURATION=10m; FAULT_SEED=S replays the commands and kills of a logged seed;

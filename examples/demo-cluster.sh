@@ -36,12 +36,7 @@ fi
 HOSTS="host1 host2 host3"
 ETCD_EP=198.18.0.1:2379
 
-# on D HOST CMD...: runs CMD inside HOST's namespace.
-on() {
-	local d=$1 h=$2
-	shift 2
-	nsenter --net="$d/$h.ns" "$@"
-}
+. examples/demo-lib.sh # on, bg, newns, killall_groups, unmount_under
 # podctl_on D HOST ARGS...: podctl of HOST (its own state and run dirs, the cluster's etcd).
 podctl_on() {
 	local d=$1 h=$2
@@ -56,7 +51,7 @@ cleanup() {
 	[ -n "$d" ] && [ -d "$d" ] || return 0
 	if [ -f "$d/pgids" ]; then
 		# Clients and servers first, agents last (SIGTERM: an agent leaves the data path as it is).
-		tac "$d/pgids" | while read -r p; do kill -TERM -- "-$p" 2>/dev/null || true; done
+		killall_groups "$d" TERM
 		sleep 0.3
 	fi
 	for h in $HOSTS; do
@@ -67,12 +62,8 @@ cleanup() {
 	# The network's record is in etcd; deleting it there makes nothing more on the hosts, whose
 	# namespaces go below with every link in them.
 	podctl_on "$d" host1 network rm pods >/dev/null 2>&1
-	if [ -f "$d/pgids" ]; then
-		while read -r p; do kill -KILL -- "-$p" 2>/dev/null || true; done <"$d/pgids"
-	fi
-	awk -v w="$d/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
-		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || echo "demo-cluster: could not unmount $m" >&2
-	done
+	killall_groups "$d" KILL
+	unmount_under "$d"
 	rm -rf "$d"
 }
 if [ -n "$CLEAN" ]; then
@@ -103,10 +94,6 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'echo "demo-cluster: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
-bg() {
-	setsid "$@" &
-	echo $! >>"$D/pgids"
-}
 
 # The underlay: a bridge in a namespace of its own, and one veth per host.
 touch "$D/underlay.ns"
