@@ -326,10 +326,10 @@ func TestBirdGracefulRestart(t *testing.T) {
 	if err := b.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	// BIRD's table keeps the route throughout. (Its kernel protocol replaces a changed route by a
+	// delete and an add, so the router's kernel may miss it for a moment when the re-announced route
+	// replaces the stale one: that is not checked; CI once caught the gap.)
 	waitFor(t, 30*time.Second, "session re-established and restart over", func() (bool, string) {
-		if kernelRoute(t, r.NS, pfx4) == nil {
-			t.Fatal("the route left the router's kernel during b's graceful restart")
-		}
 		if routes, err := a.Routes(); err == nil {
 			if _, ok := findRoute(routes, pfx4, "n1"); !ok {
 				t.Fatalf("the route left A during b's graceful restart: %+v", routes)
@@ -351,6 +351,9 @@ func TestBirdGracefulRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, 5*time.Second, "the route in the router's kernel after b's graceful restart", func() (bool, string) {
+		return kernelRoute(t, r.NS, pfx4) != nil, "no route"
+	})
 	got, _ := findRoute(routes, pfx4, "n1")
 	t.Logf("route before b's restart: %+v; after: %+v", r4, got)
 	// BIRD 2.0.12 replaces the stale route by the re-announced one (they differ in the stale flag), so
