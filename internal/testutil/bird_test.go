@@ -307,9 +307,10 @@ func TestBirdPeering(t *testing.T) {
 	})
 }
 
-// TestBirdGracefulRestart: b restarts within its graceful restart time; A's route stays in BIRD and
-// in the kernel throughout, and once b has announced it again unchanged, `show route` gives it a new
-// time: a graceful restart looks there like a route change, not like a withdrawal.
+// TestBirdGracefulRestart: b dies; A keeps its routes as stale (NeighborRestarting says so); b
+// starts again within its graceful restart time, the session comes back, and once b has announced
+// the route again unchanged, `show route` gives it a new time: a restart looks there like a route
+// change, so a test of flaps watches for a route's absence, not its time.
 func TestBirdGracefulRestart(t *testing.T) {
 	r, _, a, b := peered(t, 60)
 	routes, err := a.Routes()
@@ -326,15 +327,11 @@ func TestBirdGracefulRestart(t *testing.T) {
 	if err := b.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	// BIRD's table keeps the route throughout. (Its kernel protocol replaces a changed route by a
-	// delete and an add, so the router's kernel may miss it for a moment when the re-announced route
-	// replaces the stale one: that is not checked; CI once caught the gap.)
+	// b comes back as a plain start (no bird -R: its OPEN has no restart flag), so A may flush b's
+	// stale routes at the new session before b announces them again (RFC 4724): the route may be
+	// gone for a moment here, and that is BIRD's, not checked. (A speaker that restarts with the
+	// flag, netmgr's, causes no gap: integration TestBGPRacks.)
 	waitFor(t, 30*time.Second, "session re-established and restart over", func() (bool, string) {
-		if routes, err := a.Routes(); err == nil {
-			if _, ok := findRoute(routes, pfx4, "n1"); !ok {
-				t.Fatalf("the route left A during b's graceful restart: %+v", routes)
-			}
-		}
 		ps, err := a.Protocols()
 		on, _ := a.NeighborRestarting("n1")
 		return err == nil && ps["n1"] == "Established" && !on, fmt.Sprintf("%v %v restarting %v", ps, err, on)
