@@ -588,6 +588,65 @@ func bgpTwoRacks(t *testing.T, dual bool) {
 	t.Logf("node2's subnet %s withdrawn from the router %v after SIGTERM (--bgp-withdraw-on-stop)", pfx, time.Since(start).Round(time.Millisecond))
 }
 
+// TestBGPOneHost: one host on its bbolt file (no cluster store) peering with its rack's router: a
+// local routed network with routing=bgp is advertised from the host, and a client beyond the router
+// opens connections to a sandbox by its own address (no published port, no NAT: the client's address
+// is what the sandbox sees).
+func TestBGPOneHost(t *testing.T) {
+	testutil.RequireNetAdmin(t)
+	testutil.RequireBird(t)
+	r := testutil.NewRouter(t, "rtr1")
+	rack := r.AddSegment("rack1h", netip.MustParsePrefix("172.31.21.0/24"))
+	ext := r.AddSegment("ext1h", netip.MustParsePrefix("172.31.29.0/24"))
+	client := ext.Plug("client", netip.MustParseAddr("172.31.29.10"), nil)
+	h := &clusterHost{host: *newHost(t), name: "solo", addr: netip.MustParseAddr("172.31.21.11")}
+	rack.Plug(h.name, h.addr, h.ns)
+	bird := testutil.StartBird(t, r.NS, "router id 172.31.21.1;\nprotocol device {}\nprotocol kernel { ipv4 { export all; }; }\n"+
+		"protocol bgp solo { local 172.31.21.1 as 65000; neighbor 172.31.21.11 as 65010; hold time 6; connect retry time 2; error wait time 1,5; ipv4 { import all; export all; }; }\n")
+	h.must(t, "network", "create", "lr", "--driver", "routed", "--subnet", "10.50.7.0/24", "--opt", "routing=bgp")
+	h.must(t, "network", "create", "quiet", "--driver", "routed", "--subnet", "10.50.8.0/24") // not advertised
+	t.Cleanup(func() { _, _ = h.podctl(context.Background(), "sandbox", "rm", "web") })
+	// No --store: the agent runs on the host's bbolt file (controllers only).
+	h.log = &testutil.SyncBuffer{}
+	h.agent = h.cmd(context.Background(), "agent", "--underlay", h.addr.String(), "--bgp-as", "65010", "--bgp-peer", "172.31.21.1:65000", "--bgp-hold-time", "6s")
+	h.agent.Stderr = h.log
+	if err := h.agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := h.agent
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	want := netip.MustParsePrefix("10.50.7.0/24")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rs, err := bird.Routes()
+		if err == nil && slices.ContainsFunc(rs, func(r testutil.BirdRoute) bool {
+			return r.Prefix == want && r.Primary && len(r.NextHops) > 0 && r.NextHops[0] == h.addr
+		}) {
+			if slices.ContainsFunc(rs, func(r testutil.BirdRoute) bool { return r.Prefix == netip.MustParsePrefix("10.50.8.0/24") }) {
+				t.Errorf("the network without routing=bgp is advertised too: %+v", rs)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			out, _ := bird.Cmd("show", "route", "all")
+			t.Fatalf("%s via %s not on the router: %v\n%s\n%s", want, h.addr, err, out, h.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var sb sandboxJSON
+	if err := json.Unmarshal([]byte(h.must(t, "-o", "json", "sandbox", "create", "web", "--network", "lr")), &sb); err != nil {
+		t.Fatal(err)
+	}
+	ns := testutil.Open(t, sb.NetNS)
+	testutil.Listen(t, ns, ":8080")
+	ip := strings.Split(sb.Attachments[0].IPv4, "/")[0]
+	seen, err := testutil.Dial(client, ip+":8080")
+	if err != nil || seen != "172.31.29.10" {
+		t.Fatalf("client beyond the router -> sandbox %s:8080: saw %q, %v; want the client's own 172.31.29.10", ip, seen, err)
+	}
+	t.Logf("client 172.31.29.10 beyond the router reached sandbox %s by its address (advertised %s from the host on bbolt)", ip, want)
+}
+
 func agentLogs(nodes []*bgpNode) string {
 	var b strings.Builder
 	for _, n := range nodes {

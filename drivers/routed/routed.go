@@ -40,7 +40,9 @@ const (
 	// peer via its underlay address, which must be on this node's segment) or "bgp" (host-gw routes
 	// for the peers on this node's segment; the others are reached by the host's normal routes, its
 	// routers, which learn every node's subnets from the agents' BGP speakers: a peer off the segment
-	// is no error then).
+	// is no error then). On a local network, "bgp" has the agent's speaker advertise the network's
+	// subnet from this host (its subnet must then be unique among the routers' hosts), and lets
+	// hosts beyond the routers open connections to its sandboxes (they route to them).
 	OptRouting = "routing"
 )
 
@@ -135,7 +137,7 @@ func (d *Driver) knownOpts() []string {
 	if d.global {
 		return []string{OptIfPrefix, OptMasquerade, OptNodePrefix, OptNodePrefix6, OptRouting}
 	}
-	return []string{OptIfPrefix, OptMasquerade}
+	return []string{OptIfPrefix, OptMasquerade, OptRouting}
 }
 
 func family(v4 bool) string {
@@ -637,6 +639,8 @@ func (d *Driver) Firewall(n *drivers.Network) (drivers.FirewallSpec, bool) {
 	if d.global {
 		fs.NoMasqueradeTo = clusterCIDRs(n)
 		fs.Routed = true
+	} else if n.Options[OptRouting] == RoutingBGP {
+		fs.Routed = true // advertised: the routers' hosts reach the sandboxes by their addresses
 	}
 	return fs, true
 }

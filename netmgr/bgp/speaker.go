@@ -181,6 +181,14 @@ func (c *Controller) Run(ctx context.Context, a *agent.Agent) error {
 	if c.cfg.AdvertiseClusterIPs {
 		go c.followServices(ctx, a, sp.kick, log)
 	}
+	// Networks made or removed (a local routed network with routing=bgp is advertised at once; on
+	// one host the agent has no loop that would say so).
+	go func() {
+		err := store.Follow(ctx, m.NetworkStore(), "networks/", func(store.Update) error { sp.kick(); return nil })
+		if err != nil && ctx.Err() == nil {
+			log.Warn("bgp: follow networks", "error", err)
+		}
+	}()
 	// The node's routes go into the table before any session opens, so that the first UPDATE (and,
 	// restarting, the one after the routers' End-of-RIB) carries them all.
 	sp.reconcile(ctx)
@@ -325,8 +333,8 @@ func (sp *speaker) reconcile(ctx context.Context) {
 	sp.publish(ctx, want)
 }
 
-// wanted are the prefixes this node originates (its subnets of every routed-global network, and
-// the cluster IPs when asked), the cluster CIDRs whose learned routes may go into the kernel, and
+// wanted are the prefixes this node originates (its subnets of every routed-global network, the
+// subnets of its local routed networks with routing=bgp, and the cluster IPs when asked), the cluster CIDRs whose learned routes may go into the kernel, and
 // the node's own subnets.
 func (sp *speaker) wanted(ctx context.Context) (map[advert]bool, []netip.Prefix, map[netip.Prefix]bool, bool) {
 	want := map[advert]bool{}
@@ -369,6 +377,26 @@ func (sp *speaker) wanted(ctx context.Context) (map[advert]bool, []netip.Prefix,
 		}
 		cidrs = append(cidrs, j.CIDRs...)
 		for _, sn := range j.View.Subnets {
+			own[sn.Masked()] = true
+			add(sn.Masked())
+		}
+	}
+	// This host's local routed networks that ask for it (routing=bgp: their subnets are unique
+	// among the routers' hosts, the user's choice), e.g. one host on bbolt peering with its rack's
+	// router.
+	nets, err := sp.a.Manager().Networks(ctx)
+	if err != nil {
+		sp.log.Warn("bgp: list networks (retrying)", "error", err)
+		for ad := range sp.adverts {
+			want[ad] = true
+		}
+		return want, nil, own, false
+	}
+	for _, n := range nets {
+		if n.Driver != routed.Name || n.Scope == "global" || (n.Node != "" && n.Node != sp.a.Node()) || n.Internal || n.Options[routed.OptRouting] != routed.RoutingBGP {
+			continue
+		}
+		for _, sn := range n.Subnets {
 			own[sn.Masked()] = true
 			add(sn.Masked())
 		}
