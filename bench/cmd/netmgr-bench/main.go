@@ -515,22 +515,51 @@ func benchCNI(ctx context.Context, c config, r *results, n int, subnet string) (
 		ids[i] = fmt.Sprintf("cnibench%d-%04d", n, i)
 		paths[i] = filepath.Join(dir, "netns", ids[i])
 	}
+	return benchPinned(ctx, r, n, paths, peerOps{
+		side: "cni", bridge: bridge, setupName: "go-cni Setup (bridge ADD)", teardownName: "go-cni Remove (bridge DEL)",
+		setup: func(ctx context.Context, i int) error {
+			if _, err := lib.Setup(ctx, ids[i], paths[i]); err != nil {
+				return fmt.Errorf("cni add %s: %w", ids[i], err)
+			}
+			return nil
+		},
+		teardown: func(ctx context.Context, i int) error {
+			if err := lib.Remove(ctx, ids[i], paths[i]); err != nil {
+				return fmt.Errorf("cni del %s: %w", ids[i], err)
+			}
+			return nil
+		},
+	})
+}
+
+// peerOps is a peer's attach (setup) and detach (teardown) of sandbox i, whose namespace is pinned
+// at paths[i], and the bridge it uses (which it may leave behind: the bridge plugin never deletes
+// its own).
+type peerOps struct {
+	side, bridge, setupName, teardownName string
+	setup, teardown                       func(ctx context.Context, i int) error
+}
+
+// benchPinned times a peer's n creates (pin a namespace, then setup) and n deletes (teardown, then
+// unpin), one at a time, records the parts, and on the way out undoes whatever is left, also after
+// a failure (a failed setup may have done part of its work: teardown undoes it). The peer's
+// iptables chains die with the bench namespace.
+func benchPinned(ctx context.Context, r *results, n int, paths []string, p peerOps) (cr, dr series, err error) {
 	pinned := make([]bool, n)
 	added := make([]bool, n)
 	defer func() {
 		cctx, cancel := cleanupCtx()
 		defer cancel()
 		var errs []error
-		for i := range ids {
+		for i := range paths {
 			if added[i] {
-				errs = append(errs, lib.Remove(cctx, ids[i], paths[i]))
+				errs = append(errs, p.teardown(cctx, i))
 			}
 			if pinned[i] {
 				errs = append(errs, sandbox.Remove(paths[i]))
 			}
 		}
-		// The bridge plugin never deletes its bridge; its iptables chains die with the bench namespace.
-		if l, lerr := netlink.LinkByName(bridge); lerr == nil {
+		if l, lerr := netlink.LinkByName(p.bridge); lerr == nil {
 			errs = append(errs, netlink.LinkDel(l))
 		}
 		err = errors.Join(append([]error{err}, errs...)...)
@@ -538,7 +567,7 @@ func benchCNI(ctx context.Context, c config, r *results, n int, subnet string) (
 
 	var pinD, addD, delD, unpinD time.Duration
 	cr = make(series, 0, n)
-	for i := range ids {
+	for i := range paths {
 		if ctx.Err() != nil {
 			return cr, nil, ctx.Err()
 		}
@@ -550,29 +579,28 @@ func benchCNI(ctx context.Context, c config, r *results, n int, subnet string) (
 		ns.Close()
 		pinned[i] = true
 		t1 := time.Now()
-		_, err = lib.Setup(ctx, ids[i], paths[i])
+		err = p.setup(ctx, i)
 		d := time.Since(t0)
 		pinD += t1.Sub(t0)
 		addD += time.Since(t1)
-		if err != nil {
-			return cr, nil, fmt.Errorf("cni add %s: %w", ids[i], err)
-		}
 		added[i] = true
+		if err != nil {
+			return cr, nil, err
+		}
 		cr = append(cr, d)
 	}
 	dr = make(series, 0, n)
-	for i := range ids {
+	for i := range paths {
 		if ctx.Err() != nil {
 			return cr, dr, ctx.Err()
 		}
 		t0 := time.Now()
-		err := lib.Remove(ctx, ids[i], paths[i])
-		if err != nil {
-			return cr, dr, fmt.Errorf("cni del %s: %w", ids[i], err)
+		if err := p.teardown(ctx, i); err != nil {
+			return cr, dr, err
 		}
 		added[i] = false
 		t1 := time.Now()
-		err = sandbox.Remove(paths[i])
+		err := sandbox.Remove(paths[i])
 		d := time.Since(t0)
 		delD += t1.Sub(t0)
 		unpinD += time.Since(t1)
@@ -582,12 +610,12 @@ func benchCNI(ctx context.Context, c config, r *results, n int, subnet string) (
 		pinned[i] = false
 		dr = append(dr, d)
 	}
-	r.parts[partKey("cni", "create", n)] = []part{
+	r.parts[partKey(p.side, "create", n)] = []part{
 		{name: "netns create+pin", msOp: ms(pinD) / float64(n)},
-		{name: "go-cni Setup (bridge ADD)", msOp: ms(addD) / float64(n)},
+		{name: p.setupName, msOp: ms(addD) / float64(n)},
 	}
-	r.parts[partKey("cni", "delete", n)] = []part{
-		{name: "go-cni Remove (bridge DEL)", msOp: ms(delD) / float64(n)},
+	r.parts[partKey(p.side, "delete", n)] = []part{
+		{name: p.teardownName, msOp: ms(delD) / float64(n)},
 		{name: "netns unpin", msOp: ms(unpinD) / float64(n)},
 	}
 	return cr, dr, nil

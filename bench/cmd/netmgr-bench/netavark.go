@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,10 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/vishvananda/netlink"
-
-	"github.com/netmgr/netmgr/sandbox"
 )
 
 // The netavark side is called the way Podman 4 calls it (common/libnetwork/netavark): Podman keeps each
@@ -150,82 +145,11 @@ func benchNetavark(ctx context.Context, c config, r *results, n int, subnet stri
 		return nil
 	}
 
-	pinned := make([]bool, n)
-	added := make([]bool, n)
-	defer func() {
-		cctx, cancel := cleanupCtx()
-		defer cancel()
-		var errs []error
-		for i := range ids {
-			if added[i] {
-				errs = append(errs, call(cctx, "teardown", i))
-			}
-			if pinned[i] {
-				errs = append(errs, sandbox.Remove(paths[i]))
-			}
-		}
-		// netavark removes its bridge with the last container; its iptables chains die with the bench namespace.
-		if l, lerr := netlink.LinkByName(bridge); lerr == nil {
-			errs = append(errs, netlink.LinkDel(l))
-		}
-		err = errors.Join(append([]error{err}, errs...)...)
-	}()
-
-	var pinD, addD, delD, unpinD time.Duration
-	cr = make(series, 0, n)
-	for i := range ids {
-		if ctx.Err() != nil {
-			return cr, nil, ctx.Err()
-		}
-		t0 := time.Now()
-		ns, err := sandbox.Create(paths[i])
-		if err != nil {
-			return cr, nil, err
-		}
-		ns.Close()
-		pinned[i] = true
-		t1 := time.Now()
-		err = call(ctx, "setup", i)
-		d := time.Since(t0)
-		pinD += t1.Sub(t0)
-		addD += time.Since(t1)
-		if err != nil {
-			added[i] = true // a failed setup may have left part of its work: teardown undoes it
-			return cr, nil, err
-		}
-		added[i] = true
-		cr = append(cr, d)
-	}
-	dr = make(series, 0, n)
-	for i := range ids {
-		if ctx.Err() != nil {
-			return cr, dr, ctx.Err()
-		}
-		t0 := time.Now()
-		if err := call(ctx, "teardown", i); err != nil {
-			return cr, dr, err
-		}
-		added[i] = false
-		t1 := time.Now()
-		err := sandbox.Remove(paths[i])
-		d := time.Since(t0)
-		delD += t1.Sub(t0)
-		unpinD += time.Since(t1)
-		if err != nil {
-			return cr, dr, err
-		}
-		pinned[i] = false
-		dr = append(dr, d)
-	}
-	r.parts[partKey("netavark", "create", n)] = []part{
-		{name: "netns create+pin", msOp: ms(pinD) / float64(n)},
-		{name: "netavark setup", msOp: ms(addD) / float64(n)},
-	}
-	r.parts[partKey("netavark", "delete", n)] = []part{
-		{name: "netavark teardown", msOp: ms(delD) / float64(n)},
-		{name: "netns unpin", msOp: ms(unpinD) / float64(n)},
-	}
-	return cr, dr, nil
+	return benchPinned(ctx, r, n, paths, peerOps{
+		side: "netavark", bridge: bridge, setupName: "netavark setup", teardownName: "netavark teardown",
+		setup:    func(ctx context.Context, i int) error { return call(ctx, "setup", i) },
+		teardown: func(ctx context.Context, i int) error { return call(ctx, "teardown", i) },
+	})
 }
 
 func netavarkVersion(path string) string {
