@@ -18,16 +18,11 @@ if [ "$(id -u)" != 0 ]; then
 	echo "demo-bgp: needs root (network namespaces)" >&2
 	exit 1
 fi
-. examples/demo-lib.sh # on, bg, newns, killall_groups, unmount_under
+. examples/demo-lib.sh # on, bg, newns, podctl_on, bg_podctl, start_etcd, web_pod, fetch, fetch_mesh, ...
 ETCD_EP=172.31.1.11:2379
+STORE="etcd://$ETCD_EP?prefix=/demo-bgp/"
 NODES="node1 node2"
 declare -A ADDR=([node1]=172.31.1.11 [node2]=172.31.2.12) GW=([node1]=172.31.1.1 [node2]=172.31.2.1) ASN=([node1]=65001 [node2]=65002)
-
-podctl_on() {
-	local d=$1 h=$2
-	shift 2
-	on "$d" "$h" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo-bgp/" --node "$h" --state-dir "$d/$h/state" --run-dir "$d/$h/run" "$@"
-}
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need busybox || ! need bird || ! need birdc || ! need nsenter || ! need setsid || ! need timeout; then
@@ -93,17 +88,9 @@ bg nsenter --net="$D/rtr.ns" bird -f -c "$D/bird.conf" -s "$D/bird.ctl" 2>"$D/bi
 for _ in $(seq 50); do birdc -s "$D/bird.ctl" show status >/dev/null 2>&1 && break; sleep 0.1; done
 echo "== racks 172.31.1.0/24 (node1 .11) and 172.31.2.0/24 (node2 .12), router .1 on each (BIRD, AS 65000); etcd on $ETCD_EP"
 
-bg nsenter --net="$D/node1.ns" ./bin/etcd --name demo --data-dir "$D/etcd" --unsafe-no-fsync \
-	--listen-client-urls "http://$ETCD_EP" --advertise-client-urls "http://$ETCD_EP" \
-	--listen-peer-urls http://172.31.1.11:2380 --initial-advertise-peer-urls http://172.31.1.11:2380 \
-	--initial-cluster demo=http://172.31.1.11:2380 --log-level warn --log-outputs stderr 2>"$D/etcd.log"
-for _ in $(seq 100); do
-	podctl_on "$D" node1 node ls >/dev/null 2>&1 && break
-	sleep 0.1
-done
+start_etcd "$D" node1 172.31.1.11
 for h in $NODES; do
-	bg nsenter --net="$D/$h.ns" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo-bgp/" --node "$h" --state-dir "$D/$h/state" --run-dir "$D/$h/run" \
-		agent --underlay "${ADDR[$h]}" --ttl 5s --bgp-as "${ASN[$h]}" --bgp-peer "${GW[$h]}:65000" --bgp-hold-time 9s 2>"$D/agent-$h.log"
+	bg_podctl "$D" "$h" agent --underlay "${ADDR[$h]}" --ttl 5s --bgp-as "${ASN[$h]}" --bgp-peer "${GW[$h]}:65000" --bgp-hold-time 9s 2>"$D/agent-$h.log"
 done
 podctl_on "$D" node1 network create pods --driver routed-global --subnet 10.244.0.0/16 --opt routing=bgp
 # Until both sessions are up and the router has both subnets.
@@ -119,37 +106,11 @@ echo "== the router's table (birdc show route):"
 birdc -s "$D/bird.ctl" show route | sed 1d
 
 declare -A IP
-for h in $NODES; do
-	podctl_on "$D" "$h" sandbox create web --network pods >/dev/null
-	IP[$h]=$(podctl_on "$D" "$h" -o json sandbox inspect web | sed -n 's/.*"ipv4": *"\([0-9.]*\)\/.*/\1/p' | head -1)
-	mkdir -p "$D/www/$h"
-	echo "hello from the pod on $h (${IP[$h]})" >"$D/www/$h/index.html"
-	bg nsenter --net="$D/$h.ns" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo-bgp/" --node "$h" --state-dir "$D/$h/state" --run-dir "$D/$h/run" \
-		sandbox exec web -- busybox httpd -f -p 8080 -h "$D/www/$h"
-done
+for h in $NODES; do web_pod "$D" "$h"; done
 echo
 for h in $NODES; do echo "== pod web on $h: ${IP[$h]}"; done
-fetch() { podctl_on "$D" "$1" sandbox exec web -- timeout 3 busybox wget -qO- "$2" 2>/dev/null; }
-for h in $NODES; do
-	for _ in $(seq 50); do fetch "$h" "http://127.0.0.1:8080/" >/dev/null && break; sleep 0.1; done
-done
-ok=0 want=0
-for round in 1 2 3; do
-	for from in $NODES; do
-		for to in $NODES; do
-			[ "$from" = "$to" ] && continue
-			want=$((want + 1))
-			a=
-			for _ in $(seq 20); do a=$(fetch "$from" "http://${IP[$to]}:8080/") && break; sleep 0.2; done
-			if [ -n "$a" ]; then
-				ok=$((ok + 1))
-				echo "[$round] pod on $from -> ${IP[$to]} (on $to, the other rack): $a"
-			else
-				echo "[$round] pod on $from -> ${IP[$to]} (on $to): FAILED"
-			fi
-		done
-	done
-done
+# shellcheck disable=SC2086
+fetch_mesh "$D" 3 $NODES
 echo
 echo "== the path from the pod on node1 to the pod on node2 (no tunnel: node1, the router, node2):"
 podctl_on "$D" node1 sandbox exec web -- timeout 10 busybox traceroute -n -q 1 -w 1 "${IP[node2]}" 2>&1 | sed 's/^/   /' || true

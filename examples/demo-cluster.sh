@@ -35,14 +35,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 HOSTS="host1 host2 host3"
 ETCD_EP=198.18.0.1:2379
+STORE="etcd://$ETCD_EP?prefix=/demo/"
 
-. examples/demo-lib.sh # on, bg, newns, killall_groups, unmount_under
-# podctl_on D HOST ARGS...: podctl of HOST (its own state and run dirs, the cluster's etcd).
-podctl_on() {
-	local d=$1 h=$2
-	shift 2
-	on "$d" "$h" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo/" --node "$h" --state-dir "$d/$h/state" --run-dir "$d/$h/run" "$@"
-}
+. examples/demo-lib.sh # on, bg, newns, podctl_on, bg_podctl, start_etcd, web_pod, fetch, fetch_mesh, ...
 
 # cleanup D: every step tolerates what is already gone.
 cleanup() {
@@ -114,20 +109,12 @@ for h in $HOSTS; do
 done
 echo "== underlay 198.18.0.0/24: host1 .1, host2 .2, host3 .3; etcd on $ETCD_EP"
 
-bg nsenter --net="$D/host1.ns" ./bin/etcd --name demo --data-dir "$D/etcd" --unsafe-no-fsync \
-	--listen-client-urls "http://$ETCD_EP" --advertise-client-urls "http://$ETCD_EP" \
-	--listen-peer-urls http://198.18.0.1:2380 --initial-advertise-peer-urls http://198.18.0.1:2380 \
-	--initial-cluster demo=http://198.18.0.1:2380 --log-level warn --log-outputs stderr 2>"$D/etcd.log"
-for _ in $(seq 100); do
-	podctl_on "$D" host1 node ls >/dev/null 2>&1 && break
-	sleep 0.1
-done
+start_etcd "$D" host1 198.18.0.1
 
 i=0
 for h in $HOSTS; do
 	i=$((i + 1))
-	bg nsenter --net="$D/$h.ns" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo/" --node "$h" \
-		--state-dir "$D/$h/state" --run-dir "$D/$h/run" agent --underlay "198.18.0.$i" --ttl 5s 2>"$D/agent-$h.log"
+	bg_podctl "$D" "$h" agent --underlay "198.18.0.$i" --ttl 5s 2>"$D/agent-$h.log"
 done
 podctl_on "$D" host1 network create pods --driver overlay --subnet 10.244.0.0/16
 # Wait until every agent carries the network (its node record lists a subnet of it).
@@ -145,35 +132,12 @@ for h in $HOSTS; do
 	# The pods on host1 and host2 back the service below; host3's does not.
 	label=()
 	[ "$h" != host3 ] && label=(--label app=web)
-	podctl_on "$D" "$h" sandbox create web --network pods "${label[@]}" >/dev/null
-	IP[$h]=$(podctl_on "$D" "$h" -o json sandbox inspect web | sed -n 's/.*"ipv4": *"\([0-9.]*\)\/.*/\1/p' | head -1)
-	mkdir -p "$D/www/$h"
-	echo "hello from the pod on $h (${IP[$h]})" >"$D/www/$h/index.html"
-	bg nsenter --net="$D/$h.ns" ./bin/podctl --store "etcd://$ETCD_EP?prefix=/demo/" --node "$h" --state-dir "$D/$h/state" --run-dir "$D/$h/run" \
-		sandbox exec web -- busybox httpd -f -p 8080 -h "$D/www/$h"
+	web_pod "$D" "$h" "${label[@]}"
 done
 echo
 for h in $HOSTS; do echo "== pod web on $h: ${IP[$h]}"; done
-
-fetch() { podctl_on "$D" "$1" sandbox exec web -- timeout 3 busybox wget -qO- "$2" 2>/dev/null; }
-for h in $HOSTS; do
-	for _ in $(seq 50); do fetch "$h" "http://127.0.0.1:8080/" >/dev/null && break; sleep 0.1; done
-done
-ok=0 want=0
-for round in 1 2; do
-	for from in $HOSTS; do
-		for to in $HOSTS; do
-			[ "$from" = "$to" ] && continue
-			want=$((want + 1))
-			if a=$(fetch "$from" "http://${IP[$to]}:8080/"); then
-				ok=$((ok + 1))
-				echo "[$round] pod on $from -> ${IP[$to]} (on $to): $a"
-			else
-				echo "[$round] pod on $from -> ${IP[$to]} (on $to): FAILED"
-			fi
-		done
-	done
-done
+# shellcheck disable=SC2086
+fetch_mesh "$D" 2 $HOSTS
 if [ "$ok" != "$want" ]; then
 	echo "demo-cluster: only $ok of $want fetches across hosts succeeded" >&2
 	exit 1
@@ -200,7 +164,7 @@ sok=0 swant=0
 for i in 1 2 3 4 5 6; do
 	swant=$((swant + 1))
 	a=
-	for _ in $(seq 30); do a=$(fetch host3 "http://$CIP/") && break; sleep 0.1; done
+	for _ in $(seq 30); do a=$(fetch "$D" host3 "http://$CIP/") && break; sleep 0.1; done
 	if [ -n "$a" ]; then
 		sok=$((sok + 1))
 		echo "[$i] pod on host3 -> cluster IP $CIP: $a"

@@ -331,49 +331,13 @@ func (c *criHost) sandboxConfig(name string) *runtimeapi.PodSandboxConfig {
 // present, so nothing is pulled.
 func (c *criHost) runPod(name string) *criPod {
 	c.t.Helper()
-	ctx, cancel := c.ctx()
-	defer cancel()
-	p := &criPod{name: name, config: c.sandboxConfig(name)}
-	run, err := c.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: p.config})
+	p, err := c.runPodAnnotated(name, nil)
 	if err != nil {
 		c.t.Fatalf("RunPodSandbox %s: %v", name, err)
-	}
-	p.id = run.PodSandboxId
-	c.ids = append(c.ids, p.id)
-	st, err := c.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: p.id})
-	if err != nil {
-		c.t.Fatalf("PodSandboxStatus %s: %v", name, err)
-	}
-	if st.GetStatus().GetState() != runtimeapi.PodSandboxState_SANDBOX_READY {
-		c.t.Fatalf("pod %s: state %v, want ready", name, st.GetStatus().GetState())
-	}
-	p.ip = st.GetStatus().GetNetwork().GetIp()
-	cr, err := c.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
-		PodSandboxId: p.id,
-		Config: &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: "busybox"},
-			Image:    &runtimeapi.ImageSpec{Image: c.busyboxRef},
-			Command:  []string{"sleep", "3600"},
-			LogPath:  "busybox.log",
-			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
-				NamespaceOptions: p.config.Linux.SecurityContext.NamespaceOptions,
-			}},
-		},
-		SandboxConfig: p.config,
-	})
-	if err != nil {
-		c.t.Fatalf("CreateContainer in %s: %v", name, err)
-	}
-	p.container = cr.ContainerId
-	c.ids = append(c.ids, p.container)
-	if _, err := c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: p.container}); err != nil {
-		c.t.Fatalf("StartContainer in %s: %v", name, err)
 	}
 	return p
 }
 
-// exec runs cmd in the pod's container through ExecSync and returns its output; a non-zero exit is
-// an error carrying the output.
 func (c *criHost) exec(p *criPod, cmd ...string) (string, error) {
 	ctx, cancel := c.ctx()
 	defer cancel()

@@ -189,7 +189,8 @@ func percentile(sorted []float64, q float64) float64 {
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
-// runPodAnnotated is runPod with pod annotations; a RunPodSandbox failure is returned, not fatal.
+// runPodAnnotated is runPod with pod annotations (nil: none); a RunPodSandbox failure is returned,
+// not fatal.
 func (c *criHost) runPodAnnotated(name string, annotations map[string]string) (*criPod, error) {
 	c.t.Helper()
 	ctx, cancel := c.ctx()
@@ -205,6 +206,9 @@ func (c *criHost) runPodAnnotated(name string, annotations map[string]string) (*
 	st, err := c.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: p.id})
 	if err != nil {
 		c.t.Fatalf("PodSandboxStatus %s: %v", name, err)
+	}
+	if st.GetStatus().GetState() != runtimeapi.PodSandboxState_SANDBOX_READY {
+		c.t.Fatalf("pod %s: state %v, want ready", name, st.GetStatus().GetState())
 	}
 	p.ip = st.GetStatus().GetNetwork().GetIp()
 	cr, err := c.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
