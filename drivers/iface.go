@@ -59,16 +59,7 @@ func ConfigureInterface(h *netlink.Handle, ep *Endpoint) (netlink.Link, error) {
 				continue
 			}
 		}
-		nr := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: IPNet(r.Dst)}
-		if r.Gw.IsValid() {
-			nr.Gw = r.Gw.AsSlice()
-		} else {
-			nr.Scope = netlink.SCOPE_LINK
-		}
-		if r.OnLink {
-			nr.Flags = int(netlink.FLAG_ONLINK)
-		}
-		if err := h.RouteAdd(nr); err != nil {
+		if err := h.RouteAdd(NetlinkRoute(link.Attrs().Index, r)); err != nil {
 			if r.IsDefault() && errors.Is(err, unix.EEXIST) {
 				// Another attachment into this namespace added one meanwhile, or a default route of
 				// another type (unreachable, blackhole) holds this metric: the namespace has its own.
@@ -119,4 +110,19 @@ func IsLinkNotFound(err error) bool {
 	}
 	var lnf netlink.LinkNotFoundError
 	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT)
+}
+
+// NetlinkRoute is r as a netlink route on the interface of index link: via its gateway, or on the
+// link (scope link) without one; on-link flagged when r says so.
+func NetlinkRoute(link int, r Route) *netlink.Route {
+	nr := &netlink.Route{LinkIndex: link, Dst: IPNet(r.Dst)}
+	if r.Gw.IsValid() {
+		nr.Gw = r.Gw.AsSlice()
+	} else {
+		nr.Scope = netlink.SCOPE_LINK
+	}
+	if r.OnLink {
+		nr.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return nr
 }

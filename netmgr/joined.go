@@ -80,17 +80,17 @@ func (m *Manager) joinedRecords(ctx context.Context) ([]*joinedRecord, error) {
 
 // Joined is a cluster-wide network as this node carries it.
 type Joined struct {
-	Network string           `json:"network"`
-	ID      string           `json:"id"`
-	Driver  string           `json:"driver"`
-	CIDRs   []netip.Prefix   `json:"cidrs"`
-	View    drivers.NodeView `json:"view"`
-	// Attrs are what the driver's Join published for peers (an overlay's VTEP MAC).
-	Attrs map[string]string `json:"attrs,omitempty"`
+	Network string         `json:"network"`
+	ID      string         `json:"id"`
+	Driver  string         `json:"driver"`
+	CIDRs   []netip.Prefix `json:"cidrs"`
+	// View is the node's view as joined; its Attrs are what the driver's Join published for peers
+	// (an overlay's VTEP MAC).
+	View drivers.NodeView `json:"view"`
 }
 
 func (j *joinedRecord) public() *Joined {
-	return &Joined{Network: j.Network.Name, ID: j.Network.ID, Driver: j.Network.Driver, CIDRs: j.Network.Subnets, View: j.View, Attrs: j.View.Attrs}
+	return &Joined{Network: j.Network.Name, ID: j.Network.ID, Driver: j.Network.Driver, CIDRs: j.Network.Subnets, View: j.View}
 }
 
 // JoinedNetworks lists the cluster-wide networks this node carries.

@@ -219,8 +219,8 @@ func TestJoinedNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ja.Attrs["seen"] != "a" {
-		t.Fatalf("attrs the driver published: %v", ja.Attrs)
+	if ja.View.Attrs["seen"] != "a" {
+		t.Fatalf("attrs the driver published: %v", ja.View.Attrs)
 	}
 	if _, err := bn.m.JoinNetwork(ctx, "ov", view("b", "10.60.2.0/24")); err != nil {
 		t.Fatal(err)

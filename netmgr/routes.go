@@ -106,16 +106,7 @@ func (m *Manager) moveDefaultRoutes(ctx context.Context, name string, drop *endp
 			}
 			link, err := h.LinkByName(e.IfName)
 			if err == nil {
-				nr := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: drivers.IPNet(route.Dst)}
-				if route.Gw.IsValid() {
-					nr.Gw = route.Gw.AsSlice()
-				} else {
-					nr.Scope = netlink.SCOPE_LINK
-				}
-				if route.OnLink {
-					nr.Flags = int(netlink.FLAG_ONLINK)
-				}
-				err = h.RouteAdd(nr)
+				err = h.RouteAdd(drivers.NetlinkRoute(link.Attrs().Index, route))
 			}
 			if err != nil && !errors.Is(err, unix.EEXIST) {
 				m.log.Warn("cannot move the default route", "sandbox", name, "interface", e.IfName, "gateway", route.Gw, "error", err)

@@ -115,7 +115,6 @@ func (m *Manager) CreateSandbox(ctx context.Context, spec SandboxSpec) (*Sandbox
 // netState is a network as read for one transaction.
 type netState struct {
 	rec *networkRecord
-	kv  store.KV
 	drv drivers.Driver
 }
 
@@ -132,21 +131,14 @@ func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, erro
 			return nil, err
 		}
 	}
-	kv, err := m.st.Get(ctx, keyNetworks+name)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, fmt.Errorf("%w: no network named %q", ErrNotFound, name)
-	}
+	rec, err := m.readNetworkRecord(ctx, name)
 	if err != nil {
 		return nil, err
-	}
-	var rec networkRecord
-	if err := json.Unmarshal(kv.Value, &rec); err != nil {
-		return nil, fmt.Errorf("decode network %q: %w", name, err)
 	}
 	// A network create or delete in flight holds the network's exclusive lock, which callers wait for
 	// (lockNetworksShared). A create still marked once we hold the shared lock is one whose process
 	// died: attaching to it would hand its repair a network in use, so wait for the repair.
-	if err := m.refuseForeign(&rec); err != nil {
+	if err := m.refuseForeign(rec); err != nil {
 		return nil, err
 	}
 	if rec.Creating {
@@ -159,7 +151,7 @@ func (m *Manager) readNetwork(ctx context.Context, name string) (*netState, erro
 	if spansNodes(drv) {
 		return nil, m.notJoined(name)
 	}
-	return &netState{rec: &rec, kv: kv, drv: drv}, nil
+	return &netState{rec: rec, drv: drv}, nil
 }
 
 func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandbox, err error) {
@@ -253,6 +245,10 @@ func (m *Manager) createSandbox(ctx context.Context, spec SandboxSpec) (_ *Sandb
 // reserveSandbox writes the sandbox record, its addresses and a create intent in one transaction,
 // retrying when a concurrent writer got there first.
 func (m *Manager) reserveSandbox(ctx context.Context, spec SandboxSpec) (*sandboxRecord, []*netState, error) {
+	// Once, not per attempt: it lists every sandbox, and it is not atomic with the create anyway.
+	if err := m.refuseAliasCollision(ctx, spec); err != nil {
+		return nil, nil, err
+	}
 	for attempt := 0; ; attempt++ {
 		rec, nets, cmps, ops, release, err := m.planSandbox(ctx, spec)
 		if err != nil {
@@ -292,9 +288,6 @@ func (m *Manager) planSandbox(ctx context.Context, spec SandboxSpec) (rec *sandb
 	release = func() {}
 	// Whether the name is free is decided by the transaction's compare (see reserveSandbox).
 	rec = &sandboxRecord{ID: newID(), Name: spec.Name, Mode: ModeNetNS, Labels: spec.Labels, Aliases: spec.Aliases, Created: time.Now().UTC(), WantPause: spec.Pause}
-	if err := m.refuseAliasCollision(ctx, spec); err != nil {
-		return nil, nil, nil, nil, release, err
-	}
 	rec.NetNS = m.netnsPath(spec.Name)
 	cmps = []store.Cmp{store.Absent(keySandboxes + spec.Name), store.Absent(intent.SandboxKey(spec.Name))}
 

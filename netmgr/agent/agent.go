@@ -448,7 +448,7 @@ func (a *Agent) join(ctx context.Context, n *netmgr.Network, js []*netmgr.Joined
 	if err != nil {
 		return err
 	}
-	a.publishAttrs(ctx, n.Name, j.Attrs)
+	a.publishAttrs(ctx, n.Name, j.View.Attrs)
 	return nil
 }
 
@@ -517,7 +517,7 @@ func (a *Agent) syncPeers(ctx context.Context) {
 			if nd.Name == a.node || !ok || len(nn.Subnets) == 0 {
 				continue
 			}
-			if len(j.Attrs) > 0 && len(nn.Attrs) == 0 {
+			if len(j.View.Attrs) > 0 && len(nn.Attrs) == 0 {
 				// This network's driver publishes attributes (an overlay's VTEP MAC) and the peer has
 				// not yet: it leased its subnet a moment before its join finished. Its next record
 				// update brings it.
@@ -543,7 +543,7 @@ func (a *Agent) syncPeers(ctx context.Context) {
 		} else {
 			delete(a.peerErrs, j.Network)
 		}
-		a.publishAttrs(ctx, j.Network, j.Attrs)
+		a.publishAttrs(ctx, j.Network, j.View.Attrs)
 	}
 }
 
