@@ -28,8 +28,8 @@ const AttrSegment = "segment"
 
 func checkNodePrefixes(n *drivers.Network) error {
 	return drivers.CheckNodePrefixes(n,
-		drivers.NodePrefix{Opt: OptNodePrefix, V4: true, Default: DefaultNodePrefix, Most: 31},
-		drivers.NodePrefix{Opt: OptNodePrefix6, Default: DefaultNodePrefix6, Most: 127})
+		drivers.NodePrefix{Opt: OptNodePrefix, V4: true, Default: DefaultNodePrefix, Most: 30},
+		drivers.NodePrefix{Opt: OptNodePrefix6, Default: DefaultNodePrefix6, Most: 126})
 }
 
 func nodePrefixOf(n *drivers.Network, v4 bool) int {
