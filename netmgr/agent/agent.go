@@ -468,7 +468,7 @@ func (a *Agent) publishAttrs(ctx context.Context, network string, driverAttrs ma
 		}
 		want[AttrPeerError] = msg
 	}
-	if equalAttrs(a.member.Node().Networks[network].Attrs, want) {
+	if maps.Equal(a.member.Node().Networks[network].Attrs, want) {
 		return
 	}
 	if err := a.member.SetAttrs(ctx, network, want); err != nil {
@@ -555,70 +555,20 @@ func nodeNames(ns []cluster.Node) []string {
 	return out
 }
 
-func equalAttrs(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
-
-// watchKeys sends a signal (coalesced) after every change under prefix, and once at the start; it
-// follows the store through compaction and errors, re-listing after a backoff.
+// watchKeys sends a signal (coalesced) once at the start and after every change under prefix
+// (store.Follow: it survives compaction and store errors, retrying with a backoff).
 func watchKeys(ctx context.Context, st store.Store, prefix string, log *slog.Logger) <-chan struct{} {
 	out := make(chan struct{}, 1)
-	poke := func() {
-		select {
-		case out <- struct{}{}:
-		default:
-		}
-	}
 	go func() {
-		wait := 100 * time.Millisecond
-		for ctx.Err() == nil {
-			_, rev, err := st.List(ctx, prefix)
-			if err == nil && rev == 0 {
-				// Never written: Watch(0) would mean "from now" and lose a write made meanwhile
-				// (store.Follow does the same). List again shortly.
-				poke()
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(50 * time.Millisecond):
-				}
-				continue
+		err := store.Follow(ctx, st, prefix, func(store.Update) error {
+			select {
+			case out <- struct{}{}:
+			default:
 			}
-			if err == nil {
-				poke()
-				var ch <-chan store.Event
-				ch, err = st.Watch(ctx, prefix, rev)
-				if err == nil {
-					wait = 100 * time.Millisecond
-					for ev := range ch {
-						if ev.Type == store.EventError {
-							err = ev.Err
-							break
-						}
-						poke()
-					}
-				}
-			}
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil && !errors.Is(err, store.ErrCompacted) {
-				log.Warn("watch networks (retrying)", "error", err, "in", wait)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(wait):
-				}
-				wait = min(2*wait, 5*time.Second)
-			}
+			return nil
+		}, store.FollowErrors(func(err error) { log.Warn("watch networks (retrying)", "error", err) }))
+		if err != nil && ctx.Err() == nil {
+			log.Error("watching networks ended", "error", err)
 		}
 	}()
 	return out
