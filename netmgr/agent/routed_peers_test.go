@@ -22,7 +22,7 @@ func peerError(t *testing.T, cs store.Store, node, network string) string {
 	t.Helper()
 	n, err := cluster.GetNode(context.Background(), cs, node)
 	if err != nil {
-		return ""
+		t.Fatalf("read node %s: %v", node, err) // "" would pass the checks that want no error
 	}
 	return n.Networks[network].Attrs[agent.AttrPeerError]
 }

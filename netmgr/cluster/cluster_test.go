@@ -25,8 +25,9 @@ func memBackend(t *testing.T) clustertest.Backend {
 	}
 }
 
-// TestCluster runs the whole suite (clustertest.Run) on the in-memory store; the same suite runs on
-// etcd from the etcd store's tests.
+// TestCluster runs the whole suite (clustertest.Run) on the in-memory store. On etcd the
+// membership is exercised end to end by the agent's and integration cluster tests, not by this
+// suite.
 func TestCluster(t *testing.T) { clustertest.Run(t, memBackend) }
 
 // TestClusterRealClock runs the suite on the in-memory store with leases on the real clock, as on

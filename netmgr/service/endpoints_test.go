@@ -59,7 +59,9 @@ func TestPublisher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	seen := map[string]bool{}
 	for _, e := range eps {
+		seen[e.Sandbox] = true
 		switch e.Sandbox {
 		case "web1":
 			if ip, ok := e.Addr("b", false); !ok || ip != netip.MustParseAddr("10.244.1.2") {
@@ -73,6 +75,9 @@ func TestPublisher(t *testing.T) {
 				t.Errorf("web2 from its own node: %v %v", ip, ok)
 			}
 		}
+	}
+	if !seen["web1"] || !seen["web2"] {
+		t.Errorf("Endpoints read back %v, want web1 and web2", seen)
 	}
 	// web2 goes.
 	if err := pub.Sync(ctx, sbs[:1], store.NoLease); err != nil {
